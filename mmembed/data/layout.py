@@ -1,0 +1,111 @@
+"""The M-BEIR directory layout: where each split's queries, pools, qrels and instructions live.
+
+```
+ROOT/
+  query/{train,val,test}/mbeir_{dataset}_task{N}_{split}.jsonl
+  query/union_train/mbeir_union_up_train.jsonl        (optional)
+  cand_pool/local/mbeir_{dataset}_task{N}_cand_pool.jsonl
+  cand_pool/global/mbeir_union_{split}_cand_pool.jsonl
+  qrels/{split}/mbeir_{dataset}_task{N}_{split}_qrels.txt
+  instructions/query_instructions.tsv
+  <images, at the paths the JSONL files give, relative to ROOT>
+```
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from mmembed.data.images import ImageStore
+from mmembed.data.mbeir import POOL_FILE_RE, QUERY_FILE_RE
+from mmembed.errors import DataError, Location
+from mmembed.instructions import InstructionRegistry
+from mmembed.types import Task
+
+SPLITS = ("train", "val", "test")
+INSTRUCTIONS_FILE = "instructions/query_instructions.tsv"
+
+
+def query_file(dataset: str, task_id: int, split: str) -> str:
+    return f"query/{split}/mbeir_{dataset}_task{task_id}_{split}.jsonl"
+
+
+def local_pool_file(dataset: str, task_id: int) -> str:
+    return f"cand_pool/local/mbeir_{dataset}_task{task_id}_cand_pool.jsonl"
+
+
+def global_pool_file(split: str) -> str:
+    return f"cand_pool/global/mbeir_union_{split}_cand_pool.jsonl"
+
+
+def qrels_file(dataset: str, task_id: int, split: str) -> str:
+    return f"qrels/{split}/mbeir_{dataset}_task{task_id}_{split}_qrels.txt"
+
+
+@dataclass(frozen=True)
+class TaskFiles:
+    """One (dataset, task, split) of an M-BEIR directory and its files."""
+
+    dataset: str
+    task: Task
+    split: str
+    queries: Path
+    local_pool: Path
+    qrels: Path
+
+    @property
+    def name(self) -> str:
+        """The M-BEIR name, e.g. ``mscoco_task0``."""
+        return f"{self.dataset}_task{self.task.id}"
+
+
+class MBEIRDirectory:
+    """An M-BEIR-layout dataset directory."""
+
+    def __init__(self, root: str | os.PathLike, image_root: str | os.PathLike | None = None,
+                 max_pixels: int | None = None):
+        self.root = Path(root)
+        if not self.root.is_dir():
+            raise DataError("dataset directory not found", Location(file=str(self.root)))
+        kwargs = {} if max_pixels is None else {"max_pixels": max_pixels}
+        self.images = ImageStore(image_root or self.root, **kwargs)
+
+    def tasks(self, split: str = "test") -> list[TaskFiles]:
+        """Every query file of ``split``, in file-name order."""
+        folder = self.root / "query" / split
+        found = []
+        for path in sorted(folder.glob("mbeir_*.jsonl")) if folder.is_dir() else []:
+            m = QUERY_FILE_RE.match(path.name)
+            if not m or m["split"] != split:
+                continue
+            dataset, task_id = m["dataset"], int(m["task"])
+            found.append(TaskFiles(dataset, Task.from_id(task_id), split, path,
+                                   self.root / local_pool_file(dataset, task_id),
+                                   self.root / qrels_file(dataset, task_id, split)))
+        return found
+
+    def task(self, name: str, split: str = "test") -> TaskFiles:
+        for t in self.tasks(split):
+            if t.name == name:
+                return t
+        known = ", ".join(t.name for t in self.tasks(split)) or "none"
+        raise DataError(f"no task {name!r} in split {split!r}; available: {known}", Location(file=str(self.root)))
+
+    def local_pools(self) -> list[Path]:
+        folder = self.root / "cand_pool" / "local"
+        return sorted(p for p in folder.glob("*.jsonl") if POOL_FILE_RE.match(p.name)) if folder.is_dir() else []
+
+    def global_pool(self, split: str = "test") -> Path:
+        return self.root / global_pool_file(split)
+
+    @property
+    def instructions_path(self) -> Path:
+        return self.root / INSTRUCTIONS_FILE
+
+    def instructions(self) -> InstructionRegistry:
+        return InstructionRegistry.from_tsv(self.instructions_path)
+
+    def splits(self) -> list[str]:
+        return [s for s in SPLITS if self.tasks(s)]

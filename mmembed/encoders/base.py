@@ -1,0 +1,88 @@
+"""The Encoder protocol: everything that consumes embeddings depends on this and nothing else.
+
+An encoder turns :class:`Item` s into float32, L2-normalised rows. Queries may carry a task
+instruction; candidates never do.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+
+from mmembed.data.images import ImageLike, ImageStore
+from mmembed.errors import DataError, Location
+from mmembed.types import Candidate, Modality, Query
+
+Instructions = str | None | Sequence[str | None]
+
+
+@dataclass(frozen=True)
+class Item:
+    """What an encoder sees: an id (for error messages), optional text, optional image."""
+
+    id: str
+    text: str | None = None
+    image: ImageLike | None = None
+
+    @property
+    def modality(self) -> Modality:
+        try:
+            return Modality.of(bool(self.text and self.text.strip()), self.image is not None)
+        except DataError as e:
+            raise DataError(e.reason, Location(item=self.id)) from None
+
+
+def as_items(records: Sequence[Query | Candidate | Item], images: ImageStore | None = None) -> list[Item]:
+    """Items from records; image paths are resolved against ``images`` and loaded lazily."""
+    items = []
+    for r in records:
+        if isinstance(r, Item):
+            items.append(r)
+            continue
+        image = None
+        if r.image:
+            if images is None:
+                raise DataError("this item has an image but no image root was given", Location(item=r.id))
+            image = images.ref(r.image, r.id)
+        items.append(Item(r.id, r.text, image))
+    return items
+
+
+def per_item_instructions(instruction: Instructions, n: int) -> list[str | None]:
+    """Broadcast one instruction (or none) to ``n`` queries, or check a per-query list."""
+    if instruction is None or isinstance(instruction, str):
+        return [instruction] * n
+    instructions = list(instruction)
+    if len(instructions) != n:
+        raise ValueError(f"got {len(instructions)} instructions for {n} queries")
+    return instructions
+
+
+@runtime_checkable
+class Encoder(Protocol):
+    """A bi-encoder for queries and candidates of any modality."""
+
+    #: Identifies the encoder and its weights; keys embedding caches and index manifests.
+    encoder_id: str
+    #: Embedding dimension.
+    dim: int
+
+    def encode_queries(self, queries: Sequence[Item], instruction: Instructions = None, *,
+                       batch_size: int = 32, show_progress: bool = False) -> np.ndarray:
+        """Embed queries, each with its instruction (one for all, one per query, or none)."""
+        ...
+
+    def encode_candidates(self, candidates: Sequence[Item], *, batch_size: int = 32,
+                          show_progress: bool = False) -> np.ndarray:
+        """Embed candidates (never with an instruction)."""
+        ...
+
+
+def l2_normalize(x: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit length, as float32 (zero rows stay zero)."""
+    x = np.asarray(x, dtype=np.float32)
+    norms = np.linalg.norm(x, axis=-1, keepdims=True)
+    return x / np.maximum(norms, 1e-12)
