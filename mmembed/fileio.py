@@ -90,8 +90,12 @@ def _fsync_tree(root: Path) -> None:
                 os.fsync(f.fileno())
 
 
-def iter_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, dict]]:
-    """Stream ``(line_number, object)`` pairs; blank lines are skipped, bad JSON names its line."""
+def iter_jsonl(path: str | os.PathLike, start_line: int = 1) -> Iterator[tuple[int, dict]]:
+    """Stream ``(line_number, object)`` pairs from ``start_line`` on.
+
+    Blank lines are skipped; bad JSON raises :class:`DataError` naming its line (a caller that
+    wants to go on after it restarts at the next line).
+    """
     path = Path(path)
     try:
         f = open(path, encoding="utf-8")
@@ -99,7 +103,7 @@ def iter_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, dict]]:
         raise DataError("file not found", Location(file=str(path))) from None
     with f:
         for lineno, line in enumerate(f, start=1):
-            if not line.strip():
+            if lineno < start_line or not line.strip():
                 continue
             try:
                 obj = json.loads(line)

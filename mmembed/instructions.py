@@ -114,7 +114,8 @@ class InstructionRegistry:
 
 def _parse_row(cols: list[str], loc: Location) -> InstructionEntry:
     if len(cols) < 5:
-        raise DataError(f"expected at least 5 tab-separated columns ({', '.join(HEADER)}, prompts), got {len(cols)}", loc)
+        raise DataError(f"expected at least 5 tab-separated columns ({', '.join(HEADER)}, prompts), "
+                        f"got {len(cols)}", loc)
     try:
         qm = Modality.parse(cols[0].strip())
     except DataError as e:

@@ -185,7 +185,8 @@ def iter_qrels_lines(path: str | os.PathLike) -> Iterator[tuple[int, str, str, i
             try:
                 relevance = int(rel)
             except ValueError:
-                raise DataError(f"relevance {rel!r} is not an integer", Location(str(path), lineno, "relevance")) from None
+                raise DataError(f"relevance {rel!r} is not an integer",
+                                Location(str(path), lineno, "relevance")) from None
             task_id = None
             if len(cols) == 5:
                 try:

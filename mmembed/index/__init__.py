@@ -1,0 +1,29 @@
+"""Vector indexes: the :class:`VectorIndex` protocol and its FAISS implementation.
+
+``load_index(directory)`` opens any saved index by the engine its manifest names, so callers
+need not know which engine wrote it.
+"""
+
+from __future__ import annotations
+
+import os
+
+from mmembed.errors import IndexMismatchError
+from mmembed.index.base import FORMAT_VERSION, IndexManifest, SearchResult, VectorIndex, read_manifest
+from mmembed.index.faiss_index import FaissIndex
+
+__all__ = ["FORMAT_VERSION", "FaissIndex", "IndexManifest", "SearchResult", "VectorIndex", "load_index",
+           "read_manifest"]
+
+_ENGINES: dict[str, type] = {"faiss": FaissIndex}
+
+
+def load_index(directory: str | os.PathLike, *, expected_dim: int | None = None,
+               expected_encoder_id: str | None = None) -> VectorIndex:
+    """Load a saved index with the engine its manifest names, checking dimension and encoder."""
+    engine = read_manifest(directory).engine
+    if engine not in _ENGINES:
+        raise IndexMismatchError(
+            f"{directory}: index engine {engine!r} is not available; known engines: {', '.join(_ENGINES)}"
+        )
+    return _ENGINES[engine].load(directory, expected_dim=expected_dim, expected_encoder_id=expected_encoder_id)

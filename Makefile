@@ -1,0 +1,38 @@
+# mmembed: one command sets everything up and runs the main job (make demo), one runs the tests
+# (make test). Both work on a fresh machine: virtualenv, CPU torch pinned, Debian data packages.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip --disable-pip-version-check
+STAMP := $(VENV)/.mmembed-installed
+# Real data the bundled benchmark is built from (see docs/bundled-benchmark.md).
+DEB_PACKAGES := fonts-noto-color-emoji unicode-cldr-core wordnet-base
+
+.PHONY: setup system-deps test demo lint clean
+
+setup: system-deps $(STAMP)
+
+system-deps:
+	@scripts/system_deps.sh $(DEB_PACKAGES)
+
+# torch 2.13.0 (CPU build) goes in first; constraints.txt pins it for every later pip call so
+# that no resolve ever pulls a CUDA torch or torchvision.
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q "torch==2.13.0"
+	$(PIP) install -q -c constraints.txt -e ".[all,dev]"
+	$(PY) scripts/check_env.py
+	touch $(STAMP)
+
+test: setup
+	$(PY) -m pytest
+
+demo: setup
+	$(PY) -m mmembed.demo
+
+lint: setup
+	$(VENV)/bin/ruff check mmembed tests benchmarks
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -1,0 +1,37 @@
+"""``mmembed evaluate``: score an encoder on an M-BEIR-format directory (local and global pools)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from mmembed.cli.common import add_config_arguments, load_encoder_arg
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("evaluate", help="evaluate an encoder on an M-BEIR directory",
+                       description="Score every task of a split against its local pool and the global pool, with "
+                                   "and without instructions; print the per-task table and write JSON results, "
+                                   "TREC runs and the resolved configuration. Configuration keys are those of "
+                                   "mmembed.eval.runner.EvalConfig (split, pools, instruction_modes, seed, metric, "
+                                   "extra_metrics, depth, modality_error_k, tasks, batch_size, max_queries, "
+                                   "cache_dir).")
+    p.add_argument("data", help="M-BEIR-layout dataset directory")
+    p.add_argument("--encoder", required=True, help="encoder directory (save_pretrained output) or 'cpu-default'")
+    p.add_argument("--out", help="directory for results.json, runs/ and config.json")
+    add_config_arguments(p)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from mmembed.config import load_config
+    from mmembed.eval.report import results_table
+    from mmembed.eval.runner import EvalConfig, run_evaluation
+
+    config = load_config(EvalConfig, args.config, args.set, base={"show_progress": sys.stderr.isatty()})
+    encoder = load_encoder_arg(args.encoder)
+    results = run_evaluation(encoder, args.data, config, args.out)
+    print(results_table(results))
+    if args.out:
+        print(f"results written to {args.out}")
+    return 0

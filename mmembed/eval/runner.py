@@ -1,0 +1,225 @@
+"""The M-BEIR evaluation runner.
+
+Scores every task of a split against its local pool and against the global pool (the union of all
+pools, every modality mixed — where modality bias shows), with and without instructions. Writes
+per-task results as JSON, TREC runs, and the resolved configuration with the seed and the
+instruction chosen for every query, so that a run can be reproduced exactly.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from mmembed import __version__
+from mmembed.data.layout import MBEIRDirectory, TaskFiles
+from mmembed.data.mbeir import iter_candidates, read_qrels, read_queries
+from mmembed.encoders.base import Encoder, as_items
+from mmembed.errors import ConfigError, DataError, Location
+from mmembed.eval.metrics import evaluate, parse_metric, topk_to_run
+from mmembed.eval.pool_cache import MODALITY_CODES, EmbeddedPool, PoolEmbeddingCache
+from mmembed.eval.trec import write_run
+from mmembed.fileio import write_json
+from mmembed.index.faiss_index import FaissIndex
+from mmembed.instructions import INSTRUCTION_MODES, InstructionRegistry
+from mmembed.types import Query
+
+logger = logging.getLogger(__name__)
+
+#: M-BEIR reports hit@5 everywhere except these datasets, which use hit@10.
+HIT10_DATASETS = ("fashion200k", "fashioniq")
+POOLS = ("local", "global")
+
+
+@dataclass
+class EvalConfig:
+    """What to evaluate and how; saved with every result."""
+
+    split: str = "test"
+    pools: Sequence[str] = POOLS
+    instruction_modes: Sequence[str] = ("random", "none")
+    seed: int = 0
+    #: The headline metric of each task; ``None`` means M-BEIR's choice (hit@5, hit@10 for fashion).
+    metric: str | None = None
+    #: Metrics reported besides the headline one.
+    extra_metrics: Sequence[str] = ("recall@5", "ndcg@10", "mrr@10")
+    #: Depth retrieved per query (at least the largest k of any metric).
+    depth: int = 50
+    modality_error_k: int = 5
+    tasks: Sequence[str] | None = None
+    batch_size: int = 64
+    max_queries: int | None = None
+    cache_dir: str | None = None
+    show_progress: bool = True
+
+    def validate(self) -> None:
+        for pool in self.pools:
+            if pool not in POOLS:
+                raise ConfigError(f"unknown pool {pool!r}; expected one of {', '.join(POOLS)}")
+        for mode in self.instruction_modes:
+            if mode not in INSTRUCTION_MODES:
+                raise ConfigError(f"unknown instruction mode {mode!r}; expected one of {', '.join(INSTRUCTION_MODES)}")
+        metrics = [parse_metric(m) for m in [*(self.extra_metrics or ()), *([self.metric] if self.metric else [])]]
+        deepest = max([m.k for m in metrics] + [10, self.modality_error_k])
+        if self.depth < deepest:
+            raise ConfigError(f"depth {self.depth} is smaller than the deepest metric cut-off {deepest}")
+
+
+@dataclass
+class TaskResult:
+    task: str  # e.g. emoji_task0
+    task_id: int
+    arrow: str
+    pool: str
+    instructions: str
+    num_queries: int
+    pool_size: int
+    metric: str
+    score: float
+    scores: dict[str, float]
+    modality_error: float | None = None
+
+
+@dataclass
+class EvalResults:
+    config: dict
+    results: list[TaskResult] = field(default_factory=list)
+    instructions: dict[str, dict[str, str | None]] = field(default_factory=dict)
+
+    def select(self, pool: str, instructions: str) -> list[TaskResult]:
+        return [r for r in self.results if r.pool == pool and r.instructions == instructions]
+
+    def average(self, pool: str, instructions: str) -> float | None:
+        rows = self.select(pool, instructions)
+        return float(np.mean([r.score for r in rows])) if rows else None
+
+    def to_dict(self) -> dict:
+        settings = sorted({(r.pool, r.instructions) for r in self.results})
+        return {"config": self.config, "results": [asdict(r) for r in self.results],
+                "averages": {f"{p}/{i}": self.average(p, i) for p, i in settings},
+                "instructions": self.instructions}
+
+
+def headline_metric(task: TaskFiles, override: str | None) -> str:
+    if override:
+        return override
+    return "hit@10" if task.dataset in HIT10_DATASETS else "hit@5"
+
+
+def run_evaluation(encoder: Encoder, data_dir: str | os.PathLike, config: EvalConfig | None = None,
+                   output_dir: str | os.PathLike | None = None) -> EvalResults:
+    """Evaluate ``encoder`` on an M-BEIR directory; write results under ``output_dir`` if given."""
+    config = config or EvalConfig()
+    config.validate()
+    directory = MBEIRDirectory(data_dir)
+    tasks = _select_tasks(directory, config)
+    registry = directory.instructions() if any(m != "none" for m in config.instruction_modes) else None
+    cache = PoolEmbeddingCache(encoder, directory.images, config.cache_dir, config.batch_size, config.show_progress)
+    global_pool = None
+    if "global" in config.pools:
+        path = directory.global_pool(config.split)
+        if not path.is_file():
+            raise DataError("global candidate pool not found (needed for the global-pool setting)",
+                            Location(str(path)))
+        global_pool = cache.embed_file(path)
+
+    results = EvalResults(config={**asdict(config), "data_dir": str(data_dir), "encoder_id": encoder.encoder_id,
+                                  "mmembed_version": __version__})
+    out = Path(output_dir) if output_dir else None
+    for task in tasks:
+        queries = read_queries(task.queries)[: config.max_queries]
+        qrels = _qrels_for(task, queries)
+        for mode in config.instruction_modes:
+            chosen = _instructions(queries, task, registry, mode, config.seed)
+            results.instructions[f"{task.name}/{mode}"] = dict(zip([q.qid for q in queries], chosen))
+            query_vectors = encoder.encode_queries(as_items(queries, directory.images), chosen,
+                                                   batch_size=config.batch_size, show_progress=config.show_progress)
+            for pool_name in config.pools:
+                pool = global_pool if pool_name == "global" else _local_pool(cache, task, global_pool)
+                result, run = _score(task, queries, qrels, query_vectors, pool, pool_name, mode, config)
+                results.results.append(result)
+                logger.info("%s %s/%s: %s = %.4f", task.name, pool_name, mode, result.metric, result.score)
+                if out is not None:
+                    write_run(out / "runs" / f"{pool_name}-{mode}" / f"{task.name}.trec", run,
+                              tag=f"mmembed-{pool_name}-{mode}")
+    if out is not None:
+        write_json(out / "results.json", results.to_dict())
+        write_json(out / "config.json", results.config)
+        write_json(out / "instructions.json", results.instructions)
+    return results
+
+
+def _select_tasks(directory: MBEIRDirectory, config: EvalConfig) -> list[TaskFiles]:
+    tasks = directory.tasks(config.split)
+    if not tasks:
+        raise DataError(f"no query files for split {config.split!r}", Location(str(directory.root)))
+    if config.tasks:
+        known = {t.name: t for t in tasks}
+        missing = [name for name in config.tasks if name not in known]
+        if missing:
+            raise ConfigError(f"unknown task(s) {', '.join(missing)}; available: {', '.join(known)}")
+        tasks = [known[name] for name in config.tasks]
+    return tasks
+
+
+def _qrels_for(task: TaskFiles, queries: list[Query]) -> dict[str, dict[str, int]]:
+    qrels = read_qrels(task.qrels) if task.qrels.is_file() else {}
+    # Queries without a qrels line fall back to their positive list (the two agree in M-BEIR).
+    return {q.qid: qrels.get(q.qid) or {did: 1 for did in q.pos} for q in queries}
+
+
+def _instructions(queries: list[Query], task: TaskFiles, registry: InstructionRegistry | None, mode: str,
+                  seed: int) -> list[str | None]:
+    if mode == "none":
+        return [None] * len(queries)
+    assert registry is not None
+    return [registry.choose(q, task.task.cand_modality, mode, seed) for q in queries]  # type: ignore[arg-type]
+
+
+def _local_pool(cache: PoolEmbeddingCache, task: TaskFiles, global_pool: EmbeddedPool | None) -> EmbeddedPool:
+    if not task.local_pool.is_file():
+        raise DataError("local candidate pool not found", Location(str(task.local_pool)))
+    if global_pool is not None:
+        # Local pools are subsets of the union: reuse its vectors instead of embedding twice.
+        ids = [c.did for c in iter_candidates(task.local_pool)]
+        if all(did in global_pool.position for did in ids):
+            return global_pool.subset(ids)
+    return cache.embed_file(task.local_pool)
+
+
+def _score(task: TaskFiles, queries: list[Query], qrels, query_vectors: np.ndarray, pool: EmbeddedPool,
+           pool_name: str, mode: str, config: EvalConfig) -> tuple[TaskResult, dict]:
+    depth = min(config.depth, len(pool.ids))
+    index = FaissIndex(dim=pool.vectors.shape[1])
+    index.add(pool.ids, pool.vectors)
+    ids, scores = index.search(query_vectors, depth)
+    run = topk_to_run([q.qid for q in queries], ids, scores)
+    metric = headline_metric(task, config.metric)
+    names = [metric, *[m for m in config.extra_metrics if m != metric]]
+    values = evaluate(run, qrels, names)
+    modality_error = None
+    if pool_name == "global":
+        modality_error = _modality_error(ids, pool, task, config.modality_error_k)
+    result = TaskResult(task=task.name, task_id=task.task.id, arrow=task.task.arrow, pool=pool_name,
+                        instructions=mode, num_queries=len(queries), pool_size=len(pool.ids), metric=metric,
+                        score=values[metric], scores=values, modality_error=modality_error)
+    return result, run
+
+
+def _modality_error(ids, pool: EmbeddedPool, task: TaskFiles, k: int) -> float:
+    """Share of the top-k results whose modality differs from the task's target modality."""
+    position = pool.position
+    target = MODALITY_CODES[task.task.cand_modality]
+    wrong = total = 0
+    for row in ids:
+        for did in list(row)[:k]:
+            if did is None:
+                continue
+            total += 1
+            wrong += int(pool.modalities[position[did]] != target)
+    return wrong / total if total else 0.0

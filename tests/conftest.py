@@ -1,0 +1,25 @@
+"""Shared fixtures: the toy M-BEIR dataset and the deterministic toy encoder."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+sys.path.insert(0, str(Path(__file__).parent))
+
+from toy import ToyEncoder, make_toy_mbeir  # noqa: E402
+
+
+@pytest.fixture
+def toy_dir(tmp_path: Path) -> Path:
+    return make_toy_mbeir(tmp_path / "toy")
+
+
+@pytest.fixture
+def toy_encoder() -> ToyEncoder:
+    return ToyEncoder()
