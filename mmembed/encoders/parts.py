@@ -13,10 +13,13 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import hashlib
 import importlib.util
+import json
 import logging
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -24,7 +27,13 @@ from PIL import Image
 from torch import nn
 
 from mmembed.encoders import efficientnet
-from mmembed.encoders.common import package_version, warn_truncation
+from mmembed.encoders.common import (
+    BatchedEncoder,
+    load_checkpoint,
+    package_version,
+    save_checkpoint,
+    warn_truncation,
+)
 from mmembed.encoders.image_cache import CachedTower, FeatureCache
 from mmembed.errors import MissingDependencyError, ModelError
 
@@ -150,7 +159,7 @@ class VisionTower(nn.Module):
         self.grid = grid
         self.crop_fraction = crop_fraction
         self.net = efficientnet.load_pretrained().requires_grad_(False)
-        self.tower_id = f"{efficientnet.weights_id()}|crop={crop_fraction}|grid={grid}"
+        self.tower_id = f"{efficientnet.weights_id()}|norm=lite|crop={crop_fraction}|grid={grid}"
         self.cached = CachedTower(self.tower_id, self._preprocess, self._features, cache)
 
     @property
@@ -193,3 +202,76 @@ def base_state(text_prefix: str = "text.model.", vision_prefix: str = "vision.ne
     state = {text_prefix + k: v for k, v in bert.state_dict().items()}
     state.update({vision_prefix + k: v for k, v in efficientnet.load_pretrained().state_dict().items()})
     return state
+
+
+class PartsModel(nn.Module, BatchedEncoder):
+    """What the models built from these parts share: identity, trainable weights, checkpoints.
+
+    Subclasses set ``SETTINGS`` (constructor arguments saved in config.json), fill
+    ``self.settings`` in ``__init__`` and keep BERT at ``self.text`` and the tower at ``self.vision``.
+    Checkpoints hold the weights that differ from the base packages (``save_all`` for all of them).
+    """
+
+    SETTINGS: tuple[str, ...] = ()
+    BASE_PREFIXES = ("text.model.", "vision.net.")
+    settings: dict
+    _hash_text: bool = False
+    _id_cache: tuple[tuple, str] | None = None
+
+    @property
+    def encoder_id(self) -> str:
+        """``<type>:<digest>`` of the settings, base packages and every weight not from them."""
+        tensors = [(k, v) for k, v in self.state_dict(keep_vars=True).items()
+                   if self._hash_text or not k.startswith(self.BASE_PREFIXES)]
+        versions = tuple((name, t._version) for name, t in tensors)  # bumped by in-place updates
+        if self._id_cache is None or self._id_cache[0] != versions:
+            digest = hashlib.sha256(json.dumps([self.settings, base_packages()], sort_keys=True).encode())
+            for name, t in tensors:
+                digest.update(name.encode())
+                digest.update(t.detach().float().cpu().numpy().tobytes())
+            self._id_cache = (versions, f"{self.encoder_type}:{digest.hexdigest()[:16]}")
+        return self._id_cache[1]
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        """What training updates (the vision tower is always frozen; BERT when train_backbone)."""
+        return [p for p in self.parameters() if p.requires_grad]
+
+    @property
+    def weights_dtype(self) -> torch.dtype:
+        return self.text.model.dtype
+
+    def save_pretrained(self, directory: str | Path, *, save_all: bool = False) -> Path:
+        """Write config.json + model.safetensors; by default only weights not in the base packages."""
+        state = self.state_dict()
+        if not save_all:
+            state = weights_differing_from(state, base_state())
+        config = {**self.settings, "dtype": str(self.weights_dtype).removeprefix("torch."),
+                  "base": base_packages(), "saved_all": save_all}
+        return save_checkpoint(directory, self.encoder_type, config, state)
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path, **overrides: Any) -> PartsModel:
+        """Rebuild from the base packages and apply the saved weights; ``overrides`` e.g. device."""
+        config, tensors = load_checkpoint(directory, cls.encoder_type)
+        check_base_packages(config.get("base"), str(directory))
+        settings = {k: config[k] for k in cls.SETTINGS if k in config}
+        settings["dtype"] = config.get("dtype")
+        settings.update(overrides)
+        encoder = cls(**settings)
+        encoder.load_weights(tensors, str(directory))
+        return encoder
+
+    def load_weights(self, tensors: Mapping[str, torch.Tensor], where: str) -> None:
+        """Apply saved weights; base weights may be absent, anything else must match exactly."""
+        own = self.state_dict()
+        unexpected = sorted(set(tensors) - set(own))
+        missing = sorted(k for k in set(own) - set(tensors) if not k.startswith(self.BASE_PREFIXES))
+        if unexpected or missing:
+            raise ModelError(f"{where}: weights do not fit this {self.encoder_type!r} model "
+                             f"(unexpected {unexpected[:5]}, missing {missing[:5]})")
+        try:
+            self.load_state_dict(dict(tensors), strict=False)
+        except RuntimeError as e:
+            raise ModelError(f"{where}: weights do not fit this {self.encoder_type!r} model: {e}") from None
+        self._hash_text = self._hash_text or any(k.startswith("text.") for k in tensors)
+        self._id_cache = None

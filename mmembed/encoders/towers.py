@@ -19,8 +19,6 @@ initialises the projector from a fixed seed, so it is the same model in every pr
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -30,38 +28,22 @@ from torch import nn
 
 from mmembed.data.images import as_pil
 from mmembed.encoders.base import Item
-from mmembed.encoders.common import (
-    BatchedEncoder,
-    check_items,
-    dtype_name,
-    load_checkpoint,
-    resolve_device,
-    resolve_dtype,
-    save_checkpoint,
-)
+from mmembed.encoders.common import check_items, resolve_device, resolve_dtype
 from mmembed.encoders.image_cache import DEFAULT_MAX_BYTES, FeatureCache
-from mmembed.encoders.parts import (
-    TextBackbone,
-    VisionTower,
-    base_packages,
-    base_state,
-    check_base_packages,
-    weights_differing_from,
-)
+from mmembed.encoders.parts import PartsModel, TextBackbone, VisionTower
 from mmembed.encoders.pooling import POOLING_MODES, LatentAttentionPooler, pool
 from mmembed.encoders.prompts import IMAGE_PLACEHOLDER, Role, build_prompt, count_prefix_tokens
 from mmembed.encoders.registry import register, register_named_model
 from mmembed.errors import ConfigError, ModelError
 
-#: Settings stored in config.json (runtime choices such as device and cache dir are not).
-SETTINGS = ("max_length", "image_grid", "pooling", "num_latents", "latent_heads", "crop_fraction",
-            "train_backbone", "seed")
-_BASE_PREFIXES = ("text.model.", "vision.net.")
-
 
 @register("towers")
-class TowersEncoder(nn.Module, BatchedEncoder):
+class TowersEncoder(PartsModel):
     """EfficientNet-Lite0 + projector + all-MiniLM-L6-v2 in the MM-Embed prompt and pooling."""
+
+    #: Settings stored in config.json (runtime choices such as device and cache dir are not).
+    SETTINGS = ("max_length", "image_grid", "pooling", "num_latents", "latent_heads", "crop_fraction",
+                "train_backbone", "seed")
 
     def __init__(self, *, max_length: int = 256, image_grid: int = 4, pooling: str = "mean",
                  num_latents: int = 512, latent_heads: int = 8, crop_fraction: float = 0.875,
@@ -76,7 +58,7 @@ class TowersEncoder(nn.Module, BatchedEncoder):
         self.settings = {"max_length": max_length, "image_grid": image_grid, "pooling": pooling,
                          "num_latents": num_latents, "latent_heads": latent_heads,
                          "crop_fraction": crop_fraction, "train_backbone": train_backbone, "seed": seed}
-        cache = image_cache or FeatureCache(image_cache_bytes, image_cache_dir)
+        cache = image_cache if image_cache is not None else FeatureCache(image_cache_bytes, image_cache_dir)
         self.text = TextBackbone(max_length)
         self.vision = VisionTower(image_grid, crop_fraction, cache)
         hidden = self.text.hidden_size
@@ -91,33 +73,9 @@ class TowersEncoder(nn.Module, BatchedEncoder):
         self._image_text = self.text.IMAGE_TOKEN * self.vision.num_tokens
         self._prefix_counts: dict[str, int] = {}
         self._hash_text = train_backbone
-        self._id_cache: tuple[tuple, str] | None = None
         device_ = resolve_device(device)
         self.to(device=device_, dtype=resolve_dtype(dtype, device_))
         self.eval()
-
-    # -------------------------------------------------------------- identity and training hooks
-
-    @property
-    def encoder_id(self) -> str:
-        """``towers:<digest>`` of the settings, base packages and every weight not from them."""
-        tensors = self._identity_tensors()
-        versions = tuple((name, t._version) for name, t in tensors)
-        if self._id_cache is None or self._id_cache[0] != versions:
-            digest = hashlib.sha256(json.dumps([self.settings, base_packages()], sort_keys=True).encode())
-            for name, t in tensors:
-                digest.update(name.encode())
-                digest.update(t.detach().float().cpu().numpy().tobytes())
-            self._id_cache = (versions, f"{self.encoder_type}:{digest.hexdigest()[:16]}")
-        return self._id_cache[1]
-
-    def _identity_tensors(self) -> list[tuple[str, torch.Tensor]]:
-        return [(k, v) for k, v in self.state_dict(keep_vars=True).items()
-                if self._hash_text or not k.startswith(_BASE_PREFIXES)]
-
-    def trainable_parameters(self) -> list[nn.Parameter]:
-        """What training updates: projector, pooler, and BERT when ``train_backbone``."""
-        return [p for p in self.parameters() if p.requires_grad]
 
     @property
     def dtype(self) -> torch.dtype:
@@ -174,43 +132,6 @@ class TowersEncoder(nn.Module, BatchedEncoder):
 
     def length_key(self, item: Item) -> float:
         return len(item.text or "") + (4.0 * self.vision.num_tokens if item.image is not None else 0.0)
-
-    # -------------------------------------------------------------- checkpoints
-
-    def save_pretrained(self, directory: str | Path, *, save_all: bool = False) -> Path:
-        """Write config.json + model.safetensors; by default only weights not in the base packages."""
-        state = self.state_dict()
-        if not save_all:
-            state = weights_differing_from(state, base_state())
-        config = {**self.settings, "dtype": dtype_name(self.dtype), "base": base_packages(), "saved_all": save_all}
-        return save_checkpoint(directory, self.encoder_type, config, state)
-
-    @classmethod
-    def from_pretrained(cls, directory: str | Path, **overrides: Any) -> TowersEncoder:
-        """Rebuild from the base packages and apply the saved weights; ``overrides`` e.g. device."""
-        config, tensors = load_checkpoint(directory, cls.encoder_type)
-        check_base_packages(config.get("base"), str(directory))
-        settings = {k: config[k] for k in SETTINGS if k in config}
-        settings.setdefault("dtype", config.get("dtype"))
-        settings.update(overrides)
-        encoder = cls(**settings)
-        encoder.load_weights(tensors, str(directory))
-        return encoder
-
-    def load_weights(self, tensors: dict[str, torch.Tensor], where: str) -> None:
-        """Apply saved weights; base weights may be absent, anything else must match exactly."""
-        own = self.state_dict()
-        unexpected = sorted(set(tensors) - set(own))
-        missing = sorted(k for k in set(own) - set(tensors) if not k.startswith(_BASE_PREFIXES))
-        if unexpected or missing:
-            raise ModelError(f"{where}: weights do not fit this {self.encoder_type!r} model "
-                             f"(unexpected {unexpected[:5]}, missing {missing[:5]})")
-        try:
-            self.load_state_dict(tensors, strict=False)
-        except RuntimeError as e:
-            raise ModelError(f"{where}: weights do not fit this {self.encoder_type!r} model: {e}") from None
-        if any(k.startswith("text.") for k in tensors):
-            self._hash_text = True
 
 
 register_named_model("cpu-default", lambda **overrides: TowersEncoder(**overrides))
