@@ -193,14 +193,18 @@ def weights_differing_from(state: Mapping[str, torch.Tensor], base: Mapping[str,
     return out
 
 
-def base_state(text_prefix: str = "text.model.", vision_prefix: str = "vision.net.") -> dict[str, torch.Tensor]:
+def base_state(text_prefix: str | None = "text.model.", vision_prefix: str | None = "vision.net."
+               ) -> dict[str, torch.Tensor]:
     """The pretrained tensors as a model built from these parts names them (for diffing)."""
-    from transformers import BertModel
+    state: dict[str, torch.Tensor] = {}
+    if text_prefix is not None:
+        from transformers import BertModel
 
-    with _quiet_transformers():
-        bert = BertModel.from_pretrained(str(minilm_dir()), local_files_only=True, add_pooling_layer=False)
-    state = {text_prefix + k: v for k, v in bert.state_dict().items()}
-    state.update({vision_prefix + k: v for k, v in efficientnet.load_pretrained().state_dict().items()})
+        with _quiet_transformers():
+            bert = BertModel.from_pretrained(str(minilm_dir()), local_files_only=True, add_pooling_layer=False)
+        state.update({text_prefix + k: v for k, v in bert.state_dict().items()})
+    if vision_prefix is not None:
+        state.update({vision_prefix + k: v for k, v in efficientnet.load_pretrained().state_dict().items()})
     return state
 
 
@@ -225,7 +229,8 @@ class PartsModel(nn.Module, BatchedEncoder):
                    if self._hash_text or not k.startswith(self.BASE_PREFIXES)]
         versions = tuple((name, t._version) for name, t in tensors)  # bumped by in-place updates
         if self._id_cache is None or self._id_cache[0] != versions:
-            digest = hashlib.sha256(json.dumps([self.settings, base_packages()], sort_keys=True).encode())
+            digest = hashlib.sha256(json.dumps([self.settings, base_packages(), self.vision.tower_id],
+                                                  sort_keys=True).encode())
             for name, t in tensors:
                 digest.update(name.encode())
                 digest.update(t.detach().float().cpu().numpy().tobytes())
@@ -244,7 +249,12 @@ class PartsModel(nn.Module, BatchedEncoder):
         """Write config.json + model.safetensors; by default only weights not in the base packages."""
         state = self.state_dict()
         if not save_all:
-            state = weights_differing_from(state, base_state())
+            # The vision tower is always frozen; BERT can only differ when trained or loaded so.
+            state = {k: v for k, v in state.items() if not k.startswith("vision.net.")}
+            if self._hash_text:
+                state = weights_differing_from(state, base_state(vision_prefix=None))
+            else:
+                state = {k: v for k, v in state.items() if not k.startswith("text.model.")}
         config = {**self.settings, "dtype": str(self.weights_dtype).removeprefix("torch."),
                   "base": base_packages(), "saved_all": save_all}
         return save_checkpoint(directory, self.encoder_type, config, state)

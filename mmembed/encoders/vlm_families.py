@@ -176,6 +176,7 @@ class QwenVLAdapter(FamilyAdapter):
     """Qwen2-VL and Qwen2.5-VL: native dynamic resolution; ``image_size``**2 caps the pixels."""
 
     model_types = ("qwen2_vl", "qwen2_5_vl")
+    projector_attr = "visual.merger"
 
     @property
     def image_token(self) -> str:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import random
 import shutil
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -136,11 +137,29 @@ def build_tiny(family: str, out_dir: str | Path, seed: int = 0) -> Path:
                "idefics3": _idefics3, "smolvlm": _smolvlm, "clip": _clip, "siglip": _siglip}[family]
     model, processor = builder(seed)
     model.eval()
-    model.save_pretrained(out)
-    processor.save_pretrained(out)
+    with _quiet_transformers():
+        model.save_pretrained(out)
+        processor.save_pretrained(out)
     _CACHE[(family, seed)] = out
     logger.debug("built tiny %s model in %s", family, out)
     return out
+
+
+@contextmanager
+def _quiet_transformers():
+    """No progress bars or info chatter while writing a toy checkpoint."""
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()
 
 
 def _text_config(vocab_size: int, **extra) -> dict:
@@ -331,7 +350,7 @@ def _siglip(seed: int):
         text_config={"vocab_size": len(tokenizer), "hidden_size": TEXT_HIDDEN, "intermediate_size": 2 * TEXT_HIDDEN,
                      "num_hidden_layers": 2, "num_attention_heads": 4, "max_position_embeddings": 16,
                      "pad_token_id": tokenizer.pad_token_id, "eos_token_id": tokenizer.eos_token_id,
-                     "bos_token_id": None},
+                     "bos_token_id": tokenizer.eos_token_id},
         vision_config={"hidden_size": TEXT_HIDDEN, "intermediate_size": 2 * TEXT_HIDDEN, "num_hidden_layers": 2,
                        "num_attention_heads": 4, "image_size": 32, "patch_size": 8})
     image_processor = SiglipImageProcessorPil(size={"height": 32, "width": 32})

@@ -55,5 +55,5 @@ class EmojiRenderer:
     def png_bytes(self, sequence: str) -> bytes:
         """PNG bytes without metadata, so equal pixels give equal files on every run."""
         buffer = io.BytesIO()
-        self.render(sequence).save(buffer, format="PNG", compress_level=9, optimize=False)
+        self.render(sequence).save(buffer, format="PNG", compress_level=6, optimize=False)
         return buffer.getvalue()

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -76,12 +76,14 @@ def parse_data_line(line: str, file_pos: str, loc: Location) -> Synset:
     return Synset(file_pos, fields[2], fields[0], lex_file, lemmas, definition, examples)
 
 
-def iter_synsets(root: Path, file_pos: str) -> Iterator[Synset]:
-    """Every synset of one data file (license header lines start with spaces and are skipped)."""
+def iter_synsets(root: Path, file_pos: str, wanted: Callable[[str], bool] | None = None) -> Iterator[Synset]:
+    """The synsets of one data file whose id is ``wanted`` (all by default); licence lines are skipped."""
     path = root / f"data.{FILES[file_pos]}"
     with open(path, encoding="utf-8", errors="replace") as f:
         for lineno, line in enumerate(f, start=1):
             if line.startswith(" ") or not line.strip():
+                continue
+            if wanted is not None and not wanted(file_pos + line[:line.find(" ")]):
                 continue
             yield parse_data_line(line.rstrip("\n"), file_pos, Location(str(path), lineno))
 
@@ -106,10 +108,11 @@ def tagged_synsets(root: Path) -> set[str]:
     return tagged
 
 
-def load_synsets(root: Path, keep=None) -> list[Synset]:
+def load_synsets(root: Path, keep: Callable[[str], bool] | None = None) -> list[Synset]:
     """The tagged synsets of all four parts of speech, sorted by id; ``keep(id)`` may narrow them."""
     tagged = tagged_synsets(root)
-    found = [s for file_pos in FILES for s in iter_synsets(root, file_pos)
-             if s.id in tagged and (keep is None or keep(s.id))]
+    if keep is not None:
+        tagged = {sid for sid in tagged if keep(sid)}
+    found = [s for file_pos in FILES for s in iter_synsets(root, file_pos, tagged.__contains__)]
     log.info("wordnet: %d SemCor-tagged synsets kept", len(found))
     return sorted(found, key=lambda s: s.id)

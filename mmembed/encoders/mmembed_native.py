@@ -1,0 +1,206 @@
+"""Load the released nvidia/MM-Embed checkpoint into our composed model, on current transformers.
+
+The release ships remote code (``modeling_nvmmembed.py``, written for transformers 4.43) that
+subclasses ``LlavaNextForConditionalGeneration``, replaces its LLM with NV-Embed's bidirectional
+Mistral (``embedding_model``) and adds NV-Embed's latent-attention pooler. This module reads the
+same files without that code and without pinning an old transformers:
+
+- weights: ``model.safetensors`` or shards + ``model.safetensors.index.json``, keys
+  ``vision_tower.vision_model.*`` (CLIP ViT-L/14-336), ``multi_modal_projector.linear_{1,2}.*``,
+  ``image_newline``, ``language_model.*`` (a Mistral *base* model: ``embed_tokens``, ``layers``,
+  ``norm``; no LM head) and ``latent_attention_model.{latents, cross_attend_blocks.*}``. The first
+  four are exactly the parameter names of transformers 5's ``LlavaNextModel``; the last map onto
+  :class:`~mmembed.encoders.pooling.LatentAttentionPooler`. Every key must be consumed.
+- config.json: a LLaVA-NeXT config plus ``retriever`` (the NV-Embed repo the LLM config came
+  from), ``padding_side``, ``add_eos_token`` and ``global_image_patch_only``.
+- behaviour reproduced: bidirectional attention in the LLM; image token and PAD ids are mapped
+  before the embedding lookup (image -> 0, PAD -> EOS: "We use tokenizer from Llava-Next but later
+  replace PAD with EOS Token"); EOS appended to every prompt (``add_eos_token``); global view only
+  (the first, "resized original" patch), packed as LLaVA-NeXT packs a single view: 576 patch
+  tokens followed by the ``image_newline`` vector; latent-attention pooling over a mask that hides
+  the instruction; L2 normalisation.
+
+What is inferred rather than read from the release (see docs): the LLM's config. The release
+builds its LLM from NV-Embed-v1's config (``config.retriever``), which is not in the MM-Embed
+directory; without ``nvembed_config=`` we use config.json's ``text_config`` with the vocabulary
+size taken from the ``embed_tokens`` weight (32000 rows, while LLaVA's text_config says 32064).
+The latent pooler's head count is not stored in the weights: NV-Embed's default of 8 is used
+(``latent_heads=``), and the head width is derived from the weight shapes (4096 in NV-Embed).
+One deliberate difference: the instruction mask comes from :mod:`.prompts` (it hides
+``Instruct: ...\\nQuery:``), whereas the release hid BOS + ``Instruct: ...`` plus one token.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mmembed.encoders.common import resolve_device, resolve_dtype
+from mmembed.encoders.pooling import LatentAttentionPooler
+from mmembed.errors import ModelError
+
+logger = logging.getLogger(__name__)
+
+LATENT_PREFIX = "latent_attention_model."
+RELEASE_FIELDS = ("retriever", "padding_side", "add_eos_token", "global_image_patch_only")
+INDEX_FILE = "model.safetensors.index.json"
+
+
+def is_mmembed_release(path: str | Path) -> bool:
+    """Whether ``path`` looks like the released MM-Embed directory (its config.json says so)."""
+    config = Path(path) / "config.json"
+    if not config.is_file():
+        return False
+    try:
+        data = json.loads(config.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return False
+    return data.get("model_type") == "llava_next" and "retriever" in data and "global_image_patch_only" in data
+
+
+def weight_files(path: Path) -> dict[str, Path]:
+    """Tensor name -> file, from the shard index or the single safetensors file."""
+    index = path / INDEX_FILE
+    if index.is_file():
+        weight_map = json.loads(index.read_text(encoding="utf-8")).get("weight_map") or {}
+        if not weight_map:
+            raise ModelError(f"{index}: no weight_map")
+        return {name: path / file for name, file in weight_map.items()}
+    single = path / "model.safetensors"
+    if not single.is_file():
+        raise ModelError(f"{path}: neither {INDEX_FILE} nor model.safetensors found")
+    from safetensors import safe_open
+
+    with safe_open(str(single), framework="pt") as f:
+        return {name: single for name in f.keys()}
+
+
+def read_tensors(files: dict[str, Path], names: list[str]) -> dict[str, torch.Tensor]:
+    from safetensors import safe_open
+
+    out: dict[str, torch.Tensor] = {}
+    by_file: dict[Path, list[str]] = {}
+    for name in names:
+        by_file.setdefault(files[name], []).append(name)
+    for file, keys in by_file.items():
+        with safe_open(str(file), framework="pt") as f:
+            for key in keys:
+                out[key] = f.get_tensor(key)
+    return out
+
+
+def tensor_shape(files: dict[str, Path], name: str) -> list[int]:
+    from safetensors import safe_open
+
+    if name not in files:
+        raise ModelError(f"the checkpoint has no tensor {name!r}; is this an MM-Embed directory?")
+    with safe_open(str(files[name]), framework="pt") as f:
+        return list(f.get_slice(name).get_shape())
+
+
+def release_config(path: Path, files: dict[str, Path], nvembed_config: str | Path | None = None):
+    """A transformers LlavaNextConfig for the composed model (LLM config as the release built it)."""
+    from transformers import LlavaNextConfig
+
+    raw = json.loads((path / "config.json").read_text(encoding="utf-8"))
+    data = {k: v for k, v in raw.items() if k not in RELEASE_FIELDS + ("auto_map", "architectures", "_name_or_path")}
+    text = dict(data.get("text_config") or {})
+    if nvembed_config is not None:
+        text = _nvembed_text_config(Path(nvembed_config))
+    text["model_type"] = "mistral"
+    text["vocab_size"] = tensor_shape(files, "language_model.embed_tokens.weight")[0]
+    data["text_config"] = text
+    return LlavaNextConfig(**data), raw
+
+
+def _nvembed_text_config(path: Path) -> dict[str, Any]:
+    file = path / "config.json" if path.is_dir() else path
+    try:
+        data = json.loads(file.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as e:
+        raise ModelError(f"{file}: cannot read the NV-Embed config: {e}") from None
+    text = data.get("text_config")
+    if not isinstance(text, dict):
+        raise ModelError(f"{file}: no text_config (expected NV-Embed's config.json)")
+    return {k: v for k, v in text.items() if k not in ("architectures", "_name_or_path", "auto_map")}
+
+
+def build_latent_pooler(files: dict[str, Path], hidden_size: int, heads: int) -> LatentAttentionPooler:
+    """NV-Embed's pooler with shapes read from the weights and its weights loaded strictly."""
+    num_latents, latent_dim = tensor_shape(files, LATENT_PREFIX + "latents")
+    inner = tensor_shape(files, LATENT_PREFIX + "cross_attend_blocks.0.fn.to_q.weight")[0]
+    ff_hidden = tensor_shape(files, LATENT_PREFIX + "cross_attend_blocks.1.fn.net.0.weight")[0]
+    if inner % heads:
+        raise ModelError(f"latent attention width {inner} is not divisible by {heads} heads; set latent_heads")
+    pooler = LatentAttentionPooler(hidden_size, num_latents=num_latents, latent_dim=latent_dim, num_heads=heads,
+                                   head_dim=inner // heads, mlp_mult=ff_hidden // (2 * hidden_size))
+    names = [n for n in files if n.startswith(LATENT_PREFIX)]
+    state = {n.removeprefix(LATENT_PREFIX): t for n, t in read_tensors(files, names).items()}
+    result = pooler.load_state_dict(state, strict=False)
+    if result.missing_keys or result.unexpected_keys:
+        raise ModelError(f"latent attention weights do not fit NV-Embed's layout: missing {result.missing_keys}, "
+                         f"unexpected {result.unexpected_keys}")
+    return pooler
+
+
+def load_release_backbone(path: Path, config, files: dict[str, Path], dtype: torch.dtype,
+                          attn_implementation: str = "sdpa"):
+    """LlavaNextModel with the release's vision tower, projector, newline and LLM weights."""
+    from transformers import LlavaNextModel
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # the latent weights are "unexpected" here; they are checked below
+    try:
+        model, info = LlavaNextModel.from_pretrained(path, config=config, local_files_only=True, dtype=dtype,
+                                                     attn_implementation=attn_implementation,
+                                                     output_loading_info=True)
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    missing = sorted(info.get("missing_keys") or [])
+    unexpected = sorted(k for k in info.get("unexpected_keys") or [] if not k.startswith(LATENT_PREFIX))
+    mismatched = info.get("mismatched_keys") or []
+    if missing or unexpected or mismatched:
+        raise ModelError(f"{path}: weights do not fit the MM-Embed layout: missing {missing[:5]}, "
+                         f"unexpected {unexpected[:5]}, mismatched {list(mismatched)[:5]}")
+    return model
+
+
+def load_mmembed_release(path: str | Path, *, nvembed_config: str | Path | None = None, latent_heads: int = 8,
+                         device: str | torch.device | None = None, dtype: str | torch.dtype | None = None,
+                         attn_implementation: str = "sdpa", max_length: int = 512, **settings: Any):
+    """A :class:`~mmembed.encoders.vlm.VLMEncoder` reproducing the released MM-Embed model.
+
+    ``settings`` go to the encoder (e.g. ``image_size``); pooling, bidirectional attention, EOS,
+    the PAD quirk and the padding side are the release's.
+    """
+    from transformers import AutoProcessor
+
+    from mmembed.encoders.vlm import VLMEncoder
+
+    path = Path(path)
+    if not is_mmembed_release(path):
+        raise ModelError(f"{str(path)!r} is not an MM-Embed release directory (config.json lacks 'retriever' / "
+                         "'global_image_patch_only')")
+    files = weight_files(path)
+    config, raw = release_config(path, files, nvembed_config)
+    if nvembed_config is None:
+        logger.info("MM-Embed: LLM config taken from config.json's text_config (vocab %d from the weights); pass "
+                    "nvembed_config= to use NV-Embed-v1's", config.text_config.vocab_size)
+    torch_dtype = resolve_dtype(dtype, resolve_device(device))
+    model = load_release_backbone(path, config, files, torch_dtype, attn_implementation)
+    pooler = build_latent_pooler(files, config.text_config.hidden_size, latent_heads)
+    processor = AutoProcessor.from_pretrained(path, local_files_only=True)
+    if not raw.get("global_image_patch_only", True):
+        logger.warning("%s: global_image_patch_only is false; only the global view is supported", path)
+    for key in ("pooling", "bidirectional", "append_eos", "padding_side", "latent", "adapter_kwargs"):
+        settings.pop(key, None)  # fixed by the release (a saved checkpoint repeats them)
+    return VLMEncoder(
+        model, processor, pooling="latent_attention", bidirectional=True, max_length=max_length,
+        append_eos=bool(raw.get("add_eos_token", True)), padding_side=raw.get("padding_side", "right"),
+        latent_pooler=pooler, adapter_kwargs={"pad_as_eos": True}, device=device, dtype=torch_dtype,
+        source={"format": "mmembed_release", "path": str(path.resolve())}, **settings)

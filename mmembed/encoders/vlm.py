@@ -1,0 +1,233 @@
+"""VLMEncoder: a multimodal LLM from transformers, composed (never subclassed) into a bi-encoder.
+
+One class serves every supported family (LLaVA-NeXT, Qwen2-VL, Qwen2.5-VL, Idefics3, SmolVLM);
+:mod:`.vlm_families` holds what differs between them. Each item becomes an MM-Embed prompt
+(:mod:`.prompts`) with the family's image token, the LLM's last hidden states are pooled
+(:mod:`.pooling`; the instruction prefix is excluded via :func:`count_prefix_tokens`), and rows
+are L2-normalised. The LLM can attend bidirectionally (:mod:`.bidirectional`), as NV-Embed and
+MM-Embed do.
+
+Models are read from a local directory only (``local_files_only=True``); remote code runs only
+when the caller passes ``trust_remote_code=True``. ``max_length`` counts text tokens plus each
+image's *placeholder* tokens, not the expanded image tokens (the release truncated before the
+image was expanded too); longer items lose the end of their text, with one warning per run.
+``append_eos`` (default on, as the release's tokenizer did) ends every prompt with EOS, which is
+what ``last`` pooling reads. Saving and LoRA live in :mod:`.vlm_checkpoint`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from mmembed.data.images import as_pil
+from mmembed.encoders.bidirectional import set_bidirectional
+from mmembed.encoders.common import BatchedEncoder, check_items, resolve_device, resolve_dtype, warn_truncation
+from mmembed.encoders.pooling import POOLING_MODES, LatentAttentionPooler, pool
+from mmembed.encoders.prompts import Prompt, Role, build_prompt, count_prefix_tokens
+from mmembed.encoders.registry import register
+from mmembed.encoders.vlm_families import FamilyAdapter, adapter_class
+from mmembed.errors import ConfigError, ModelError
+
+logger = logging.getLogger(__name__)
+
+#: NV-Embed's latent-attention shape relative to the LLM: 512 latents, 8 heads.
+DEFAULT_LATENT = {"num_latents": 512, "num_heads": 8}
+
+
+@register("vlm")
+class VLMEncoder(BatchedEncoder):
+    """A bi-encoder over a Hugging Face vision-language model (see the module docstring)."""
+
+    def __init__(self, model: nn.Module, processor: Any, *, pooling: str = "mean", bidirectional: bool = False,
+                 max_length: int = 512, image_size: int | None = None, append_eos: bool = True,
+                 padding_side: str = "right", latent_pooler: LatentAttentionPooler | None = None,
+                 latent: dict[str, int] | None = None, adapter_kwargs: dict[str, Any] | None = None,
+                 device: str | torch.device | None = None, dtype: str | torch.dtype | None = None,
+                 source: dict[str, Any] | None = None, seed: int = 0):
+        if pooling not in POOLING_MODES:
+            raise ConfigError(f"unknown pooling {pooling!r}; expected one of {', '.join(POOLING_MODES)}")
+        if padding_side not in ("left", "right"):
+            raise ConfigError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
+        if not isinstance(max_length, int) or max_length < 1:
+            raise ConfigError(f"max_length must be a positive integer, got {max_length!r}")
+        self.device = resolve_device(device)
+        self.dtype = resolve_dtype(dtype, self.device)
+        self.model = model.to(device=self.device, dtype=self.dtype).eval()
+        self.model.requires_grad_(False)  # trainers opt in (LoRA, projector); saving relies on it
+        self.processor = processor
+        self.tokenizer = processor.tokenizer
+        self.tokenizer.padding_side = padding_side
+        self.model_type = model.config.model_type
+        self.adapter: FamilyAdapter = adapter_class(self.model_type)(model, processor, image_size,
+                                                                    **(adapter_kwargs or {}))
+        self.pooling, self.bidirectional, self.max_length = pooling, bidirectional, max_length
+        self.image_size, self.append_eos, self.padding_side = image_size, append_eos, padding_side
+        self.adapter_kwargs = dict(adapter_kwargs or {})
+        set_bidirectional(self.adapter.language_model, bidirectional)
+        hidden = self.adapter.language_model.config.hidden_size
+        self.latent = {**DEFAULT_LATENT, **(latent or {})} if pooling == "latent_attention" else None
+        self.latent_pooler = latent_pooler
+        if pooling == "latent_attention" and latent_pooler is None:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                self.latent_pooler = LatentAttentionPooler(hidden, **self.latent)
+        if self.latent_pooler is not None:
+            self.latent_pooler = self.latent_pooler.to(self.device).eval()
+            self.latent = {k: v for k, v in self.latent_pooler.config.items() if k != "hidden_size"}
+        self.dim = hidden
+        self.source = source or {"format": "hf", "path": getattr(model.config, "_name_or_path", "")}
+        self.peft_model = None  # set by vlm_checkpoint.enable_lora / load_lora
+        self.encoder_id = self._make_id()
+        self._prefix_counts: dict[str, int] = {}
+
+    # ------------------------------------------------------------------ construction
+
+    @classmethod
+    def from_hf(cls, path: str | Path, *, trust_remote_code: bool = False, attn_implementation: str = "sdpa",
+                device: str | torch.device | None = None, dtype: str | torch.dtype | None = None,
+                **settings: Any) -> VLMEncoder:
+        """An encoder over the transformers checkpoint directory ``path`` (never downloads)."""
+        model, processor = load_hf_backbone(path, trust_remote_code=trust_remote_code,
+                                            attn_implementation=attn_implementation, dtype=resolve_dtype(
+                                                dtype, resolve_device(device)))
+        return cls(model, processor, device=device, dtype=dtype,
+                   source={"format": "hf", "path": str(Path(path).resolve())}, **settings)
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path, **overrides: Any) -> VLMEncoder:
+        """Load a checkpoint written by :meth:`save_pretrained`."""
+        from mmembed.encoders.vlm_checkpoint import load_vlm_checkpoint
+
+        return load_vlm_checkpoint(cls, directory, **overrides)
+
+    def save_pretrained(self, directory: str | Path, *, copy_backbone: bool = False) -> Path:
+        """Write a checkpoint; see :func:`mmembed.encoders.vlm_checkpoint.save_vlm_checkpoint`."""
+        from mmembed.encoders.vlm_checkpoint import save_vlm_checkpoint
+
+        return save_vlm_checkpoint(self, directory, copy_backbone=copy_backbone)
+
+    def enable_lora(self, r: int = 8, alpha: int = 64, dropout: float = 0.0,
+                    target_modules: Sequence[str] | None = None, train_projector: bool = True) -> None:
+        """Add LoRA adapters to the LLM (MM-Embed: r=8, alpha=64) and make them trainable."""
+        from mmembed.encoders.vlm_checkpoint import enable_lora
+
+        enable_lora(self, r=r, alpha=alpha, dropout=dropout, target_modules=target_modules,
+                    train_projector=train_projector)
+
+    def settings(self) -> dict[str, Any]:
+        """The constructor settings, as JSON values (what a checkpoint records)."""
+        return {"model_type": self.model_type, "pooling": self.pooling, "bidirectional": self.bidirectional,
+                "max_length": self.max_length, "image_size": self.image_size, "append_eos": self.append_eos,
+                "padding_side": self.padding_side, "latent": self.latent, "adapter_kwargs": self.adapter_kwargs}
+
+    def _make_id(self, name: str | None = None) -> str:
+        name = name or Path(str(self.source.get("path", ""))).name or self.model_type
+        bidir = "-bidir" if self.bidirectional else ""
+        return f"vlm:{self.model_type}:{name}:{self.pooling}{bidir}"
+
+    # ------------------------------------------------------------------ training helpers
+
+    def modules(self) -> list[nn.Module]:
+        return [self.model] + ([self.latent_pooler] if self.latent_pooler is not None else [])
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        return [p for m in self.modules() for p in m.parameters() if p.requires_grad]
+
+    def train(self, mode: bool = True) -> VLMEncoder:
+        for module in self.modules():
+            module.train(mode)
+        return self
+
+    def eval(self) -> VLMEncoder:
+        return self.train(False)
+
+    # ------------------------------------------------------------------ embedding
+
+    def embed(self, items: Sequence[Any], role: Role, instructions: Sequence[str | None] | None = None
+              ) -> torch.Tensor:
+        """L2-normalised embeddings (batch, dim), float32, differentiable outside ``no_grad``."""
+        items = list(items)
+        check_items(items, accepts_images=True, encoder_name=self.encoder_id)
+        instructions = list(instructions) if instructions is not None else [None] * len(items)
+        prompts = [self._prompt(item, role, instr) for item, instr in zip(items, instructions)]
+        images = [as_pil(item.image, item.id) if item.image is not None else None for item in items]
+        inputs = self.adapter.prepare([p.text for p in prompts], images).to(self.device, self.dtype)
+        hidden, mask = self.adapter.hidden_states(inputs)
+        mask = mask.to(hidden.device)
+        exclude = torch.tensor([self._prefix_tokens(p.prefix) for p in prompts], device=hidden.device)
+        # pads may hold NaN (fully masked rows under causal attention with left padding): zero them
+        hidden = hidden.float().masked_fill(~mask.bool().unsqueeze(-1), 0.0)
+        return pool(hidden, mask, self.pooling, exclude_lengths=exclude, latent_pooler=self.latent_pooler)
+
+    def length_key(self, item: Any) -> float:
+        return len(item.text or "") + (4000.0 if item.image is not None else 0.0)
+
+    def _prefix_tokens(self, prefix: str) -> int:
+        if prefix not in self._prefix_counts:
+            self._prefix_counts[prefix] = count_prefix_tokens(self.tokenizer, prefix)
+        return self._prefix_counts[prefix]
+
+    def _render(self, text: str | None, has_image: bool, role: Role, instruction: str | None) -> Prompt:
+        prompt = build_prompt(text, has_image, role, instruction).with_image_token(self.adapter.image_token)
+        if self.append_eos and self.tokenizer.eos_token:
+            return Prompt(prompt.text + self.tokenizer.eos_token, prompt.prefix, prompt.has_image)
+        return prompt
+
+    def _length(self, text: str) -> int:
+        return len(self.tokenizer(text, add_special_tokens=True, verbose=False)["input_ids"])
+
+    def _prompt(self, item: Any, role: Role, instruction: str | None) -> Prompt:
+        """The item's prompt, its text cut so that the whole fits in ``max_length`` tokens."""
+        has_image = item.image is not None
+        prompt = self._render(item.text, has_image, role, instruction)
+        excess = self._length(prompt.text) - self.max_length
+        if excess <= 0 or not item.text:
+            return prompt
+        ids = self.tokenizer(item.text, add_special_tokens=False, verbose=False)["input_ids"]
+        keep = len(ids) - excess
+        while keep > 0:  # re-tokenizing at the cut can merge differently: check again
+            prompt = self._render(self.tokenizer.decode(ids[:keep]), has_image, role, instruction)
+            excess = self._length(prompt.text) - self.max_length
+            if excess <= 0:
+                break
+            keep -= excess
+        if keep <= 0:
+            prompt = self._render(None, has_image, role, instruction) if has_image else prompt
+        warn_truncation(self.encoder_id, item.id, self.max_length)
+        return prompt
+
+
+def load_hf_backbone(path: str | Path, *, trust_remote_code: bool = False, attn_implementation: str = "sdpa",
+                     dtype: torch.dtype = torch.float32) -> tuple[nn.Module, Any]:
+    """The base model (no LM head) and processor of a local transformers VLM directory."""
+    from transformers import AutoConfig, AutoModel, AutoProcessor
+    from transformers.utils import logging as hf_logging
+
+    from mmembed.encoders.processors import processor_class_for
+
+    path = Path(path)
+    if not (path / "config.json").is_file():
+        raise ModelError(f"{str(path)!r} is not a transformers model directory: it has no config.json")
+    config = AutoConfig.from_pretrained(path, local_files_only=True, trust_remote_code=trust_remote_code)
+    adapter_class(config.model_type)  # refuse unsupported families before loading weights
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # the load report lists the unused LM head; we check keys below
+    try:
+        model, info = AutoModel.from_pretrained(
+            path, local_files_only=True, trust_remote_code=trust_remote_code, dtype=dtype,
+            attn_implementation=attn_implementation, output_loading_info=True)
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    missing = sorted(info.get("missing_keys") or [])
+    if missing:
+        raise ModelError(f"{path}: the checkpoint lacks weights the model needs: {missing[:5]}"
+                         f"{' ...' if len(missing) > 5 else ''}")
+    processor_cls = processor_class_for(config.model_type) or AutoProcessor
+    processor = processor_cls.from_pretrained(path, local_files_only=True, trust_remote_code=trust_remote_code)
+    return model, processor
