@@ -77,7 +77,8 @@ def test_instruction_is_prepended_to_the_query_text_as_in_uniir(encoders, family
 @pytest.mark.parametrize("family", DUAL_FAMILIES)
 def test_rows_do_not_depend_on_batch_mates(encoders, family):
     enc = encoders[family]
-    items = [Item("a", "a dog"), Item("b", "two cats sitting on a small table near the river"), Item("c", None, _image(2))]
+    items = [Item("a", "a dog"), Item("b", "two cats sitting on a small table near the river"),
+             Item("c", None, _image(2))]
     np.testing.assert_allclose(enc.encode_candidates(items, batch_size=1), enc.encode_candidates(items), atol=1e-5)
 
 

@@ -12,10 +12,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import dist_worker
 import pytest
 import torch
 
-import dist_worker
 from mmembed.losses import gather_keys, gather_with_grad, global_sum, world
 
 HERE = Path(__file__).parent
@@ -34,7 +34,8 @@ def two_process_weights(tmp_path_factory) -> dict[str, dict[str, torch.Tensor]]:
     if Path("/sys/class/net/lo").exists():
         env.setdefault("GLOO_SOCKET_IFNAME", "lo")
     # --standalone: a local rendezvous on a free port, so parallel test runs cannot collide.
-    cmd = [*torchrun(), "--standalone", "--nnodes", "1", "--nproc_per_node", "2", str(HERE / "dist_worker.py"), str(out)]
+    cmd = [*torchrun(), "--standalone", "--nnodes", "1", "--nproc_per_node", "2", str(HERE / "dist_worker.py"),
+           str(out)]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180)
     assert proc.returncode == 0, f"torchrun failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
     return torch.load(out)

@@ -138,3 +138,19 @@ def test_mapping_inputs_reach_the_embed_function_per_chunk():
 
     GradCache(embed, embed, LOSS, 4).step({"x": queries}, {"x": candidates}, **kw)
     assert seen == [4, 2, 4, 4, 4, 4, 2] * 2  # first pass, then the re-run
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_dropout_is_replayed():
+    queries, candidates, kw = make_batch()
+    queries, candidates = queries.cuda(), candidates.cuda()
+    kw = {k: v.cuda() for k, v in kw.items()}
+    model = make_model().cuda()
+    torch.manual_seed(11)
+    plain_step(model, queries, candidates, kw, 3)
+    expected = grads(model)
+    model = make_model().cuda()
+    torch.manual_seed(11)
+    cached_step(model, queries, candidates, kw, 3)
+    for got, want in zip(grads(model), expected):
+        assert torch.allclose(got, want, atol=1e-5)

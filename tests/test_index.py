@@ -144,6 +144,13 @@ def test_approximate_indexes_find_most_exact_neighbours(factory, params, data_fn
     assert _overlap(approx, exact) >= min_recall
 
 
+def test_pq_indexes_skip_the_slow_polysemous_training():
+    for factory in ("IVF16,PQ8", "OPQ8,IVF16,PQ8", "PQ8"):
+        index = FaissIndex(DIM, factory).faiss_index
+        ivf = faiss.downcast_index(faiss.extract_index_ivf(index)) if "IVF" in factory else index
+        assert ivf.do_polysemous_training is False, factory
+
+
 def test_ivf_probing_every_list_is_exact():
     data, queries = _clustered(2000), _clustered(20, seed=1)
     index = FaissIndex(DIM, "IVF16,Flat", search_params={"nprobe": 16})

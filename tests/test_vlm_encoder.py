@@ -226,3 +226,18 @@ def test_unsupported_model_and_settings_are_refused(tmp_path, tiny_dirs):
         VLMEncoder.from_hf(tmp_path)
     with pytest.raises(ConfigError, match="pooling"):
         VLMEncoder.from_hf(tiny_dirs["qwen2_vl"], pooling="max")
+
+
+@pytest.mark.parametrize("family", VLM_FAMILIES)
+def test_image_size_option_changes_the_image_tokens_not_the_invariances(tiny_dirs, family):
+    small, large = {"llava_next": (None, 56), "qwen2_vl": (16, 56), "qwen2_5_vl": (16, 56),
+                    "idefics3": (None, 64), "smolvlm": (None, 64)}[family]
+    image = _image(9, (64, 64))
+    lengths = []
+    for size in (small, large):
+        enc = VLMEncoder.from_hf(tiny_dirs[family], pooling="mean", image_size=size)
+        inputs = enc.adapter.prepare([f"{enc.adapter.image_token}\nx"], [image])
+        lengths.append(int(inputs.tensors["attention_mask"].sum()))
+    assert lengths[1] > lengths[0]
+    items = [Item("a", "x", image), Item("b", "y"), Item("c", None, _image(3, (20, 60)))]
+    np.testing.assert_allclose(enc.encode_candidates(items, batch_size=1), enc.encode_candidates(items), atol=ATOL)

@@ -157,7 +157,7 @@ class BatchedEncoder:
     def _encode(self, items: Sequence[Item], role: Role, instructions: list[str | None], batch_size: int,
                 show_progress: bool) -> np.ndarray:
         items = list(items)
-        check_items(items, accepts_images=self.accepts_images, encoder_name=self.encoder_id)
+        check_items(items, accepts_images=self.accepts_images, encoder_name=self.encoder_type or type(self).__name__)
 
         def encode_batch(idx: list[int]) -> torch.Tensor:
             return self.embed([items[i] for i in idx], role, [instructions[i] for i in idx])

@@ -76,7 +76,8 @@ def weight_files(path: Path) -> dict[str, Path]:
     from safetensors import safe_open
 
     with safe_open(str(single), framework="pt") as f:
-        return {name: single for name in f.keys()}
+        names = list(f.keys())  # noqa: SIM118 (a safetensors handle is not iterable)
+    return dict.fromkeys(names, single)
 
 
 def read_tensors(files: dict[str, Path], names: list[str]) -> dict[str, torch.Tensor]:

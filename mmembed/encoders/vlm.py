@@ -13,6 +13,12 @@ image's *placeholder* tokens, not the expanded image tokens (the release truncat
 image was expanded too); longer items lose the end of their text, with one warning per run.
 ``append_eos`` (default on, as the release's tokenizer did) ends every prompt with EOS, which is
 what ``last`` pooling reads. Saving and LoRA live in :mod:`.vlm_checkpoint`.
+
+``image_size`` (default: the family's own default view) sets the image resolution: LLaVA-NeXT —
+the side of the single global view (the tower's 336 px by default; anyres tiles are never used);
+Qwen2(.5)-VL — images are scaled to at most ``image_size**2`` pixels; Idefics3/SmolVLM — unset
+means one global view at the tower's size, a value means the processor's tiling at that longest
+edge.
 """
 
 from __future__ import annotations

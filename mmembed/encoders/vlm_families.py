@@ -203,7 +203,11 @@ class QwenVLAdapter(FamilyAdapter):
 
 
 class Idefics3Adapter(FamilyAdapter):
-    """Idefics3 and SmolVLM: one global view (no image splitting) of ``image_size`` longest edge."""
+    """Idefics3 and SmolVLM: by default one global view at the vision tower's size (no splitting).
+
+    With ``image_size`` the processor's own scheme is used: the image is resized to that longest
+    edge and split into vision-size tiles, followed by the global view.
+    """
 
     model_types = ("idefics3", "smolvlm")
     language_model_attr = "text_model"
@@ -214,7 +218,7 @@ class Idefics3Adapter(FamilyAdapter):
         return self.processor.image_token
 
     def prepare(self, texts: list[str], images: list[Image.Image | None]) -> ModelInputs:
-        kwargs: dict[str, Any] = {"do_image_splitting": False}
+        kwargs: dict[str, Any] = {"do_image_splitting": bool(self.image_size)}
         if self.image_size:
             kwargs["size"] = {"longest_edge": self.image_size}
         if any(im is not None for im in images):

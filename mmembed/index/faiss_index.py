@@ -112,6 +112,7 @@ class FaissIndex:
             raise ConfigError(
                 f"FAISS cannot build index {factory!r}: {_reason(e)}; examples: {_FACTORY_EXAMPLES}"
             ) from None
+        _skip_polysemous_training(index)
         self._setup(index, factory, dtype, encoder_id, [])
         self.set_search_params(**(search_params or {}))
 
@@ -318,6 +319,22 @@ def _normalised(x: np.ndarray, what: str, *, offset: int = 0, check: bool = True
 def _mask_missing(scores: np.ndarray, labels: np.ndarray) -> np.ndarray:
     scores[labels < 0] = -np.inf
     return scores
+
+
+def _skip_polysemous_training(index: Any) -> None:
+    """Turn off FAISS's polysemous training of PQ codes.
+
+    It only serves the polysemous Hamming filter (``polysemous_ht``), which this wrapper does not
+    use, and it dominates PQ training: measured 189 s instead of 21 s for IVF64,PQ48 on
+    20,000 x 384 vectors (2 cores). Code quality and search results are otherwise unchanged.
+    """
+    faiss = _faiss()
+    parts = [index]
+    if _nlist(index):
+        parts.append(faiss.downcast_index(faiss.extract_index_ivf(index)))
+    for part in parts:
+        if hasattr(part, "do_polysemous_training"):
+            part.do_polysemous_training = False
 
 
 def _nlist(index: Any) -> int:

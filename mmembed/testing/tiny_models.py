@@ -39,11 +39,15 @@ VISION_HIDDEN = 32
 
 _CACHE: dict[tuple[str, int], Path] = {}
 
-_WORDS = ("a the dog cat car red blue green small large photo image picture of on in with and man woman "
-          "child ball tree house street city river boat plane bird flower food table shirt hat running "
-          "sitting standing playing two three near under over retrieve find query instruct caption text "
-          "document passage question answer match does this that is are wikipedia news recipe emoji face "
-          "smiling grinning heart star animal person sport water sky night day").split()
+_WORDS = (
+    "a", "the", "dog", "cat", "car", "red", "blue", "green", "small", "large", "photo", "image", "picture", "of",
+    "on", "in", "with", "and", "man", "woman", "child", "ball", "tree", "house", "street", "city", "river",
+    "boat", "plane", "bird", "flower", "food", "table", "shirt", "hat", "running", "sitting", "standing",
+    "playing", "two", "three", "near", "under", "over", "retrieve", "find", "query", "instruct", "caption",
+    "text", "document", "passage", "question", "answer", "match", "does", "this", "that", "is", "are",
+    "wikipedia", "news", "recipe", "emoji", "face", "smiling", "grinning", "heart", "star", "animal", "person",
+    "sport", "water", "sky", "night", "day"
+)
 
 
 # ----------------------------------------------------------------------------- tokenizers
@@ -300,8 +304,12 @@ def _idefics_image_kwargs() -> dict:
 
 
 def _idefics3(seed: int):
-    from transformers import Idefics3Config, Idefics3ForConditionalGeneration, Idefics3ImageProcessorPil
-    from transformers import Idefics3Processor
+    from transformers import (
+        Idefics3Config,
+        Idefics3ForConditionalGeneration,
+        Idefics3ImageProcessorPil,
+        Idefics3Processor,
+    )
 
     tokenizer = idefics_tokenizer(seed, add_bos=True)
     config = Idefics3Config(**_idefics_configs(tokenizer, "idefics3_vision"))

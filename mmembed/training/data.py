@@ -24,8 +24,7 @@ import bisect
 import hashlib
 import logging
 import os
-import random
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, NamedTuple
@@ -262,6 +261,27 @@ def _draw(seed: int, *parts: object) -> int:
     return int.from_bytes(hashlib.blake2b(text.encode("utf-8"), digest_size=8).digest(), "big")
 
 
+class _Draws:
+    """A stream of 64-bit numbers that depends only on a key: eight per hash, more on demand.
+
+    Much cheaper than seeding a :class:`random.Random` per row, which matters when the sampler
+    resolves every row of a million-query epoch.
+    """
+
+    def __init__(self, key: str):
+        self._key = key.encode("utf-8")
+        self._block = 0
+        self._pool: list[int] = []
+
+    def below(self, n: int) -> int:
+        """A number in ``[0, n)`` (modulo bias below 2**-40 for any realistic ``n``)."""
+        if not self._pool:
+            digest = hashlib.blake2b(self._key + self._block.to_bytes(4, "big"), digest_size=64).digest()
+            self._pool = [int.from_bytes(digest[i:i + 8], "big") for i in range(56, -1, -8)]
+            self._block += 1
+        return self._pool.pop() % n
+
+
 class ContrastiveDataset:
     """Map-style dataset over the rows of several sources, indexed by :class:`ExampleKey`.
 
@@ -317,28 +337,16 @@ class ContrastiveDataset:
     def resolve(self, row: int, epoch: int) -> ResolvedIds:
         """The positive and negatives of ``row`` in ``epoch`` (ids only: cheap, no image access)."""
         source, r = self.locate(row)
-        positive = r.pos[_draw(self.seed, "pos", epoch, r.qid) % len(r.pos)]
-        rng = random.Random(_draw(self.seed, "neg", epoch, r.qid))
+        draws = _Draws(f"{self.seed}\x1f{epoch}\x1f{r.qid}")
+        positive = r.pos[draws.below(len(r.pos))] if len(r.pos) > 1 else r.pos[0]
         k = self.num_negatives
-        negatives = rng.sample(r.neg, k) if len(r.neg) > k else list(r.neg)
+        negatives = _sample(r.neg, k, draws) if len(r.neg) > k else list(r.neg)
         padded = 0
         if len(negatives) < k and self.negative_padding == "random":
-            extra = self._padding(source.pool.group(positive), set(r.pos) | set(negatives), k - len(negatives), rng)
+            extra = _padding(source.pool.group(positive), set(r.pos) | set(negatives), k - len(negatives), draws)
             negatives += extra
             padded = len(extra)
         return ResolvedIds(r.qid, positive, tuple(negatives), frozenset(r.pos), padded)
-
-    @staticmethod
-    def _padding(group: list[str], exclude: set[str], k: int, rng: random.Random) -> list[str]:
-        out: list[str] = []
-        for _ in range(20 * k):  # rejection sampling; a group smaller than k + exclusions gives fewer
-            if len(out) == k:
-                break
-            did = group[rng.randrange(len(group))]
-            if did not in exclude:
-                exclude.add(did)
-                out.append(did)
-        return out
 
     def instruction(self, row: int, epoch: int, step: int) -> str | None:
         source, r = self.locate(row)
@@ -364,6 +372,28 @@ class ContrastiveDataset:
     def _candidate(source: TrainingSource, did: str) -> Item:
         rec = source.pool.record(did)
         return _item(did, rec.text, rec.image, source.images)
+
+
+def _sample(population: Sequence[str], k: int, draws: _Draws) -> list[str]:
+    """``k`` distinct elements in random order (a partial Fisher-Yates shuffle)."""
+    pool = list(population)
+    for i in range(k):
+        j = i + draws.below(len(pool) - i)
+        pool[i], pool[j] = pool[j], pool[i]
+    return pool[:k]
+
+
+def _padding(group: list[str], exclude: set[str], k: int, draws: _Draws) -> list[str]:
+    """Up to ``k`` random ids of ``group`` outside ``exclude`` (fewer when the group is too small)."""
+    out: list[str] = []
+    for _ in range(20 * k):  # rejection sampling
+        if len(out) == k:
+            break
+        did = group[draws.below(len(group))]
+        if did not in exclude:
+            exclude.add(did)
+            out.append(did)
+    return out
 
 
 def _item(item_id: str, text: str | None, image: str | None, images: ImageStore | None) -> Item:
@@ -405,8 +435,3 @@ def collate_examples(examples: Sequence[TrainingExample]) -> ContrastiveBatch:
         target=torch.arange(len(examples)), positive_keys=pack_key_sets([e.positive_ids for e in examples]),
         candidate_keys=hash_ids([c.id for c in candidates]), task_keys=[e.task_key for e in examples],
         epoch=examples[0].epoch, step=examples[0].step)
-
-
-def iter_examples(dataset: ContrastiveDataset, keys: Iterable[ExampleKey]) -> list[TrainingExample]:
-    """The examples of a sampler batch, without a DataLoader (single process, tests, debugging)."""
-    return [dataset[k] for k in keys]
