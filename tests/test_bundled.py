@@ -66,7 +66,7 @@ def test_tasks_cover_every_modality_and_the_asked_task_ids(records):
 
 def test_files_parse_and_qrels_match_positive_lists(records, directory):
     queries, _ = records
-    for (_, split), (tf, qs) in queries.items():
+    for tf, qs in queries.values():
         assert read_qrels(tf.qrels) == {q.qid: {did: 1 for did in q.pos} for q in qs}
         tasks = {line.split()[4] for line in tf.qrels.read_text().splitlines()}
         assert tasks == {str(tf.task.id)}
@@ -77,7 +77,7 @@ def test_files_parse_and_qrels_match_positive_lists(records, directory):
 def test_no_concept_crosses_splits(records, root):
     queries, _ = records
     seen: dict[str, set[str]] = defaultdict(set)
-    for (name, split), (_, qs) in queries.items():
+    for (_, split), (_, qs) in queries.items():
         for q in qs:
             for concept in _concepts(q.src_content):
                 seen[concept].add(split)

@@ -45,8 +45,9 @@ def _string(obj: dict, key: str, loc: Location, required: bool = True) -> str:
         return ""
     value = obj[key]
     if not isinstance(value, str) or (key == "_id" and not value.strip()):
-        raise DataError(f"expected a non-empty string, got {value!r}" if key == "_id"
-                        else f"expected a string, got {type(value).__name__}", Location(loc.file, loc.line, key, loc.item))
+        reason = f"expected a non-empty string, got {value!r}" if key == "_id" else \
+            f"expected a string, got {type(value).__name__}"
+        raise DataError(reason, Location(loc.file, loc.line, key, loc.item))
     return value
 
 

@@ -196,8 +196,9 @@ class FaissIndex:
             _check_finite(x[start:start + batch_size], "vector", ids[start:start + batch_size])
         if not self.is_trained:
             self.train(x)
+        buffer = np.empty((min(batch_size, x.shape[0]), self.dim), dtype=np.float32)
         for start in range(0, x.shape[0], batch_size):
-            self._index.add(_normalised(x[start:start + batch_size], "vector", check=False))
+            self._index.add(_normalised(x[start:start + batch_size], "vector", out=buffer, check=False))
         self._ids.extend(ids)
         self._id_array = None
         if self._id_set is not None:
@@ -298,18 +299,32 @@ def _matrix(x: np.ndarray, dim: int, what: str) -> np.ndarray:
 
 
 def _check_finite(x: np.ndarray, what: str, names: Sequence[str] | None = None, offset: int = 0) -> None:
-    """Refuse NaN/inf rows, naming the id (vectors) or the row number (queries)."""
-    finite = np.isfinite(x).all(axis=1)
+    """Refuse rows whose squared norm is not finite: NaN, inf, or values too large to normalise.
+
+    One pass computing row norms (no temporary of the size of ``x``), naming the id (vectors) or
+    the row number (queries) of the first bad row.
+    """
+    x32 = x if x.dtype in (np.float32, np.float64) else x.astype(np.float32)
+    finite = np.isfinite(np.einsum("ij,ij->i", x32, x32))
     if not finite.all():
         row = int(np.flatnonzero(~finite)[0])
+        problem = "has NaN, infinite or too large values"
         if names is not None:
-            raise DataError(f"{what} has NaN or infinite values", Location(item=names[row]))
-        raise DataError(f"{what} at row {row + offset} has NaN or infinite values")
+            raise DataError(f"{what} {problem}", Location(item=names[row]))
+        raise DataError(f"{what} at row {row + offset} {problem}")
 
 
-def _normalised(x: np.ndarray, what: str, *, offset: int = 0, check: bool = True) -> np.ndarray:
-    """A C-contiguous float32 copy of ``x`` with unit rows (zero rows stay zero)."""
-    out = np.array(x, dtype=np.float32, order="C", copy=True)
+def _normalised(x: np.ndarray, what: str, *, offset: int = 0, out: np.ndarray | None = None,
+                check: bool = True) -> np.ndarray:
+    """``x`` as C-contiguous float32 with unit rows (zero rows stay zero), in ``out`` if given.
+
+    Reusing ``out`` across batches avoids paging in fresh memory for every batch, which cost
+    more than the normalisation itself on large adds.
+    """
+    if out is None:
+        out = np.empty(x.shape, dtype=np.float32)
+    out = out[: x.shape[0]]
+    np.copyto(out, x, casting="same_kind")
     if check:
         _check_finite(out, what, offset=offset)
     _faiss().normalize_L2(out)

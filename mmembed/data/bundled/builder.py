@@ -186,7 +186,8 @@ def reusable_manifest(root: Path, versions: dict[str, str], subset: bool) -> dic
             log.info("rebuilding: %s changed (%r -> %r)", key, manifest.get(key), value)
             return None
     files = manifest.get("files")
-    if not isinstance(files, dict) or _file_hashes(root) != files or content_hash(files) != manifest.get("content_hash"):
+    if not isinstance(files, dict) or content_hash(files) != manifest.get("content_hash") \
+            or _file_hashes(root) != files:
         log.info("rebuilding: files under %s differ from the manifest", root)
         return None
     return manifest

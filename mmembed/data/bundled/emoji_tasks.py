@@ -23,7 +23,7 @@ from mmembed.data.bundled.catalog import (
     zwj_parts,
 )
 from mmembed.data.bundled.specs import CandSpec, QuerySpec, TaskSpec, merge_queries
-from mmembed.types import Modality, Task
+from mmembed.types import Task
 
 DATASET = "emoji"
 DATASET_ID = 10
@@ -31,8 +31,6 @@ DATASET_ID = 10
 MAX_KEYWORD_POSITIVES = 20
 #: Most queries per split for val and test.
 EVAL_CAP = 1000
-
-T, I, IT = Modality.TEXT, Modality.IMAGE, Modality.IMAGE_TEXT
 
 PROMPTS: dict[int, tuple[str, ...]] = {
     0: ("Retrieve the emoji image that matches this keyword.",

@@ -1,0 +1,108 @@
+"""Turning a :class:`~mmembed.training.config.TrainConfig` into an encoder and a dataset.
+
+- :func:`load_training_encoder`: a named model, an mmembed checkpoint directory or a transformers
+  VLM directory. A towers model whose MiniLM will be trained is built with
+  ``train_backbone=True``, so that its checkpoints store the BERT weights that change.
+- :func:`build_sources` / :func:`build_dataset`: M-BEIR task files (each task a source, sharing one
+  candidate pool per pool file) and BEIR text sets.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+from mmembed.data.layout import MBEIRDirectory
+from mmembed.errors import ConfigError
+from mmembed.training.config import DataSettings, ModelSettings
+from mmembed.training.data import CandidatePool, ContrastiveDataset, TrainingSource, beir_source, mbeir_source
+from mmembed.training.lora import needs_text_training
+
+logger = logging.getLogger(__name__)
+
+
+def _is_transformers_dir(path: Path) -> bool:
+    config = path / "config.json"
+    if not config.is_file():
+        return False
+    try:
+        data = json.loads(config.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return False
+    return isinstance(data, dict) and "encoder_type" not in data and "model_type" in data
+
+
+def load_training_encoder(settings: ModelSettings):
+    """The encoder a run starts from (see the module docstring)."""
+    from mmembed.encoders.registry import load_encoder
+
+    path = Path(settings.encoder)
+    overrides = dict(settings.settings)
+    if _is_transformers_dir(path):
+        from mmembed.encoders.vlm import VLMEncoder
+
+        return VLMEncoder.from_hf(path, trust_remote_code=settings.trust_remote_code, **overrides)
+    if settings.trust_remote_code:
+        overrides["trust_remote_code"] = True
+    encoder = load_encoder(settings.encoder, **overrides)
+    towers_settings = getattr(encoder, "settings", None)
+    if isinstance(towers_settings, dict) and not towers_settings.get("train_backbone", True):
+        names = [n for n, _ in encoder.named_parameters()]
+        if needs_text_training(settings, names):
+            logger.info("rebuilding %s with train_backbone=True: its MiniLM weights will be trained", settings.encoder)
+            encoder = load_encoder(settings.encoder, **{**overrides, "train_backbone": True})
+    return encoder
+
+
+def build_sources(data: DataSettings, instruction_mode: str) -> list[TrainingSource]:
+    """Every training source of the configuration, in configuration order."""
+    sources: list[TrainingSource] = []
+    pools: dict[str, CandidatePool] = {}
+
+    def pool_for(path: Path) -> CandidatePool:
+        key = str(path.resolve())
+        if key not in pools:
+            pools[key] = CandidatePool.from_mbeir(path)
+        return pools[key]
+
+    for n, spec in enumerate(data.mbeir):
+        directory = MBEIRDirectory(spec.root)
+        registry = None
+        if instruction_mode != "none" and directory.instructions_path.is_file():
+            registry = directory.instructions()
+        prefix = f"{n}:" if len(data.mbeir) > 1 else ""
+        if spec.queries:
+            pool = pool_for(directory.global_pool(spec.split))
+            sources.append(mbeir_source(spec.queries, pool, directory.images, registry,
+                                        name=prefix + Path(spec.queries).stem, group=spec.group))
+            continue
+        for task in _tasks(directory, spec.split, spec.tasks):
+            pool_path = directory.global_pool(spec.split) if spec.pool == "global" else task.local_pool
+            sources.append(mbeir_source(task.queries, pool_for(pool_path), directory.images, registry,
+                                        name=prefix + task.name, group=spec.group))
+    for spec in data.beir:
+        sources.append(beir_source(spec.root, spec.name, split=spec.split, instructions=spec.instructions,
+                                   hard_negatives=spec.hard_negatives, min_score=spec.min_score, group=spec.group))
+    return sources
+
+
+def _tasks(directory: MBEIRDirectory, split: str, names: list[str] | None):
+    tasks = directory.tasks(split)
+    if not tasks:
+        raise ConfigError(f"data.mbeir: {directory.root} has no query files for split {split!r}")
+    if names is None:
+        return tasks
+    known = {t.name: t for t in tasks}
+    missing = [name for name in names if name not in known]
+    if missing:
+        raise ConfigError(f"data.mbeir.tasks: unknown task(s) {', '.join(missing)}; available: {', '.join(known)}")
+    return [known[name] for name in names]
+
+
+def build_dataset(data: DataSettings, seed: int) -> ContrastiveDataset:
+    sources = build_sources(data, data.instruction_mode)
+    dataset = ContrastiveDataset(sources, num_negatives=data.num_negatives, negative_padding=data.negative_padding,
+                                 instruction_mode=data.instruction_mode, seed=seed)
+    logger.info("training data: %d queries from %d sources", len(dataset), len(sources))
+    return dataset

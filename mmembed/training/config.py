@@ -1,0 +1,226 @@
+"""The typed configuration of a training run (``mmembed train CONFIG.yaml``).
+
+Every field has a default, so a YAML file names only what differs; ``--set key.sub=value``
+overrides one field. The resolved configuration is written to the output directory and into every
+checkpoint, so a run can be repeated and a resume can refuse a changed configuration. See
+``docs/training.md`` for the schema with examples, and ``recipes/`` for complete files.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from mmembed.config import load_config
+from mmembed.errors import ConfigError
+
+
+@dataclass
+class LoraSettings:
+    """LoRA through peft on the language backbone (MM-Embed: r=8, alpha=64)."""
+
+    enabled: bool = False
+    r: int = 8
+    alpha: int = 64
+    dropout: float = 0.0
+    #: Module-name suffixes to adapt; ``None`` means every linear layer of the language backbone.
+    target_modules: list[str] | None = None
+
+
+@dataclass
+class ModelSettings:
+    """Which encoder to train and which of its parameters move."""
+
+    #: A named model (``cpu-default``), an mmembed checkpoint directory, or a transformers VLM directory.
+    encoder: str = "cpu-default"
+    #: Constructor / ``from_pretrained`` overrides, e.g. ``{pooling: latent_attention, max_length: 128}``.
+    settings: dict = field(default_factory=dict)
+    trust_remote_code: bool = False
+    lora: LoraSettings = field(default_factory=LoraSettings)
+    train_projector: bool = True
+    train_pooler: bool = True
+    #: Train the vision tower too (impossible for the towers models, whose features are cached).
+    train_vision: bool = False
+    #: Regular expressions over parameter names (as ``encoder_parameters`` lists them) to train as well,
+    #: e.g. ``'^text\.model\.encoder\.layer\.[45]\.'`` for the top two MiniLM layers.
+    train_patterns: list[str] = field(default_factory=list)
+    gradient_checkpointing: bool = False
+    #: ``False`` zeroes every dropout probability: training then does not depend on how a batch is
+    #: split over processes, so one and N processes give the same weights.
+    dropout: bool = True
+
+
+@dataclass
+class MBEIRData:
+    """Training queries of an M-BEIR-layout directory."""
+
+    root: str = "data/bundled"
+    split: str = "train"
+    #: Task names (``emoji_task0`` ...) to train on; ``None`` means every task of the split.
+    tasks: list[str] | None = None
+    #: ``global``: one shared pool (the split's union pool); ``local``: each task's own pool file.
+    pool: Literal["global", "local"] = "global"
+    #: An explicit query file instead of the split's task files (e.g. mined hard negatives).
+    queries: str | None = None
+    group: str = "mbeir"
+
+
+@dataclass
+class BeirData:
+    """A BEIR-format text set (corpus.jsonl, queries.jsonl, qrels/SPLIT.tsv)."""
+
+    root: str = ""
+    name: str = ""
+    split: str = "train"
+    instructions: list[str] = field(default_factory=list)
+    hard_negatives: str | None = None
+    min_score: int = 1
+    group: str | None = None
+
+
+@dataclass
+class DataSettings:
+    mbeir: list[MBEIRData] = field(default_factory=list)
+    beir: list[BeirData] = field(default_factory=list)
+    num_negatives: int = 0
+    negative_padding: Literal["random", "none"] = "random"
+    instruction_mode: Literal["random", "fixed", "none"] = "random"
+    #: ``{group: weight}`` mixing source groups; ``None`` mixes in proportion to size.
+    weights: dict | None = None
+    examples_per_epoch: int | None = None
+    task_homogeneous: bool = False
+    task_remainder: Literal["drop", "mix"] = "drop"
+    num_workers: int = 0
+
+
+@dataclass
+class TrainSettings:
+    epochs: int = 1
+    #: Stop after this many optimizer steps (``None``: run the epochs).
+    max_steps: int | None = None
+    #: Queries per optimizer step over all processes (each brings its positive and negatives).
+    global_batch_size: int = 32
+    #: GradCache chunk (rows per forward pass); ``None`` embeds each side of the batch in one pass.
+    chunk_size: int | None = None
+    temperature: float = 0.05
+    #: Every process's candidates are negatives for every query (a differentiable all-gather).
+    gather: bool = True
+    mixed_precision: Literal["no", "bf16", "fp16"] = "no"
+
+
+@dataclass
+class OptimSettings:
+    lr: float = 1e-4
+    #: ``{regex over parameter names: lr}``; the first matching pattern wins, others use ``lr``.
+    lr_overrides: dict = field(default_factory=dict)
+    weight_decay: float = 0.0
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    eps: float = 1e-8
+    scheduler: Literal["linear", "cosine", "constant"] = "linear"
+    warmup_steps: int = 0
+    #: Used when ``warmup_steps`` is 0: a share of the total steps.
+    warmup_ratio: float = 0.0
+    #: Clip the global gradient norm to this (``None`` or 0: no clipping).
+    max_grad_norm: float | None = 1.0
+
+
+@dataclass
+class CheckpointSettings:
+    #: Save every N optimizer steps (0: only the final output).
+    every_steps: int = 0
+    keep_last: int = 2
+
+
+@dataclass
+class LoggingSettings:
+    every_steps: int = 1
+    progress: bool = True
+    #: ``auto`` uses TensorBoard when it is installed.
+    tensorboard: Literal["auto", "on", "off"] = "auto"
+    plot: bool = True
+
+
+@dataclass
+class EvalSettings:
+    """Periodic evaluation on a validation split through :func:`mmembed.eval.runner.run_evaluation`."""
+
+    every_steps: int = 0
+    at_end: bool = False
+    #: Defaults to the first M-BEIR training root.
+    data_dir: str | None = None
+    split: str = "val"
+    tasks: list[str] | None = None
+    pools: list[str] = field(default_factory=lambda: ["local"])
+    instruction_modes: list[str] = field(default_factory=lambda: ["random"])
+    max_queries: int | None = 100
+    batch_size: int = 64
+
+
+@dataclass
+class DistributedSettings:
+    """Passed to :class:`accelerate.Accelerator`; ``accelerate launch`` configs work as well."""
+
+    #: DDP: let parameters go unused in a step (e.g. the projector on a text-only batch).
+    find_unused_parameters: bool = True
+    #: A DeepSpeed config (a JSON file path or the mapping), e.g. ``{zero_optimization: {stage: 2}}``.
+    deepspeed: Any = None
+    #: Keyword arguments of :class:`accelerate.FullyShardedDataParallelPlugin`.
+    fsdp: dict | None = None
+    #: Train on CPU even when a GPU is present.
+    cpu: bool = False
+
+
+@dataclass
+class TrainConfig:
+    """A whole run: model, data, engine, checkpoints, logging and evaluation."""
+
+    output_dir: str = "runs/train"
+    seed: int = 0
+    model: ModelSettings = field(default_factory=ModelSettings)
+    data: DataSettings = field(default_factory=DataSettings)
+    train: TrainSettings = field(default_factory=TrainSettings)
+    optim: OptimSettings = field(default_factory=OptimSettings)
+    checkpoint: CheckpointSettings = field(default_factory=CheckpointSettings)
+    logging: LoggingSettings = field(default_factory=LoggingSettings)
+    eval: EvalSettings = field(default_factory=EvalSettings)
+    distributed: DistributedSettings = field(default_factory=DistributedSettings)
+
+    def validate(self) -> None:
+        """Refuse settings that cannot work, before any model is loaded."""
+        if not self.data.mbeir and not self.data.beir:
+            raise ConfigError("data: give at least one source under data.mbeir or data.beir")
+        for beir in self.data.beir:
+            if not beir.root or not beir.name:
+                raise ConfigError("data.beir: every BEIR source needs root and name")
+        positive = {"train.global_batch_size": self.train.global_batch_size, "train.epochs": self.train.epochs,
+                    "logging.every_steps": self.logging.every_steps, "checkpoint.keep_last": self.checkpoint.keep_last}
+        for name, value in positive.items():
+            if value < 1:
+                raise ConfigError(f"{name} must be >= 1, got {value}")
+        if self.train.max_steps is not None and self.train.max_steps < 1:
+            raise ConfigError(f"train.max_steps must be >= 1 or null, got {self.train.max_steps}")
+        if self.train.chunk_size is not None and self.train.chunk_size < 1:
+            raise ConfigError(f"train.chunk_size must be >= 1 or null, got {self.train.chunk_size}")
+        if self.train.chunk_size and self.train.mixed_precision == "fp16":
+            raise ConfigError("train.chunk_size (GradCache) works with mixed_precision 'no' or 'bf16', not 'fp16' "
+                              "(its loss scaler is not applied to the cached-gradient backward)")
+        if self.train.temperature <= 0:
+            raise ConfigError(f"train.temperature must be positive, got {self.train.temperature}")
+        if self.optim.lr <= 0 or not 0 <= self.optim.warmup_ratio < 1 or len(self.optim.betas) != 2:
+            raise ConfigError("optim: lr must be positive, warmup_ratio in [0, 1) and betas two numbers")
+        if self.checkpoint.every_steps < 0 or self.eval.every_steps < 0:
+            raise ConfigError("checkpoint.every_steps and eval.every_steps must be >= 0")
+
+    @property
+    def eval_data_dir(self) -> str | None:
+        if self.eval.data_dir:
+            return self.eval.data_dir
+        return self.data.mbeir[0].root if self.data.mbeir else None
+
+
+def load_train_config(path: str | os.PathLike | None, overrides: list[str] | None = None) -> TrainConfig:
+    """Read and check a training YAML file (``overrides`` are ``key.sub=value`` strings)."""
+    config = load_config(TrainConfig, path, overrides)
+    config.validate()
+    return config

@@ -1,0 +1,61 @@
+"""Writing checkpoints and the final model of a run (the layout is described in :mod:`.checkpoint`).
+
+Every process takes part (RNG states are gathered; DeepSpeed/FSDP save their shards), the main
+process writes into a staging directory that replaces the checkpoint path as a whole.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+from typing import Any
+
+from mmembed.config import save_config
+from mmembed.fileio import atomic_directory, write_json
+from mmembed.training import checkpoint as ckpt
+from mmembed.training.config import TrainConfig
+from mmembed.training.lora import encoder_parts, merged_lora
+
+TRAIN_CONFIG_FILE = "train_config.yaml"
+TRAINING_META_FILE = "training.json"
+
+
+def export_encoder(encoder, directory: str | Path, config: TrainConfig, step: int) -> Path:
+    """The encoder in ``save_pretrained`` format (loads with ``load_encoder``), with the run's config.
+
+    A towers model with LoRA is saved with the adapters merged into its BERT weights (its
+    checkpoint format has no adapters); a VLM keeps its peft adapter directory.
+    """
+    directory = Path(directory)
+    merge = contextlib.nullcontext() if hasattr(encoder, "enable_lora") else merged_lora(encoder_parts(encoder).language)
+    with merge:
+        encoder.save_pretrained(directory)
+    save_config(config, directory / TRAIN_CONFIG_FILE)
+    write_json(directory / TRAINING_META_FILE, {"step": step, **ckpt.run_metadata()})
+    return directory
+
+
+def write_checkpoint(trainer: Any, path: Path, state: dict) -> None:
+    """Write ``trainer``'s full training state to ``path`` (collective: every process calls it)."""
+    from accelerate.utils import broadcast_object_list, gather_object
+
+    acc = trainer.accelerator
+    rng_states = gather_object([ckpt.capture_rng()])
+    with contextlib.ExitStack() as stack:
+        staging = stack.enter_context(atomic_directory(path)) if acc.is_main_process else None
+        if trainer.sharded:
+            shared = [staging]
+            broadcast_object_list(shared)
+            acc.save_state(str(Path(shared[0]) / "engine"))
+            acc.wait_for_everyone()
+        if acc.is_main_process:
+            assert staging is not None
+            if not trainer.sharded:
+                ckpt.save_tensors(staging / "trainable.safetensors", trainer.model.trainable_state())
+                ckpt.save_state_dict(staging / "optimizer.pt", trainer.optimizer.state_dict())
+            ckpt.save_state_dict(staging / "scheduler.pt", trainer.scheduler.state_dict())
+            ckpt.write_rng(staging, rng_states)
+            save_config(trainer.config, staging / "config.yaml")
+            write_json(staging / "meta.json", ckpt.run_metadata())
+            export_encoder(trainer.encoder, staging / "model", trainer.config, trainer.step)
+            write_json(staging / ckpt.STATE_FILE, state)  # last: its presence marks a complete checkpoint

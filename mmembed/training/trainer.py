@@ -1,0 +1,322 @@
+"""The contrastive trainer: the training components driven by Accelerate.
+
+One optimizer step takes one global batch from :class:`ContrastiveBatchSampler` (each process its
+slice), embeds queries and candidates — in one forward pass per side, or in chunks through
+:class:`GradCache` when ``train.chunk_size`` is set — computes :class:`InfoNCELoss` with every
+process's candidates as negatives, clips the gradient norm, and steps AdamW and the schedule.
+
+Example::
+
+    from mmembed.training.config import load_train_config
+    from mmembed.training.trainer import Trainer
+
+    result = Trainer(load_train_config("recipes/cpu-default-stage1.yaml")).train()
+    encoder = load_encoder(result.final_dir)
+
+Resuming (``train(resume=True)`` or a checkpoint path) restores trainable weights, optimizer,
+schedule, sampler position and every process's RNG, so the run continues on the loss curve it
+would have followed without the interruption.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from mmembed.config import save_config
+from mmembed.errors import ConfigError
+from mmembed.losses import InfoNCELoss
+from mmembed.training import checkpoint as ckpt
+from mmembed.training.assembly import build_dataset, load_training_encoder
+from mmembed.training.config import TrainConfig
+from mmembed.training.data import ContrastiveBatch, collate_examples
+from mmembed.training.engine import build_accelerator, build_optimizer, build_scheduler
+from mmembed.training.gradcache import GradCache
+from mmembed.training.lora import (
+    INNER,
+    EmbeddingModel,
+    configure_trainable,
+    disable_dropout,
+    enable_gradient_checkpointing,
+    encoder_parts,
+)
+from mmembed.training.monitor import PLOT_FILE, Monitor, peak_memory_mb, plot_loss
+from mmembed.training.sampler import ContrastiveBatchSampler
+from mmembed.training.saving import export_encoder, write_checkpoint
+
+logger = logging.getLogger(__name__)
+
+FINAL_DIR = "final"
+#: Configuration sections a resumed run must share with the checkpoint.
+RESUME_SECTIONS = ("seed", "model", "data", "optim")
+RESUME_TRAIN_KEYS = ("global_batch_size", "chunk_size", "temperature", "gather", "mixed_precision")
+
+
+@dataclass
+class TrainResult:
+    output_dir: Path
+    final_dir: Path
+    steps: int
+    resumed_from: int
+    last_loss: float | None
+    wall_s: float
+    checkpoints: list[Path] = field(default_factory=list)
+
+
+class Trainer:
+    """Builds everything a run needs from its configuration; :meth:`train` runs it."""
+
+    def __init__(self, config: TrainConfig):
+        config.validate()
+        self.config = config
+        self.output_dir = Path(config.output_dir)
+        self.accelerator = build_accelerator(config)
+        acc = self.accelerator
+        from accelerate.utils import set_seed
+
+        set_seed(config.seed)
+        self.encoder = load_training_encoder(config.model)
+        self.model = EmbeddingModel(self.encoder)
+        self.trainable_names = configure_trainable(self.encoder, self.model, config.model)
+        if not config.model.dropout:
+            disable_dropout(self.model)
+        if config.model.gradient_checkpointing:
+            enable_gradient_checkpointing(encoder_parts(self.encoder))
+        self.dataset = build_dataset(config.data, config.seed)
+        self.sampler = ContrastiveBatchSampler(
+            self.dataset, config.train.global_batch_size, seed=config.seed, weights=config.data.weights,
+            examples_per_epoch=config.data.examples_per_epoch, task_homogeneous=config.data.task_homogeneous,
+            task_remainder=config.data.task_remainder, num_replicas=acc.num_processes, rank=acc.process_index)
+        self.loader = torch.utils.data.DataLoader(
+            self.dataset, batch_sampler=self.sampler, collate_fn=collate_examples,
+            num_workers=config.data.num_workers,
+            generator=torch.Generator().manual_seed(config.seed))  # never draws from the global RNG
+        self.total_steps = config.train.max_steps or sum(len(self.sampler.plan(e)) for e in range(config.train.epochs))
+        self.loss_fn = InfoNCELoss(config.train.temperature, gather=config.train.gather)
+        optimizer = build_optimizer(self.model, config.optim)
+        scheduler = build_scheduler(optimizer, config.optim, self.total_steps)
+        self.wrapped, self.optimizer, self.scheduler = acc.prepare(self.model, optimizer, scheduler)
+        self.sharded = acc.distributed_type.value in ("DEEPSPEED", "FSDP")
+        set_seed(config.seed + acc.process_index)  # dropout differs across processes, same model above
+        self.step = 0
+        self.next_batch: tuple[int, int] = (0, 0)
+        self.resumed_from = 0
+
+    # ------------------------------------------------------------------ running
+
+    def train(self, resume: bool | str | Path = False) -> TrainResult:
+        """Run to ``total_steps``; ``resume=True`` continues from the newest checkpoint (if any)."""
+        start = time.perf_counter()
+        if resume:
+            path = ckpt.latest_checkpoint(self.output_dir) if resume is True else Path(resume)
+            if path is not None:
+                self.load_checkpoint(path)
+            else:
+                logger.info("no checkpoint under %s: starting from scratch", self.output_dir)
+        acc, cfg = self.accelerator, self.config
+        if acc.is_main_process:
+            save_config(cfg, self.output_dir / "config.yaml")
+        monitor = Monitor(self.output_dir, enabled=acc.is_main_process, progress=cfg.logging.progress,
+                          tensorboard=cfg.logging.tensorboard, total_steps=self.total_steps, start_step=self.step)
+        last_loss, window = None, _Window()
+        try:
+            while self.step < self.total_steps:
+                for batch in self.loader:
+                    last_loss = self._run_step(batch, window, monitor)
+                    if self.step >= self.total_steps:
+                        break
+            evaluated_now = cfg.eval.every_steps and self.step % cfg.eval.every_steps == 0
+            if cfg.eval.at_end and not evaluated_now:
+                self.evaluate(monitor)
+            final = self.output_dir / FINAL_DIR
+            if acc.is_main_process:
+                export_encoder(self.encoder, final, cfg, self.step)
+                if cfg.logging.plot:
+                    plot_loss(monitor.path, self.output_dir / PLOT_FILE)
+            acc.wait_for_everyone()
+        finally:
+            monitor.close()
+        checkpoints = [p for _, p in ckpt.list_checkpoints(self.output_dir)]
+        return TrainResult(self.output_dir, final, self.step, self.resumed_from, last_loss,
+                           time.perf_counter() - start, checkpoints)
+
+    def _run_step(self, batch: ContrastiveBatch, window: _Window, monitor: Monitor) -> float:
+        cfg = self.config
+        lr = self.optimizer.param_groups[0]["lr"]
+        loss, grad_norm = self.train_step(batch)
+        self.step += 1
+        self.next_batch = (batch.epoch, batch.step + 1)
+        window.add(loss, cfg.train.global_batch_size)
+        monitor.progress(1, loss=loss, lr=lr)
+        if self.step % cfg.logging.every_steps == 0 or self.step == self.total_steps:
+            peak, kind = peak_memory_mb(self.accelerator.device)
+            monitor.log({"step": self.step, "epoch": batch.epoch, "loss": loss, "loss_avg": window.mean_loss,
+                         "lr": lr, "grad_norm": grad_norm, "examples_per_s": window.rate,
+                         "peak_mem_mb": round(peak, 1), "mem_kind": kind, "elapsed_s": round(window.elapsed, 3)})
+            window.reset()
+        if cfg.eval.every_steps and self.step % cfg.eval.every_steps == 0:
+            self.evaluate(monitor)
+        if cfg.checkpoint.every_steps and self.step % cfg.checkpoint.every_steps == 0:
+            self.save_checkpoint()
+        return loss
+
+    def train_step(self, batch: ContrastiveBatch) -> tuple[float, float | None]:
+        """One optimizer step on this process's share of a global batch; (global mean loss, grad norm)."""
+        acc, cfg = self.accelerator, self.config
+        self.wrapped.train()
+        loss_kwargs = {"target": batch.target, "positive_keys": batch.positive_keys,
+                       "candidate_keys": batch.candidate_keys}
+        if cfg.train.chunk_size:
+            no_sync = functools.partial(acc.no_sync, self.wrapped) if acc.num_processes > 1 else None
+            cache = GradCache(lambda chunk: self.wrapped(queries=chunk["items"], instructions=chunk["instructions"])[0],
+                              lambda chunk: self.wrapped(candidates=chunk)[1], self.loss_fn, cfg.train.chunk_size,
+                              no_sync=no_sync)
+            loss = cache.step({"items": batch.queries, "instructions": batch.instructions}, batch.candidates,
+                              **loss_kwargs)
+        else:
+            q, c = self.wrapped(queries=batch.queries, instructions=batch.instructions, candidates=batch.candidates)
+            loss = self.loss_fn(q, c, **loss_kwargs)
+            acc.backward(loss)
+        grad_norm = None
+        if cfg.optim.max_grad_norm:
+            norm = acc.clip_grad_norm_(self.wrapped.parameters(), cfg.optim.max_grad_norm)
+            grad_norm = float(norm) if norm is not None else None
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return float(acc.reduce(loss.detach().float(), reduction="mean")), grad_norm
+
+    @torch.no_grad()
+    def batch_loss(self, batch: ContrastiveBatch) -> float:
+        """The loss of a batch without training (eval mode: no dropout)."""
+        self.wrapped.eval()
+        q, c = self.wrapped(queries=batch.queries, instructions=batch.instructions, candidates=batch.candidates)
+        loss = self.loss_fn(q, c, batch.target, batch.positive_keys, batch.candidate_keys)
+        return float(self.accelerator.reduce(loss.float(), reduction="mean"))
+
+    # ------------------------------------------------------------------ evaluation
+
+    def evaluate(self, monitor: Monitor | None = None) -> dict[str, float] | None:
+        """Score the current weights on the validation split (main process; others wait)."""
+        cfg, acc = self.config, self.accelerator
+        data_dir = cfg.eval_data_dir
+        if data_dir is None or self.sharded:
+            logger.warning("skipping evaluation: %s", "no M-BEIR data_dir" if data_dir is None else
+                           "parameters are sharded (FSDP/DeepSpeed); evaluate the saved checkpoints instead")
+            return None
+        averages = None
+        if acc.is_main_process:
+            from mmembed.eval.runner import EvalConfig, run_evaluation
+
+            ev = cfg.eval
+            config = EvalConfig(split=ev.split, pools=ev.pools, instruction_modes=ev.instruction_modes, seed=cfg.seed,
+                                tasks=ev.tasks, batch_size=ev.batch_size, max_queries=ev.max_queries,
+                                show_progress=False)
+            self.wrapped.eval()
+            with torch.random.fork_rng(devices=[]):  # evaluation must not shift the training RNG
+                results = run_evaluation(self.encoder, data_dir, config,
+                                         self.output_dir / "eval" / f"step-{self.step:08d}")
+            averages = {f"eval/{k}": v for k, v in results.to_dict()["averages"].items() if v is not None}
+            logger.info("step %d validation: %s", self.step, ", ".join(f"{k}={v:.4f}" for k, v in averages.items()))
+            if monitor is not None:
+                monitor.log({"step": self.step, **averages})
+        acc.wait_for_everyone()
+        return averages
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def save_checkpoint(self) -> Path:
+        """Write a checkpoint of the current step (every process must call this)."""
+        path = ckpt.checkpoint_path(self.output_dir, self.step)
+        state = {"step": self.step, "next_batch": list(self.next_batch),
+                 "sampler": self.sampler.state_dict(next_batch=self.next_batch),
+                 "world_size": self.accelerator.num_processes, "trainable": self.trainable_names}
+        write_checkpoint(self, path, state)
+        if self.accelerator.is_main_process:
+            ckpt.prune_checkpoints(self.output_dir, self.config.checkpoint.keep_last)
+        self.accelerator.wait_for_everyone()
+        return path
+
+    def load_checkpoint(self, path: str | Path) -> None:
+        """Restore a checkpoint written by :meth:`save_checkpoint` (every process must call this)."""
+        path = Path(path)
+        state = ckpt.read_trainer_state(path)
+        self._check_resume_config(path)
+        if self.sharded:
+            self.accelerator.load_state(str(path / "engine"))
+        else:
+            self._load_trainable(path)
+            self.optimizer.load_state_dict(ckpt.load_state_dict(path / "optimizer.pt"))
+        self.scheduler.load_state_dict(ckpt.load_state_dict(path / "scheduler.pt"))
+        self.sampler.load_state_dict(state["sampler"])
+        rng = ckpt.read_rng(path, self.accelerator.process_index)
+        if rng is not None:
+            ckpt.restore_rng(*rng)
+        else:
+            from accelerate.utils import set_seed
+
+            logger.warning("%s has no RNG state for process %d; seeding it afresh", path,
+                           self.accelerator.process_index)
+            set_seed(self.config.seed + self.accelerator.process_index + 7919 * state["step"])
+        self.step = self.resumed_from = int(state["step"])
+        self.next_batch = tuple(state["next_batch"])
+        logger.info("resumed from %s at step %d", path, self.step)
+
+    def _load_trainable(self, path: Path) -> None:
+        saved = ckpt.load_tensors(path / "trainable.safetensors")
+        params = {n.removeprefix(INNER): p for n, p in self.model.named_parameters() if p.requires_grad}
+        if set(saved) != set(params):
+            missing, extra = sorted(set(params) - set(saved)), sorted(set(saved) - set(params))
+            raise ConfigError(f"{path}: trainable tensors do not match this run (missing {missing[:3]}, "
+                              f"unexpected {extra[:3]})")
+        with torch.no_grad():
+            for name, p in params.items():
+                p.copy_(saved[name].to(p.dtype))
+
+    def _check_resume_config(self, path: Path) -> None:
+        import yaml
+
+        saved_path = path / "config.yaml"
+        if not saved_path.is_file():
+            return
+        saved = yaml.safe_load(saved_path.read_text(encoding="utf-8")) or {}
+        current = asdict(self.config)
+        differ = ckpt.config_differences(saved, current, RESUME_SECTIONS)
+        differ += [f"train.{k}" for k in RESUME_TRAIN_KEYS
+                   if (saved.get("train") or {}).get(k) != current["train"][k]]
+        if differ:
+            raise ConfigError(f"{path}: the checkpoint was written with a different configuration "
+                              f"({', '.join(differ)}); resuming would not continue the same run")
+
+
+class _Window:
+    """Loss and throughput since the last log line."""
+
+    def __init__(self):
+        self.reset()
+
+    def reset(self) -> None:
+        self.t0 = time.perf_counter()
+        self.losses: list[float] = []
+        self.examples = 0
+
+    def add(self, loss: float, examples: int) -> None:
+        self.losses.append(loss)
+        self.examples += examples
+
+    @property
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.t0
+
+    @property
+    def rate(self) -> float:
+        return round(self.examples / max(self.elapsed, 1e-9), 2)
+
+    @property
+    def mean_loss(self) -> float | None:
+        return sum(self.losses) / len(self.losses) if self.losses else None
