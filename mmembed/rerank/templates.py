@@ -17,13 +17,14 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from mmembed.encoders.base import Item
 from mmembed.errors import ConfigError, ModelError
 from mmembed.types import Task
+
+if TYPE_CHECKING:
+    import torch
 
 logger = logging.getLogger(__name__)
 
@@ -90,7 +91,7 @@ def item_parts(label: str, item: Item, text: str | None) -> list[dict[str, str]]
     """``label`` line, the item's image (as a chat-template image part), then its text."""
     parts = [text_part(f"{label}:\n")]
     if item.image is not None:
-        parts += [IMAGE_PART, text_part("\n")]
+        parts.append(IMAGE_PART)  # chat templates put their own separator after an image
     if text:
         parts.append(text_part(f"{text}\n"))
     return parts
@@ -146,6 +147,8 @@ class AnswerTokens:
 
     def p_true(self, logits: torch.Tensor) -> torch.Tensor:
         """P(positive word) from next-token ``logits`` (..., vocab): softmax over the two words."""
+        import torch
+
         logits = logits.float()
         pos = torch.logsumexp(logits[..., list(self.true_ids)], dim=-1)
         neg = torch.logsumexp(logits[..., list(self.false_ids)], dim=-1)

@@ -107,6 +107,9 @@ class TrainSettings:
     #: Every process's candidates are negatives for every query (a differentiable all-gather).
     gather: bool = True
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"
+    #: torch intra-op threads per process (``None``: torch's default). On a CPU shared with other
+    #: jobs, 1 avoids OpenMP threads spinning while they wait for a busy core.
+    num_threads: int | None = None
 
 
 @dataclass

@@ -79,6 +79,8 @@ class Trainer:
         acc = self.accelerator
         from accelerate.utils import set_seed
 
+        if config.train.num_threads:
+            torch.set_num_threads(config.train.num_threads)
         set_seed(config.seed)
         self.encoder = load_training_encoder(config.model)
         self.model = EmbeddingModel(self.encoder)

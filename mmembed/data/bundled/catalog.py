@@ -35,7 +35,7 @@ class Emoji:
 
     sequence: str
     names: Mapping[str, str]
-    keywords: tuple[str, ...]
+    keywords_by_lang: Mapping[str, tuple[str, ...]]
     version: float
 
     @property
@@ -54,6 +54,11 @@ class Emoji:
     @property
     def name(self) -> str:
         return self.names["en"]
+
+    @property
+    def keywords(self) -> tuple[str, ...]:
+        """The English CLDR keywords."""
+        return self.keywords_by_lang["en"]
 
     @property
     def image_path(self) -> str:
@@ -187,7 +192,7 @@ def build_catalog(emoji_data: Mapping[str, dict], annotations: Mapping[str, Mapp
             missing += 1
             continue
         kept.append(Emoji(sequence, {lang: a.name for lang, a in names.items()},
-                          names["en"].keywords, float(info.get("E", 0))))
+                          {lang: a.keywords for lang, a in names.items()}, float(info.get("E", 0))))
     log.info("emoji catalog: %d fully-qualified emoji with CLDR names; %d without (newer than CLDR)",
              len(kept), missing)
     return EmojiCatalog(kept)

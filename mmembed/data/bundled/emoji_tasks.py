@@ -9,6 +9,7 @@ not two identical candidates of which one would count as a false negative).
 
 from __future__ import annotations
 
+import re
 from collections import defaultdict
 from collections.abc import Mapping
 
@@ -16,6 +17,7 @@ from mmembed.data.bundled.catalog import (
     FOREIGN,
     GENDER_SIGNS,
     LANGUAGE_NAMES,
+    LANGUAGES,
     Emoji,
     EmojiCatalog,
     default_key,
@@ -122,9 +124,11 @@ class EmojiTaskBuilder:
 
     # --- tasks ----------------------------------------------------------------------------------
 
-    def task(self, task_id: int, title: str, how: str, queries: list[QuerySpec], pool: list[str]) -> TaskSpec:
+    def task(self, task_id: int, title: str, how: str, queries: list[QuerySpec], pool: list[str],
+             dropped: dict[str, int] | None = None) -> TaskSpec:
         return TaskSpec(DATASET, DATASET_ID, Task.from_id(task_id), title, how, PROMPTS[task_id],
-                        merge_queries(queries), sorted(set(pool)), cap={"val": EVAL_CAP, "test": EVAL_CAP})
+                        merge_queries(queries), sorted(set(pool)), cap={"val": EVAL_CAP, "test": EVAL_CAP},
+                        dropped=dict(dropped or {}))
 
     def build(self) -> list[TaskSpec]:
         emojis = self.members.emojis
@@ -138,9 +142,10 @@ class EmojiTaskBuilder:
 
     def keyword_to_image(self, pool: list[str]) -> TaskSpec:
         index = self._keyword_index()
-        queries = []
+        queries, too_general = [], 0
         for keyword, keys in sorted(index.items()):
             if len(keys) > MAX_KEYWORD_POSITIVES:
+                too_general += 1
                 continue
             hits = [self.members.by_key[k] for k in sorted(keys)]
             queries.append(QuerySpec(keyword, None, tuple(self.image_cand(e) for e in hits),
@@ -149,40 +154,49 @@ class EmojiTaskBuilder:
         return self.task(0, "keyword -> emoji image",
                          "Query: one English CLDR keyword. Positives: the image of every emoji whose English "
                          f"CLDR keyword list contains it (keywords with more than {MAX_KEYWORD_POSITIVES} emoji "
-                         "are left out).", queries, pool)
+                         "are left out).", queries, pool,
+                         {f"with more than {MAX_KEYWORD_POSITIVES} positives": too_general})
 
     def foreign_to_english(self, pool: list[str]) -> TaskSpec:
-        queries = []
+        queries, same = [], 0
         for e in self.members.emojis:
             for lang in FOREIGN:
                 if e.names[lang].casefold() == e.name.casefold():
-                    continue  # a name spelled as in English would be a string match, not a translation
+                    same += 1  # a name spelled as in English would be a string match, not a translation
+                    continue
                 queries.append(QuerySpec(e.names[lang], None, (self.name_cand(e, "en"),), self._concepts(e),
                                          {**e.facts(), "lang": lang, "cldr_name": e.names[lang]}))
         return self.task(1, "name in fr/es/de/ja -> English name",
                          "Query: the CLDR short name of an emoji in French, Spanish, German or Japanese. "
                          "Positive: the English CLDR short name of the same emoji. Names spelled as in English "
-                         "are left out.", queries, pool)
+                         "are left out.", queries, pool, {"spelled as in English": same})
 
     def keywords_to_entry(self, pool: list[str]) -> TaskSpec:
-        index = self._keyword_index()
-        queries = []
-        for e in self.members.emojis:
-            words = [k for k in e.keywords if k.casefold() != e.name.casefold()]
-            if not words:
-                continue
-            keys = set.intersection(*(index[k] for k in words))
-            if len(keys) > MAX_KEYWORD_POSITIVES:
-                continue
-            hits = [self.members.by_key[k] for k in sorted(keys)]
-            queries.append(QuerySpec(", ".join(words), None, tuple(self.entry_cand(h) for h in hits),
-                                     frozenset().union(*(self._concepts(h) for h in hits)),
-                                     {"cldr_keywords_en": words, "from_emoji": e.sequence,
-                                      "emoji": [h.sequence for h in hits]}))
-        return self.task(2, "keyword list -> emoji image + name",
-                         "Query: the English CLDR keywords of an emoji, without the one equal to its name. "
-                         "Positives: the image+name entry of every emoji whose keyword list contains all of them.",
-                         queries, pool)
+        queries, too_general, only_name = [], 0, 0
+        for lang in LANGUAGES:
+            index = self._keyword_index(lang)
+            for e in self.members.emojis:
+                name_words = set(_words(e.names[lang]))
+                words = [k for k in e.keywords_by_lang[lang] if not name_words & set(_words(k))]
+                if not words:
+                    only_name += 1
+                    continue
+                keys = set.intersection(*(index[k] for k in words))
+                if len(keys) > MAX_KEYWORD_POSITIVES:
+                    too_general += 1
+                    continue
+                hits = [self.members.by_key[k] for k in sorted(keys)]
+                queries.append(QuerySpec(", ".join(words), None, tuple(self.entry_cand(h) for h in hits),
+                                         frozenset().union(*(self._concepts(h) for h in hits)),
+                                         {"lang": lang, "cldr_keywords": words, "from_emoji": e.sequence,
+                                          "emoji": [h.sequence for h in hits]}))
+        return self.task(2, "keyword list (en/fr/es/de/ja) -> emoji image + English name",
+                         "Query: the CLDR keywords of an emoji in one of en, fr, es, de, ja that share no word "
+                         "with its name in that language (so the name cannot be matched word for word). "
+                         "Positives: the image+English-name entry of every emoji whose keyword list in that "
+                         "language contains all of them.", queries, pool,
+                         {"with only keywords repeating the name": only_name,
+                          f"with more than {MAX_KEYWORD_POSITIVES} positives": too_general})
 
     def image_to_name(self, pool: list[str]) -> TaskSpec:
         queries = [QuerySpec(None, self.image(e), (self.name_cand(e, "en"),), self._concepts(e), e.facts())
@@ -256,9 +270,14 @@ class EmojiTaskBuilder:
                          "other part. Positive: the image+name entry of the sequence that joins them.",
                          queries, pool)
 
-    def _keyword_index(self) -> dict[str, set[str]]:
+    def _keyword_index(self, lang: str = "en") -> dict[str, set[str]]:
         index: dict[str, set[str]] = defaultdict(set)
         for e in self.members.emojis:
-            for keyword in e.keywords:
+            for keyword in e.keywords_by_lang[lang]:
                 index[keyword].add(e.key)
         return index
+
+
+def _words(text: str) -> list[str]:
+    """Case-folded words of a name or keyword, for telling whether a keyword repeats the name."""
+    return re.findall(r"\w+", text.casefold())
