@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 from collections import defaultdict
 from pathlib import Path
 
@@ -16,6 +17,7 @@ import pytest
 
 from mmembed.data import beir
 from mmembed.data.bundled import build, sources, stats_table, task_stats
+from mmembed.data.bundled.builder import reusable_manifest
 from mmembed.data.bundled.catalog import LANGUAGES
 from mmembed.data.bundled.cldr import load_languages
 from mmembed.data.images import ImageStore
@@ -208,12 +210,20 @@ def test_existing_build_is_reused(built, root):
     assert again.reused and again.content_hash == built.content_hash
 
 
-def test_changed_file_and_forced_builds_are_rebuilt_identically(built, root):
-    (root / "query/test/mbeir_emoji_task3_test.jsonl").write_text("{}\n")
-    repaired = build(root, subset=True)
-    assert not repaired.reused and repaired.content_hash == built.content_hash
+def test_forced_rebuild_is_byte_identical(built, root):
     forced = build(root, subset=True, force=True)
     assert not forced.reused and forced.content_hash == built.content_hash
+
+
+def test_a_changed_or_foreign_build_is_not_reused(built, root, tmp_path):
+    copy = tmp_path / "copy"
+    shutil.copytree(root, copy)
+    versions = built.sources
+    assert reusable_manifest(copy, versions, subset=True) is not None
+    assert reusable_manifest(copy, versions, subset=False) is None
+    assert reusable_manifest(copy, {**versions, "emoji": "0.0"}, subset=True) is None
+    (copy / "query/test/mbeir_emoji_task3_test.jsonl").write_text("{}\n")
+    assert reusable_manifest(copy, versions, subset=True) is None
 
 
 def test_missing_package_names_the_install_command(monkeypatch, tmp_path):

@@ -199,7 +199,8 @@ def test_common_prefix_length():
 
 def test_rerank_config_loads_from_yaml_with_overrides(tmp_path):
     path = tmp_path / "rerank.yaml"
-    path.write_text("model: smollm2\nmode: p_true\ntop_k: 5\nalpha: 0.3\ntemplates:\n  1: 'Relevant? {true} or {false}'\n"
+    path.write_text("model: smollm2\nmode: p_true\ntop_k: 5\nalpha: 0.3\n"
+                    "templates:\n  1: 'Relevant? {true} or {false}'\n"
                     "answer_words: ['Yes', 'No']  # quoted: YAML reads bare Yes/No as booleans\n", encoding="utf-8")
     config = load_config(RerankConfig, path, ["batch_size=4", "templates.3=Describes it?"])
     assert (config.mode, config.top_k, config.alpha, config.batch_size) == ("p_true", 5, 0.3, 4)

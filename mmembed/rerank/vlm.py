@@ -15,9 +15,10 @@ pixel cap to the processor.
 
 Batching: pairs are batched (padded on ``padding_side``, left by default). The answer position is
 each row's last real token, found from the attention mask, so both padding sides read the same
-logit; position ids are derived from the mask for the families that would otherwise count padding
-(Qwen2-VL computes its multimodal positions from the mask itself), so a pair's score does not
-depend on its batch mates.
+logit. Position ids are derived from the mask, as ``generate`` does, for the families whose forward
+would otherwise count left padding (Qwen2-VL computes its multimodal positions from the mask
+itself); rotary embeddings are relative, so this keeps positions identical to the unpadded prompt
+rather than changing scores. A pair's score does not depend on its batch mates (tested).
 
 No shared-prefix (KV cache) reuse here, deliberately: (1) Qwen2(.5)-VL derives the multimodal
 RoPE positions of a cached continuation from the prefill's ``rope_deltas``, which assumes a

@@ -119,10 +119,10 @@ def _name_head(e: Emoji) -> str:
 class EmojiCatalog:
     """The emoji of the benchmark, sorted by code points, with lookup by CLDR key and concept."""
 
-    def __init__(self, emojis: Iterable[Emoji]):
+    def __init__(self, emojis: Iterable[Emoji], concepts: Mapping[str, str] | None = None):
         self.emojis = sorted(emojis, key=lambda e: tuple(ord(c) for c in e.sequence))
         self.by_key = {e.key: e for e in self.emojis}
-        self.concepts = _group_concepts(self.emojis)
+        self.concepts = dict(concepts) if concepts is not None else _group_concepts(self.emojis)
 
     def __len__(self) -> int:
         return len(self.emojis)
@@ -135,11 +135,8 @@ class EmojiCatalog:
 
     def restrict(self, keep: set[str]) -> EmojiCatalog:
         """A catalog of the emoji whose keys are in ``keep``, concepts kept as computed on the whole."""
-        sub = EmojiCatalog.__new__(EmojiCatalog)
-        sub.emojis = [e for e in self.emojis if e.key in keep]
-        sub.by_key = {e.key: e for e in sub.emojis}
-        sub.concepts = {k: v for k, v in self.concepts.items() if k in keep}
-        return sub
+        return EmojiCatalog([e for e in self.emojis if e.key in keep],
+                            {k: v for k, v in self.concepts.items() if k in keep})
 
 
 def _group_concepts(emojis: list[Emoji]) -> dict[str, str]:

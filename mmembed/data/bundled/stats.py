@@ -7,9 +7,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mmembed.data.layout import SPLITS, MBEIRDirectory
-from mmembed.data.mbeir import iter_candidates, iter_queries
-from mmembed.fileio import iter_jsonl
-from mmembed.types import Modality, Task
+from mmembed.data.mbeir import iter_queries
+from mmembed.types import Task
 
 
 @dataclass(frozen=True)
@@ -23,11 +22,14 @@ class TaskStats:
     global_pool: int
     mean_positives: float
     max_positives: int
-    local_pool_modalities: tuple[Modality, ...]
 
 
 def _count_lines(path: Path) -> int:
-    return sum(1 for _ in iter_jsonl(path)) if path.is_file() else 0
+    """Records in a JSONL file (non-blank lines), without parsing them."""
+    if not path.is_file():
+        return 0
+    with open(path, encoding="utf-8") as f:
+        return sum(1 for line in f if line.strip())
 
 
 def task_stats(dataset_dir: str | os.PathLike) -> list[TaskStats]:
@@ -44,12 +46,9 @@ def task_stats(dataset_dir: str | os.PathLike) -> list[TaskStats]:
             entry["positives"].extend(positives)
     out = []
     for (dataset, _), e in sorted(found.items()):
-        modalities = sorted({c.modality for c in iter_candidates(e["pool"])}, key=lambda m: m.value) \
-            if e["pool"].is_file() else []
         pos = e["positives"]
         out.append(TaskStats(dataset, e["task"], {s: e["queries"].get(s, 0) for s in SPLITS}, _count_lines(e["pool"]),
-                             global_size, sum(pos) / len(pos) if pos else 0.0, max(pos, default=0),
-                             tuple(modalities)))
+                             global_size, sum(pos) / len(pos) if pos else 0.0, max(pos, default=0)))
     return out
 
 
