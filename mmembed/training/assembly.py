@@ -79,8 +79,9 @@ def build_sources(data: DataSettings, instruction_mode: str) -> list[TrainingSou
             continue
         for task in _tasks(directory, spec.split, spec.tasks):
             pool_path = directory.global_pool(spec.split) if spec.pool == "global" else task.local_pool
+            group = prefix + task.name if spec.group_per_task else spec.group
             sources.append(mbeir_source(task.queries, pool_for(pool_path), directory.images, registry,
-                                        name=prefix + task.name, group=spec.group))
+                                        name=prefix + task.name, group=group))
     for spec in data.beir:
         sources.append(beir_source(spec.root, spec.name, split=spec.split, instructions=spec.instructions,
                                    hard_negatives=spec.hard_negatives, min_score=spec.min_score, group=spec.group))

@@ -21,7 +21,6 @@ process killed while saving leaves the previous checkpoints intact and no partia
 from __future__ import annotations
 
 import json
-import logging
 import random
 import re
 import shutil

@@ -64,6 +64,8 @@ class MBEIRData:
     #: An explicit query file instead of the split's task files (e.g. mined hard negatives).
     queries: str | None = None
     group: str = "mbeir"
+    #: Make each task its own mixture group (named like the task), so ``data.weights`` can weigh tasks.
+    group_per_task: bool = False
 
 
 @dataclass
@@ -86,7 +88,7 @@ class DataSettings:
     num_negatives: int = 0
     negative_padding: Literal["random", "none"] = "random"
     instruction_mode: Literal["random", "fixed", "none"] = "random"
-    #: ``{group: weight}`` mixing source groups; ``None`` mixes in proportion to size.
+    #: ``{group: weight}`` mixing source groups (every group listed); ``None`` mixes in proportion to size.
     weights: dict | None = None
     examples_per_epoch: int | None = None
     task_homogeneous: bool = False

@@ -38,7 +38,8 @@ def build_accelerator(config: TrainConfig):
     dist = config.distributed
     # Without a GPU, Accelerate needs cpu=True to see a torchrun launch as multi-process (MULTI_CPU).
     kwargs: dict[str, Any] = {
-        "cpu": dist.cpu or not torch.cuda.is_available(), "mixed_precision": config.train.mixed_precision, "step_scheduler_with_optimizer": False,
+        "cpu": dist.cpu or not torch.cuda.is_available(), "mixed_precision": config.train.mixed_precision,
+        "step_scheduler_with_optimizer": False,
         "kwargs_handlers": [DistributedDataParallelKwargs(find_unused_parameters=dist.find_unused_parameters,
                                                           broadcast_buffers=False)]}
     if dist.deepspeed is not None:

@@ -27,8 +27,8 @@ def export_encoder(encoder, directory: str | Path, config: TrainConfig, step: in
     checkpoint format has no adapters); a VLM keeps its peft adapter directory.
     """
     directory = Path(directory)
-    merge = contextlib.nullcontext() if hasattr(encoder, "enable_lora") else merged_lora(encoder_parts(encoder).language)
-    with merge:
+    vlm = hasattr(encoder, "enable_lora")
+    with contextlib.nullcontext() if vlm else merged_lora(encoder_parts(encoder).language):
         encoder.save_pretrained(directory)
     save_config(config, directory / TRAIN_CONFIG_FILE)
     write_json(directory / TRAINING_META_FILE, {"step": step, **ckpt.run_metadata()})

@@ -121,6 +121,8 @@ class Trainer:
             else:
                 logger.info("no checkpoint under %s: starting from scratch", self.output_dir)
         acc, cfg = self.accelerator, self.config
+        # where training is, whatever iterated the loader or sampler before (e.g. batch_at)
+        self.sampler.load_state_dict(self.sampler.state_dict(next_batch=self.next_batch))
         if acc.is_main_process:
             save_config(cfg, self.output_dir / "config.yaml")
         monitor = Monitor(self.output_dir, enabled=acc.is_main_process, progress=cfg.logging.progress,
@@ -170,20 +172,7 @@ class Trainer:
     def train_step(self, batch: ContrastiveBatch) -> tuple[float, float | None]:
         """One optimizer step on this process's share of a global batch; (global mean loss, grad norm)."""
         acc, cfg = self.accelerator, self.config
-        self.wrapped.train()
-        loss_kwargs = {"target": batch.target, "positive_keys": batch.positive_keys,
-                       "candidate_keys": batch.candidate_keys}
-        if cfg.train.chunk_size:
-            no_sync = functools.partial(acc.no_sync, self.wrapped) if acc.num_processes > 1 else None
-            cache = GradCache(lambda chunk: self.wrapped(queries=chunk["items"], instructions=chunk["instructions"])[0],
-                              lambda chunk: self.wrapped(candidates=chunk)[1], self.loss_fn, cfg.train.chunk_size,
-                              no_sync=no_sync)
-            loss = cache.step({"items": batch.queries, "instructions": batch.instructions}, batch.candidates,
-                              **loss_kwargs)
-        else:
-            q, c = self.wrapped(queries=batch.queries, instructions=batch.instructions, candidates=batch.candidates)
-            loss = self.loss_fn(q, c, **loss_kwargs)
-            acc.backward(loss)
+        loss = self.forward_backward(batch)
         grad_norm = None
         if cfg.optim.max_grad_norm:
             norm = acc.clip_grad_norm_(self.wrapped.parameters(), cfg.optim.max_grad_norm)
@@ -192,6 +181,46 @@ class Trainer:
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         return float(acc.reduce(loss.detach().float(), reduction="mean")), grad_norm
+
+    def forward_backward(self, batch: ContrastiveBatch) -> torch.Tensor:
+        """Embed a batch, compute the loss and accumulate its gradients (no optimizer step).
+
+        With ``train.chunk_size`` the batch goes through :class:`GradCache`; otherwise the backward
+        runs in two stages: from the loss into the embeddings, then from the embeddings into the
+        model. The gradients are those of ``loss.backward()``, but the loss's collectives (the
+        backward of the candidate all-gather) all finish before DDP / DeepSpeed start reducing
+        gradients in their hooks; in one backward pass the two could be issued in a different order
+        on different processes (a parameter used only by one rank's queries is ready early), which
+        deadlocks.
+        """
+        acc, cfg = self.accelerator, self.config
+        self.wrapped.train()
+        loss_kwargs = {"target": batch.target, "positive_keys": batch.positive_keys,
+                       "candidate_keys": batch.candidate_keys}
+        if cfg.train.chunk_size:
+            no_sync = functools.partial(acc.no_sync, self.wrapped) if acc.num_processes > 1 else None
+            cache = GradCache(lambda chunk: self.wrapped(queries=chunk["items"], instructions=chunk["instructions"])[0],
+                              lambda chunk: self.wrapped(candidates=chunk)[1], self.loss_fn, cfg.train.chunk_size,
+                              no_sync=no_sync)
+            return cache.step({"items": batch.queries, "instructions": batch.instructions}, batch.candidates,
+                              **loss_kwargs)
+        q, c = self.wrapped(queries=batch.queries, instructions=batch.instructions, candidates=batch.candidates)
+        q_leaf, c_leaf = q.detach().requires_grad_(), c.detach().requires_grad_()
+        loss = self.loss_fn(q_leaf, c_leaf, **loss_kwargs)
+        loss.backward()
+        surrogate = (q * q_leaf.grad.to(q.dtype)).sum() + (c * c_leaf.grad.to(c.dtype)).sum()
+        acc.backward(surrogate)
+        return loss.detach()
+
+    def batch_at(self, epoch: int = 0, step: int = 0) -> ContrastiveBatch:
+        """This process's share of global batch ``step`` of ``epoch`` (the sampler is left where it was)."""
+        saved = self.sampler.state_dict()
+        self.sampler.load_state_dict({**saved, "epoch": epoch, "position": step})
+        try:
+            keys = next(iter(self.sampler))
+        finally:
+            self.sampler.load_state_dict(saved)
+        return collate_examples([self.dataset[key] for key in keys])
 
     @torch.no_grad()
     def batch_loss(self, batch: ContrastiveBatch) -> float:

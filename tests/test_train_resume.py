@@ -1,0 +1,121 @@
+"""``mmembed train``: a run killed with SIGKILL and resumed follows the uninterrupted run exactly,
+and two processes under torchrun train the same weights as one process with the same global batch.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from mmembed.training.config import load_train_config
+from mmembed.training.monitor import read_metrics
+from mmembed.training.trainer import Trainer
+
+pytest.importorskip("accelerate")
+pytest.importorskip("peft")
+
+from toy import make_toy_mbeir  # noqa: E402
+
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+
+
+@pytest.fixture(scope="module")
+def toy_root(tmp_path_factory) -> Path:
+    return make_toy_mbeir(tmp_path_factory.mktemp("toy") / "toy")
+
+
+def write_config(path: Path, toy_root: Path, **model) -> Path:
+    config = {"seed": 3, "model": {"encoder": "cpu-default", **model},
+              "data": {"mbeir": [{"root": str(toy_root)}]},
+              "train": {"global_batch_size": 6, "max_steps": 8, "num_threads": 1},
+              "optim": {"lr": 1e-3, "warmup_steps": 2},
+              "checkpoint": {"every_steps": 2, "keep_last": 3},
+              "logging": {"progress": False, "plot": False}}
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "mmembed.cli.main", "-q", "train", *args]
+
+
+def losses(out: Path) -> list[tuple[int, float]]:
+    return [(r["step"], r["loss"]) for r in read_metrics(out / "metrics.jsonl") if "loss" in r]
+
+
+def final_weights(out: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(out / "final" / "model.safetensors"))
+
+
+def test_sigkill_then_resume_follows_the_uninterrupted_run(toy_root, tmp_path):
+    # dropout in MiniLM and in LoRA: the resumed run must also restore the RNG exactly
+    config = write_config(tmp_path / "run.yaml", toy_root, lora={"enabled": True, "r": 4, "alpha": 8, "dropout": 0.1})
+    reference = tmp_path / "reference"
+    Trainer(load_train_config(config, [f"output_dir={reference}"])).train()
+
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen(cli(str(config), "--output-dir", str(killed)), env=ENV,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 300
+    while not (killed / "checkpoints" / "step-00000002" / "trainer_state.json").is_file():
+        assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+        assert time.monotonic() < deadline, "no checkpoint within the time limit"
+        time.sleep(0.01)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    proc.stderr.close()
+    assert not (killed / "final").exists(), "the run finished before it could be killed"
+
+    resumed = subprocess.run(cli(str(config), "--output-dir", str(killed), "--resume"), env=ENV,
+                             capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "resumed from 0" not in resumed.stdout, resumed.stdout
+
+    expected, got = losses(reference), losses(killed)
+    assert [s for s, _ in got] == list(range(1, 9)) == [s for s, _ in expected]
+    for (step, a), (_, b) in zip(expected, got):
+        assert abs(a - b) <= 1e-6, f"step {step}: {a} != {b}"
+    ref_w, got_w = final_weights(reference), final_weights(killed)
+    assert set(ref_w) == set(got_w)
+    for name, value in ref_w.items():
+        torch.testing.assert_close(got_w[name], value, atol=1e-6, rtol=0, msg=name)
+
+
+def test_resume_refuses_a_changed_configuration(toy_root, tmp_path):
+    config = write_config(tmp_path / "run.yaml", toy_root)
+    out = tmp_path / "run"
+    Trainer(load_train_config(config, [f"output_dir={out}", "train.max_steps=2"])).train()
+    changed = Trainer(load_train_config(config, [f"output_dir={out}", "optim.lr=0.5"]))
+    with pytest.raises(Exception, match="optim.lr"):
+        changed.train(resume=True)
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_train_the_same_weights_as_one(toy_root, tmp_path):
+    # no dropout: with it, the masks depend on how the batch is split over processes
+    config = write_config(tmp_path / "run.yaml", toy_root, dropout=False)
+    common = ["--set", "train.max_steps=3", "--set", "optim.lr=1e-4", "--set", "checkpoint.every_steps=0"]
+    two = tmp_path / "two"
+    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                          "-m", "mmembed.cli.main", "-q", "train", str(config), "--output-dir", str(two), *common],
+                         env=ENV, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    one = tmp_path / "one"
+    overrides = [f"output_dir={one}", "train.max_steps=3", "optim.lr=1e-4", "checkpoint.every_steps=0"]
+    Trainer(load_train_config(config, overrides)).train()
+
+    for (step, a), (_, b) in zip(losses(one), losses(two)):
+        assert abs(a - b) <= 1e-5, f"step {step}: {a} != {b}"
+    w_one, w_two = final_weights(one), final_weights(two)
+    assert set(w_one) == set(w_two) and w_one
+    for name, value in w_one.items():
+        torch.testing.assert_close(w_two[name], value, atol=1e-5, rtol=0, msg=name)
