@@ -25,8 +25,9 @@ import numpy as np
 
 from mmembed.data.images import ImageLike, ImageStore
 from mmembed.data.mbeir import read_candidates
-from mmembed.encoders.base import Encoder, Item, as_items
+from mmembed.encoders.base import Encoder, Item
 from mmembed.errors import ConfigError, DataError, IndexMismatchError, Location
+from mmembed.eval.pool_cache import PoolEmbeddingCache
 from mmembed.fileio import atomic_directory, write_json
 from mmembed.index.faiss_index import FaissIndex
 from mmembed.instructions import InstructionEntry, InstructionRegistry
@@ -67,17 +68,18 @@ class Retriever:
     def build(cls, encoder: Encoder, pool_path: str | os.PathLike, out_dir: str | os.PathLike, *,
               encoder_spec: str, image_root: str | os.PathLike | None = None,
               instructions_path: str | os.PathLike | None = None, factory: str = "Flat", dtype: str = "float32",
-              batch_size: int = 64, show_progress: bool = True) -> Retriever:
+              batch_size: int = 64, show_progress: bool = True,
+              cache_dir: str | os.PathLike | None = None) -> Retriever:
         """Embed every candidate of ``pool_path`` and write a retrieval directory to ``out_dir``."""
         pool_path = Path(pool_path)
         candidates = read_candidates(pool_path)
         if not candidates:
             raise DataError("the candidate pool is empty", Location(str(pool_path)))
         images = ImageStore(image_root or _guess_image_root(pool_path))
-        vectors = encoder.encode_candidates(as_items(candidates, images), batch_size=batch_size,
-                                            show_progress=show_progress)
+        # Embeddings go through the evaluation's pool cache: an evaluated pool is not embedded again.
+        pool = PoolEmbeddingCache(encoder, images, cache_dir, batch_size, show_progress).embed_file(pool_path)
         index = FaissIndex(encoder.dim, factory, dtype=dtype, encoder_id=encoder.encoder_id)
-        index.add([c.did for c in candidates], vectors)
+        index.add(pool.ids, pool.vectors)
         instructions = InstructionRegistry.from_tsv(instructions_path) if instructions_path else None
         with atomic_directory(out_dir) as staging:
             index.save(staging / "vectors")

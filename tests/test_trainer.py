@@ -205,3 +205,15 @@ def test_lr_schedule():
     assert lr_factor(9, 10, 2, "linear") == pytest.approx(1 / 8)
     assert lr_factor(6, 10, 2, "cosine") == pytest.approx(0.5)
     assert lr_factor(7, 10, 0, "constant") == 1.0
+
+
+def test_text_only_batch_with_only_the_projector_trainable(toy_root, tmp_path):
+    """No image in the batch: the loss does not depend on the projector, the step must still run."""
+    config = make_config(toy_root, tmp_path / "run", data={"mbeir": [{"root": str(toy_root), "tasks": ["toy_task1"]}]},
+                         train={"max_steps": 1}, logging={"progress": False, "plot": False})
+    trainer = Trainer(config)
+    assert all(n.startswith("projector.") for n in trainer.trainable_names)
+    before = {k: v.clone() for k, v in trainer.model.trainable_state().items()}
+    trainer.train()
+    for name, value in trainer.model.trainable_state().items():
+        torch.testing.assert_close(value, before[name], msg=name)  # zero gradient, no weight decay

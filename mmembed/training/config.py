@@ -166,8 +166,9 @@ class EvalSettings:
 class DistributedSettings:
     """Passed to :class:`accelerate.Accelerator`; ``accelerate launch`` configs work as well."""
 
-    #: DDP: let parameters go unused in a step (e.g. the projector on a text-only batch).
-    find_unused_parameters: bool = True
+    #: DDP's search for parameters a step did not use. Not needed: every trainable parameter takes
+    #: part in every forward pass (see ``EmbeddingModel``), so it only costs a graph traversal.
+    find_unused_parameters: bool = False
     #: A DeepSpeed config (a JSON file path or the mapping), e.g. ``{zero_optimization: {stage: 2}}``.
     deepspeed: Any = None
     #: Keyword arguments of :class:`accelerate.FullyShardedDataParallelPlugin`.

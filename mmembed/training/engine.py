@@ -40,8 +40,7 @@ def build_accelerator(config: TrainConfig):
     kwargs: dict[str, Any] = {
         "cpu": dist.cpu or not torch.cuda.is_available(), "mixed_precision": config.train.mixed_precision,
         "step_scheduler_with_optimizer": False,
-        "kwargs_handlers": [DistributedDataParallelKwargs(find_unused_parameters=dist.find_unused_parameters,
-                                                          broadcast_buffers=False)]}
+        "kwargs_handlers": [DistributedDataParallelKwargs(find_unused_parameters=dist.find_unused_parameters)]}
     if dist.deepspeed is not None:
         kwargs["deepspeed_plugin"] = accelerate.DeepSpeedPlugin(hf_ds_config=_deepspeed_config(config))
     if dist.fsdp is not None:

@@ -72,11 +72,19 @@ class EmbeddingModel(nn.Module):
 
     One forward call per backward keeps DDP's bookkeeping simple; GradCache calls it once per side
     and chunk. Parameter names are the encoder's own with the prefix ``inner.``.
+
+    With ``anchor=True`` every output also depends on every trainable parameter through a term
+    multiplied by zero (values and gradients are unchanged). A batch without images would otherwise
+    leave the projector out of the graph — a loss with no gradient at all when only the projector
+    trains, and under DDP ranks that disagree about which parameters take part. FSDP shards
+    parameters outside their own module's forward, so it runs without the anchor.
     """
 
-    def __init__(self, encoder):
+    def __init__(self, encoder, anchor: bool = True):
         super().__init__()
         self._encoder = [encoder]  # a list, so the encoder is not registered twice
+        self.anchor = anchor
+        self._anchored: list[nn.Parameter] | None = None
         if isinstance(encoder, nn.Module):
             self.inner = encoder
         else:
@@ -94,6 +102,13 @@ class EmbeddingModel(nn.Module):
                 candidates: Sequence | None = None) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         q = self.encoder.embed(list(queries), "query", instructions) if queries is not None else None
         c = self.encoder.embed(list(candidates), "candidate") if candidates is not None else None
+        if self.anchor and torch.is_grad_enabled():
+            if self._anchored is None:
+                self._anchored = [p for p in self.parameters() if p.requires_grad]
+            if self._anchored:
+                zero = torch.stack([p.reshape(-1)[0].float() for p in self._anchored]).sum() * 0.0
+                q = q + zero if q is not None else None
+                c = c + zero if c is not None else None
         return q, c
 
     def train(self, mode: bool = True) -> EmbeddingModel:

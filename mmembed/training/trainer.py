@@ -83,7 +83,7 @@ class Trainer:
             torch.set_num_threads(config.train.num_threads)
         set_seed(config.seed)
         self.encoder = load_training_encoder(config.model)
-        self.model = EmbeddingModel(self.encoder)
+        self.model = EmbeddingModel(self.encoder, anchor=config.distributed.fsdp is None)
         self.trainable_names = configure_trainable(self.encoder, self.model, config.model)
         if not config.model.dropout:
             disable_dropout(self.model)
