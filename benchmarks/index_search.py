@@ -202,6 +202,7 @@ def main(argv: list[str] | None = None) -> None:
         for spec in chosen:
             print(f"running {spec.label} ...", flush=True)
             rows.append(run_one(spec, ids, x, queries, exact, args, Path(tmp)))
+            print(f"  {rows[-1]}", flush=True)
     print_table(rows, args)
     if args.json:
         args.json.write_text(json.dumps([asdict(r) for r in rows], indent=2) + "\n")

@@ -317,3 +317,20 @@ def test_load_refuses_a_truncated_faiss_file(saved):
     (saved / "index.faiss").write_bytes(blob[: len(blob) // 2])
     with pytest.raises(IndexMismatchError, match="corrupt or truncated"):
         FaissIndex.load(saved)
+
+
+def test_benchmark_script_runs_at_toy_size(capsys, monkeypatch):
+    """Keeps benchmarks/index_search.py from rotting; its numbers are not checked here."""
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    path = Path(__file__).parents[1] / "benchmarks" / "index_search.py"
+    spec = importlib.util.spec_from_file_location("index_search_benchmark", path)
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, module)  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    module.main(["--n", "2000", "--dim", "16", "--queries", "20", "--nlist", "8", "--types", "flat,ivf",
+                 "--repeats", "1"])
+    out = capsys.readouterr().out
+    assert "recall@10" in out and "IVF8,Flat" in out

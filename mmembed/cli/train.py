@@ -33,6 +33,7 @@ def run(args: argparse.Namespace) -> int:
     result = trainer.train(resume=resume)
     if trainer.accelerator.is_main_process:
         loss = f"{result.last_loss:.4f}" if result.last_loss is not None else "n/a"
-        print(f"trained {result.steps} steps (resumed from {result.resumed_from}) in {result.wall_s:.1f} s; "
+        early = " (stopped early: train.max_minutes)" if result.stopped_early else ""
+        print(f"trained {result.steps} steps{early} (resumed from {result.resumed_from}) in {result.wall_s:.1f} s; "
               f"last loss {loss}; model: {result.final_dir}")
     return 0

@@ -101,6 +101,10 @@ class TrainSettings:
     epochs: int = 1
     #: Stop after this many optimizer steps (``None``: run the epochs).
     max_steps: int | None = None
+    #: A wall-clock safety net (minutes, from start-up, data loading included): when spent, training
+    #: stops after the current step and saves its final output. The learning-rate schedule still
+    #: assumes the full run, and a stopped run depends on the machine's speed (not reproducible).
+    max_minutes: float | None = None
     #: Queries per optimizer step over all processes (each brings its positive and negatives).
     global_batch_size: int = 32
     #: GradCache chunk (rows per forward pass); ``None`` embeds each side of the batch in one pass.

@@ -66,48 +66,57 @@ class TrainResult:
     last_loss: float | None
     wall_s: float
     checkpoints: list[Path] = field(default_factory=list)
+    #: ``train.max_minutes`` ended the run before ``total_steps``.
+    stopped_early: bool = False
 
 
 class Trainer:
     """Builds everything a run needs from its configuration; :meth:`train` runs it."""
 
     def __init__(self, config: TrainConfig):
+        self._created = time.perf_counter()
         config.validate()
         self.config = config
         self.output_dir = Path(config.output_dir)
         self.accelerator = build_accelerator(config)
-        acc = self.accelerator
         from accelerate.utils import set_seed
 
         if config.train.num_threads:
             torch.set_num_threads(config.train.num_threads)
-        set_seed(config.seed)
-        self.encoder = load_training_encoder(config.model)
-        self.model = EmbeddingModel(self.encoder, anchor=config.distributed.fsdp is None)
-        self.trainable_names = configure_trainable(self.encoder, self.model, config.model)
-        if not config.model.dropout:
-            disable_dropout(self.model)
-        if config.model.gradient_checkpointing:
-            enable_gradient_checkpointing(encoder_parts(self.encoder))
-        self.dataset = build_dataset(config.data, config.seed)
-        self.sampler = ContrastiveBatchSampler(
-            self.dataset, config.train.global_batch_size, seed=config.seed, weights=config.data.weights,
-            examples_per_epoch=config.data.examples_per_epoch, task_homogeneous=config.data.task_homogeneous,
-            task_remainder=config.data.task_remainder, num_replicas=acc.num_processes, rank=acc.process_index)
-        self.loader = torch.utils.data.DataLoader(
-            self.dataset, batch_sampler=self.sampler, collate_fn=collate_examples,
-            num_workers=config.data.num_workers,
-            generator=torch.Generator().manual_seed(config.seed))  # never draws from the global RNG
-        self.total_steps = config.train.max_steps or sum(len(self.sampler.plan(e)) for e in range(config.train.epochs))
+        set_seed(config.seed)  # the same initial model (LoRA, pooler) in every process
+        self._build_model()
+        self._build_data()
         self.loss_fn = InfoNCELoss(config.train.temperature, gather=config.train.gather)
         optimizer = build_optimizer(self.model, config.optim)
         scheduler = build_scheduler(optimizer, config.optim, self.total_steps)
-        self.wrapped, self.optimizer, self.scheduler = acc.prepare(self.model, optimizer, scheduler)
-        self.sharded = acc.distributed_type.value in ("DEEPSPEED", "FSDP")
-        set_seed(config.seed + acc.process_index)  # dropout differs across processes, same model above
-        self.step = 0
+        self.wrapped, self.optimizer, self.scheduler = self.accelerator.prepare(self.model, optimizer, scheduler)
+        self.sharded = self.accelerator.distributed_type.value in ("DEEPSPEED", "FSDP")
+        set_seed(config.seed + self.accelerator.process_index)  # dropout masks differ across processes
+        self.step = self.resumed_from = 0
         self.next_batch: tuple[int, int] = (0, 0)
-        self.resumed_from = 0
+        self.stopped_early = False
+
+    def _build_model(self) -> None:
+        settings = self.config.model
+        self.encoder = load_training_encoder(settings)
+        self.model = EmbeddingModel(self.encoder, anchor=self.config.distributed.fsdp is None)
+        self.trainable_names = configure_trainable(self.encoder, self.model, settings)
+        if not settings.dropout:
+            disable_dropout(self.model)
+        if settings.gradient_checkpointing:
+            enable_gradient_checkpointing(encoder_parts(self.encoder))
+
+    def _build_data(self) -> None:
+        cfg, acc = self.config, self.accelerator
+        self.dataset = build_dataset(cfg.data, cfg.seed)
+        self.sampler = ContrastiveBatchSampler(
+            self.dataset, cfg.train.global_batch_size, seed=cfg.seed, weights=cfg.data.weights,
+            examples_per_epoch=cfg.data.examples_per_epoch, task_homogeneous=cfg.data.task_homogeneous,
+            task_remainder=cfg.data.task_remainder, num_replicas=acc.num_processes, rank=acc.process_index)
+        self.loader = torch.utils.data.DataLoader(
+            self.dataset, batch_sampler=self.sampler, collate_fn=collate_examples, num_workers=cfg.data.num_workers,
+            generator=torch.Generator().manual_seed(cfg.seed))  # never draws from the global RNG
+        self.total_steps = cfg.train.max_steps or sum(len(self.sampler.plan(e)) for e in range(cfg.train.epochs))
 
     # ------------------------------------------------------------------ running
 
@@ -129,10 +138,10 @@ class Trainer:
                           tensorboard=cfg.logging.tensorboard, total_steps=self.total_steps, start_step=self.step)
         last_loss, window = None, _Window()
         try:
-            while self.step < self.total_steps:
+            while self.step < self.total_steps and not self.stopped_early:
                 for batch in self.loader:
                     last_loss = self._run_step(batch, window, monitor)
-                    if self.step >= self.total_steps:
+                    if self.step >= self.total_steps or self._out_of_time():
                         break
             evaluated_now = cfg.eval.every_steps and self.step % cfg.eval.every_steps == 0
             if cfg.eval.at_end and not evaluated_now:
@@ -147,7 +156,23 @@ class Trainer:
             monitor.close()
         checkpoints = [p for _, p in ckpt.list_checkpoints(self.output_dir)]
         return TrainResult(self.output_dir, final, self.step, self.resumed_from, last_loss,
-                           time.perf_counter() - start, checkpoints)
+                           time.perf_counter() - start, checkpoints, self.stopped_early)
+
+    def _out_of_time(self) -> bool:
+        """Whether ``train.max_minutes`` (counted from the trainer's creation) is spent, on every process."""
+        limit = self.config.train.max_minutes
+        if not limit:
+            return False
+        over = torch.tensor([float(time.perf_counter() - self._created > 60 * limit)])
+        if self.accelerator.num_processes > 1:
+            from accelerate.utils import broadcast
+
+            over = broadcast(over.to(self.accelerator.device), from_process=0).cpu()
+        if over.item() and not self.stopped_early:
+            self.stopped_early = True
+            logger.warning("train.max_minutes (%.1f) spent: stopping at step %d of %d", limit, self.step,
+                           self.total_steps)
+        return self.stopped_early
 
     def _run_step(self, batch: ContrastiveBatch, window: _Window, monitor: Monitor) -> float:
         cfg = self.config

@@ -161,11 +161,23 @@ def _file_hashes(root: Path) -> dict[str, str]:
             for p in sorted(root.rglob("*")) if p.is_file() and p.name != MANIFEST}
 
 
+def builder_code_hash() -> str:
+    """A hash of the code that decides the output, so that a changed builder never reuses a stale build."""
+    package = Path(__file__).parent
+    sources = sorted(package.glob("*.py")) + [package.parent / name for name in ("mbeir.py", "beir.py", "layout.py")]
+    sources.append(package.parent.parent / "instructions.py")
+    digest = hashlib.sha256()
+    for path in sources:
+        digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()
+
+
 def _write_manifest(stage: Path, versions: dict[str, str], subset: bool) -> str:
     files = _file_hashes(stage)
     digest = content_hash(files)
     write_json(stage / MANIFEST, {"format_version": FORMAT_VERSION, "builder_version": BUILDER_VERSION,
-                                  "sources": versions, "subset": subset, "content_hash": digest, "files": files})
+                                  "builder_code": builder_code_hash(), "sources": versions, "subset": subset,
+                                  "content_hash": digest, "files": files})
     return digest
 
 
@@ -179,8 +191,8 @@ def reusable_manifest(root: Path, versions: dict[str, str], subset: bool) -> dic
     except (OSError, json.JSONDecodeError) as e:
         log.info("rebuilding: unreadable manifest %s (%s)", path, e)
         return None
-    expected = {"format_version": FORMAT_VERSION, "builder_version": BUILDER_VERSION, "sources": versions,
-                "subset": subset}
+    expected = {"format_version": FORMAT_VERSION, "builder_version": BUILDER_VERSION,
+                "builder_code": builder_code_hash(), "sources": versions, "subset": subset}
     for key, value in expected.items():
         if manifest.get(key) != value:
             log.info("rebuilding: %s changed (%r -> %r)", key, manifest.get(key), value)
