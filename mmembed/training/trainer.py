@@ -23,6 +23,7 @@ from __future__ import annotations
 import functools
 import logging
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -75,6 +76,8 @@ class Trainer:
 
     def __init__(self, config: TrainConfig):
         self._created = time.perf_counter()
+        # once per step otherwise, from the cross-process gather of the loss
+        warnings.filterwarnings("ignore", message=r"torch\.distributed\.nn\.functional\.all_gather is deprecated")
         config.validate()
         self.config = config
         self.output_dir = Path(config.output_dir)
@@ -141,7 +144,7 @@ class Trainer:
             while self.step < self.total_steps and not self.stopped_early:
                 for batch in self.loader:
                     last_loss = self._run_step(batch, window, monitor)
-                    if self.step >= self.total_steps or self._out_of_time():
+                    if self.step >= self.total_steps or self.stopped_early:
                         break
             evaluated_now = cfg.eval.every_steps and self.step % cfg.eval.every_steps == 0
             if cfg.eval.at_end and not evaluated_now:
@@ -182,7 +185,8 @@ class Trainer:
         self.next_batch = (batch.epoch, batch.step + 1)
         window.add(loss, cfg.train.global_batch_size)
         monitor.progress(1, loss=loss, lr=lr)
-        if self.step % cfg.logging.every_steps == 0 or self.step == self.total_steps:
+        last = self.step == self.total_steps or self._out_of_time()
+        if self.step % cfg.logging.every_steps == 0 or last:
             peak, kind = peak_memory_mb(self.accelerator.device)
             monitor.log({"step": self.step, "epoch": batch.epoch, "loss": loss, "loss_avg": window.mean_loss,
                          "lr": lr, "grad_norm": grad_norm, "examples_per_s": window.rate,
