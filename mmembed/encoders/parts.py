@@ -141,6 +141,10 @@ class TextBackbone(nn.Module):
         device = self.model.device
         return input_ids.to(device), attention_mask.to(device)
 
+    def token_counts(self, texts: Sequence[str]) -> list[int]:
+        """Tokens per text (with [CLS]/[SEP]), in one batched call: to group similar lengths."""
+        return [len(enc.ids) for enc in self._backend.encode_batch(list(texts))]
+
     def forward(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Token states (batch, tokens, 384) of already embedded inputs."""
         return self.model(inputs_embeds=inputs_embeds, attention_mask=attention_mask).last_hidden_state

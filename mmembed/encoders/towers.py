@@ -130,8 +130,10 @@ class TowersEncoder(PartsModel):
             self._prefix_counts[prefix] = count
         return count
 
-    def length_key(self, item: Item) -> float:
-        return len(item.text or "") + (4.0 * self.vision.num_tokens if item.image is not None else 0.0)
+    def length_keys(self, items: Sequence[Item]) -> list[float]:
+        """Token counts (text + image tokens): batches of equal length pad least."""
+        counts = self.text.token_counts([it.text or "" for it in items])
+        return [n + (self.vision.num_tokens if it.image is not None else 0) for n, it in zip(counts, items)]
 
 
 register_named_model("cpu-default", lambda **overrides: TowersEncoder(**overrides))

@@ -101,8 +101,9 @@ class FusionTowersEncoder(PartsModel):
         features = self.vision([as_pil(it.image, it.id) for it in items])[:, 0]
         return F.normalize(self.image_proj(features.to(self.image_proj.weight.dtype)).float(), dim=-1)
 
-    def length_key(self, item: Item) -> float:
-        return len(item.text or "")
+    def length_keys(self, items: Sequence[Item]) -> list[float]:
+        """Token counts of the texts: batches of equal length pad least."""
+        return [float(n) for n in self.text.token_counts([it.text or "" for it in items])]
 
 
 register_named_model("cpu-default-fusion", lambda **overrides: FusionTowersEncoder(**overrides))

@@ -109,6 +109,9 @@ class TrainSettings:
     global_batch_size: int = 32
     #: GradCache chunk (rows per forward pass); ``None`` embeds each side of the batch in one pass.
     chunk_size: int | None = None
+    #: Embed each side (or GradCache chunk) in this many passes over length-sorted items: less
+    #: compute spent on padding when short and long items share a batch; results are unchanged.
+    length_buckets: int = 1
     temperature: float = 0.05
     #: Every process's candidates are negatives for every query (a differentiable all-gather).
     gather: bool = True
@@ -210,11 +213,16 @@ class TrainConfig:
                 raise ConfigError(f"{name} must be >= 1, got {value}")
         if self.train.max_steps is not None and self.train.max_steps < 1:
             raise ConfigError(f"train.max_steps must be >= 1 or null, got {self.train.max_steps}")
+        if self.train.length_buckets < 1:
+            raise ConfigError(f"train.length_buckets must be >= 1, got {self.train.length_buckets}")
         if self.train.chunk_size is not None and self.train.chunk_size < 1:
             raise ConfigError(f"train.chunk_size must be >= 1 or null, got {self.train.chunk_size}")
         if self.train.chunk_size and self.train.mixed_precision == "fp16":
             raise ConfigError("train.chunk_size (GradCache) works with mixed_precision 'no' or 'bf16', not 'fp16' "
                               "(its loss scaler is not applied to the cached-gradient backward)")
+        if self.train.chunk_size and self.distributed.deepspeed is not None:
+            raise ConfigError("train.chunk_size (GradCache) does not work under DeepSpeed, whose engine must run "
+                              "every backward; use a larger per-GPU batch or gradient checkpointing instead")
         if self.train.temperature <= 0:
             raise ConfigError(f"train.temperature must be positive, got {self.train.temperature}")
         if self.optim.lr <= 0 or not 0 <= self.optim.warmup_ratio < 1 or len(self.optim.betas) != 2:

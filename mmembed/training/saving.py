@@ -35,6 +35,19 @@ def export_encoder(encoder, directory: str | Path, config: TrainConfig, step: in
     return directory
 
 
+def full_parameters(trainer: Any) -> contextlib.AbstractContextManager:
+    """Under FSDP, gather the full parameters on every process for the block (collective); else nothing.
+
+    DeepSpeed ZeRO-2 keeps full parameters on every process (it shards gradients and optimizer
+    state), so the encoder can be saved as it is. *Not exercised on the project's CPU machines.*
+    """
+    if trainer.accelerator.distributed_type.value != "FSDP":
+        return contextlib.nullcontext()
+    from torch.distributed.fsdp import FullyShardedDataParallel
+
+    return FullyShardedDataParallel.summon_full_params(trainer.wrapped, writeback=False)
+
+
 def write_checkpoint(trainer: Any, path: Path, state: dict) -> None:
     """Write ``trainer``'s full training state to ``path`` (collective: every process calls it)."""
     from accelerate.utils import broadcast_object_list, gather_object
@@ -57,5 +70,8 @@ def write_checkpoint(trainer: Any, path: Path, state: dict) -> None:
             ckpt.write_rng(staging, rng_states)
             save_config(trainer.config, staging / "config.yaml")
             write_json(staging / "meta.json", ckpt.run_metadata())
-            export_encoder(trainer.encoder, staging / "model", trainer.config, trainer.step)
+        with full_parameters(trainer):
+            if acc.is_main_process:
+                export_encoder(trainer.encoder, staging / "model", trainer.config, trainer.step)
+        if acc.is_main_process:
             write_json(staging / ckpt.STATE_FILE, state)  # last: its presence marks a complete checkpoint

@@ -48,7 +48,7 @@ from mmembed.training.lora import (
 )
 from mmembed.training.monitor import PLOT_FILE, Monitor, peak_memory_mb, plot_loss
 from mmembed.training.sampler import ContrastiveBatchSampler
-from mmembed.training.saving import export_encoder, write_checkpoint
+from mmembed.training.saving import export_encoder, full_parameters, write_checkpoint
 
 logger = logging.getLogger(__name__)
 
@@ -102,7 +102,8 @@ class Trainer:
     def _build_model(self) -> None:
         settings = self.config.model
         self.encoder = load_training_encoder(settings)
-        self.model = EmbeddingModel(self.encoder, anchor=self.config.distributed.fsdp is None)
+        self.model = EmbeddingModel(self.encoder, anchor=self.config.distributed.fsdp is None,
+                                    length_buckets=self.config.train.length_buckets)
         self.trainable_names = configure_trainable(self.encoder, self.model, settings)
         if not settings.dropout:
             disable_dropout(self.model)
@@ -150,10 +151,11 @@ class Trainer:
             if cfg.eval.at_end and not evaluated_now:
                 self.evaluate(monitor)
             final = self.output_dir / FINAL_DIR
-            if acc.is_main_process:
-                export_encoder(self.encoder, final, cfg, self.step)
-                if cfg.logging.plot:
-                    plot_loss(monitor.path, self.output_dir / PLOT_FILE)
+            with full_parameters(self):
+                if acc.is_main_process:
+                    export_encoder(self.encoder, final, cfg, self.step)
+            if acc.is_main_process and cfg.logging.plot:
+                plot_loss(monitor.path, self.output_dir / PLOT_FILE)
             acc.wait_for_everyone()
         finally:
             monitor.close()
@@ -179,7 +181,7 @@ class Trainer:
 
     def _run_step(self, batch: ContrastiveBatch, window: _Window, monitor: Monitor) -> float:
         cfg = self.config
-        lr = self.optimizer.param_groups[0]["lr"]
+        lr = max(group["lr"] for group in self.optimizer.param_groups)
         loss, grad_norm = self.train_step(batch)
         self.step += 1
         self.next_batch = (batch.epoch, batch.step + 1)
@@ -194,8 +196,8 @@ class Trainer:
             window.reset()
         if cfg.eval.every_steps and self.step % cfg.eval.every_steps == 0:
             self.evaluate(monitor)
-        if cfg.checkpoint.every_steps and self.step % cfg.checkpoint.every_steps == 0:
-            self.save_checkpoint()
+        if cfg.checkpoint.every_steps and (self.step % cfg.checkpoint.every_steps == 0 or self.stopped_early):
+            self.save_checkpoint()  # on an early stop too: --resume can finish the schedule later
         return loss
 
     def train_step(self, batch: ContrastiveBatch) -> tuple[float, float | None]:
