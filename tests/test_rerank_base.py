@@ -127,6 +127,9 @@ def test_rerank_run_reorders_runs_and_keeps_scores_monotone_in_rank():
     assert [r.id for r in details["q1"]] == ["b", "c", "a", "d"]
     with pytest.raises(DataError, match="zz"):
         rerank_run(reranker, {"q1": {"zz": 1.0}}, {"q1": Item("q1", "x")}, {})
+    # candidates below top_k need no item
+    tail_run, _ = rerank_run(reranker, run, {"q1": Item("q1", "x")}, {k: Item(k, k) for k in "abc"})
+    assert sorted(tail_run["q1"], key=lambda d: -tail_run["q1"][d]) == ["b", "c", "a", "d"]
 
 
 def test_base_reranker_satisfies_the_protocol():

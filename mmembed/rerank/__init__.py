@@ -54,8 +54,8 @@ class RerankConfig:
     #: normalised per query); 0 = rerank score only.
     alpha: float = 0.0
     normalization: Literal["minmax", "none"] = "minmax"
-    #: Pairs per forward pass.
-    batch_size: int = 8
+    #: Pairs per forward pass (10 = one query's top 10, which is what prefix reuse groups).
+    batch_size: int = 10
     #: LLM only: reuse the KV cache of the tokens shared by a group of pairs (see mmembed.rerank.llm).
     prefix_reuse: bool = True
     #: Texts of queries and candidates are cut to this many tokens.

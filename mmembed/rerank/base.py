@@ -143,7 +143,7 @@ class BaseReranker:
     reranker_id: str = "reranker"
 
     def __init__(self, *, top_k: int = 10, alpha: float = 0.0, normalization: str = "minmax",
-                 batch_size: int = 8, show_progress: bool = False):
+                 batch_size: int = 10, show_progress: bool = False):
         check_positive("top_k", top_k)
         check_positive("batch_size", batch_size)
         check_alpha(alpha)
@@ -168,6 +168,7 @@ class BaseReranker:
         k = self.top_k if top_k is None else top_k
         check_positive("top_k", k)
         n = len(queries)
+        candidate_lists = [list(cands) for cands in candidate_lists]
         if len(candidate_lists) != n:
             raise ValueError(f"{len(candidate_lists)} candidate lists for {n} queries")
         instructions = [None] * n if instructions is None else list(instructions)
@@ -176,7 +177,7 @@ class BaseReranker:
         retrieval = _retrieval_arrays(queries, candidate_lists, retrieval_scores)
         pair_q, pair_c, pair_i, spans = [], [], [], []
         for query, cands, instruction in zip(queries, candidate_lists, instructions):
-            head = list(cands)[:k]
+            head = cands[:k]
             spans.append((len(pair_q), len(pair_q) + len(head)))
             pair_q += [query] * len(head)
             pair_c += head
@@ -215,6 +216,8 @@ def rerank_run(reranker: Reranker, run: Run, queries: Mapping[str, Item], candid
                show_progress: bool | None = None) -> tuple[Run, dict[str, list[RerankResult]]]:
     """Rerank a retrieval run (qid -> did -> score) in one batched pass over all its queries.
 
+    ``candidates`` must hold the items of every query's top ``top_k`` (more are allowed, not needed).
+
     Returns a new run whose scores are rank-derived (``n - rank + 1``, so that any consumer that
     sorts by score sees the reranked order, the unreranked tail included) and the detailed results
     per query (raw, fused and retrieval scores).
@@ -223,14 +226,16 @@ def rerank_run(reranker: Reranker, run: Run, queries: Mapping[str, Item], candid
     missing = [q for q in qids if q not in queries]
     if missing:
         raise DataError("query of the run is not among the given queries", Location(item=missing[0]))
+    k = reranker.top_k if top_k is None else top_k
     lists, scores = [], []
     for qid in qids:
         ranked = sorted(run[qid].items(), key=lambda kv: -kv[1])
-        for did, _ in ranked:
+        for did, _ in ranked[:k]:
             if did not in candidates:
                 raise DataError(f"candidate {did!r} of the run is not among the given candidates",
                                 Location(item=qid))
-        lists.append([candidates[did] for did, _ in ranked])
+        # below top_k only the ids are needed: those candidates are never scored
+        lists.append([candidates.get(did) or Item(did) for did, _ in ranked])
         scores.append([score for _, score in ranked])
     chosen = [(instructions or {}).get(qid) for qid in qids]
     results = reranker.rerank_many([queries[q] for q in qids], lists, chosen, retrieval_scores=scores,
