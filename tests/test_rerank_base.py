@@ -116,6 +116,10 @@ def test_invalid_settings_are_config_errors():
         TableReranker({}, top_k=0)
     with pytest.raises(ConfigError, match="alpha"):
         TableReranker({}, alpha=-0.1)
+    fusing = TableReranker({"a": 1.0}, alpha=0.5)
+    with pytest.raises(ConfigError, match="retrieval scores"):
+        fusing.rerank(Item("q", "x"), items("a"))
+    assert fusing.calls == []  # refused before any pair was scored
 
 
 def test_rerank_run_reorders_runs_and_keeps_scores_monotone_in_rank():

@@ -174,6 +174,8 @@ class BaseReranker:
         instructions = [None] * n if instructions is None else list(instructions)
         if len(instructions) != n:
             raise ValueError(f"{len(instructions)} instructions for {n} queries")
+        if self.alpha > 0 and retrieval_scores is None:  # fail before the expensive scoring
+            raise ConfigError(f"fusion with alpha={self.alpha} needs the candidates' retrieval scores")
         retrieval = _retrieval_arrays(queries, candidate_lists, retrieval_scores)
         pair_q, pair_c, pair_i, spans = [], [], [], []
         for query, cands, instruction in zip(queries, candidate_lists, instructions):

@@ -94,7 +94,8 @@ class LLMReranker(BaseReranker):
         if "{candidate}" not in self.ql_template:
             raise ConfigError("ql_template must contain '{candidate}'")
         self.device = resolve_device(device)
-        self.dtype = resolve_dtype(dtype, self.device)
+        # None keeps the dtype the model was loaded in (from_pretrained resolves "auto" itself)
+        self.dtype = next(model.parameters()).dtype if dtype is None else resolve_dtype(dtype, self.device)
         self.model = model.to(device=self.device, dtype=self.dtype).eval()
         self.tokenizer = tokenizer
         self.mode, self.templates = mode, resolve_templates(templates)

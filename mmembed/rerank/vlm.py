@@ -72,7 +72,8 @@ class VLMReranker(BaseReranker):
         self.model_type = model.config.model_type
         adapter_class(self.model_type)  # refuses unsupported families, listing the supported ones
         self.device = resolve_device(device)
-        self.dtype = resolve_dtype(dtype, self.device)
+        # None keeps the dtype the model was loaded in (from_pretrained resolves "auto" itself)
+        self.dtype = next(model.parameters()).dtype if dtype is None else resolve_dtype(dtype, self.device)
         self.model = model.to(device=self.device, dtype=self.dtype).eval()
         self.processor, self.tokenizer = processor, processor.tokenizer
         self.templates, self.answer_words = resolve_templates(templates), tuple(answer_words)
