@@ -16,6 +16,7 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
+from mmembed.errors import ConfigError
 from mmembed.training.config import load_train_config
 from mmembed.training.monitor import read_metrics
 from mmembed.training.trainer import Trainer
@@ -90,13 +91,15 @@ def test_sigkill_then_resume_follows_the_uninterrupted_run(toy_root, tmp_path):
         torch.testing.assert_close(got_w[name], value, atol=1e-6, rtol=0, msg=name)
 
 
-def test_resume_refuses_a_changed_configuration(toy_root, tmp_path):
+def test_resume_and_restart_refuse_what_would_mix_runs(toy_root, tmp_path):
     config = write_config(tmp_path / "run.yaml", toy_root)
     out = tmp_path / "run"
     Trainer(load_train_config(config, [f"output_dir={out}", "train.max_steps=2"])).train()
     changed = Trainer(load_train_config(config, [f"output_dir={out}", "optim.lr=0.5"]))
-    with pytest.raises(Exception, match="optim.lr"):
+    with pytest.raises(ConfigError, match="optim.lr"):
         changed.train(resume=True)
+    with pytest.raises(ConfigError, match="--resume"):  # a fresh run into a directory with checkpoints
+        changed.train()
 
 
 @pytest.mark.slow
@@ -113,9 +116,11 @@ def test_torchrun_two_processes_train_the_same_weights_as_one(toy_root, tmp_path
     overrides = [f"output_dir={one}", "train.max_steps=3", "optim.lr=1e-4", "checkpoint.every_steps=0"]
     Trainer(load_train_config(config, overrides)).train()
 
+    assert len(losses(one)) == len(losses(two)) == 3
     for (step, a), (_, b) in zip(losses(one), losses(two)):
         assert abs(a - b) <= 1e-5, f"step {step}: {a} != {b}"
     w_one, w_two = final_weights(one), final_weights(two)
     assert set(w_one) == set(w_two) and w_one
     for name, value in w_one.items():
         torch.testing.assert_close(w_two[name], value, atol=1e-5, rtol=0, msg=name)
+

@@ -133,6 +133,9 @@ class Trainer:
                 self.load_checkpoint(path)
             else:
                 logger.info("no checkpoint under %s: starting from scratch", self.output_dir)
+        elif ckpt.list_checkpoints(self.output_dir):
+            raise ConfigError(f"{self.output_dir} holds checkpoints of an earlier run: pass --resume to continue "
+                              "it, or choose another output_dir (a new run would mix its checkpoints with them)")
         acc, cfg = self.accelerator, self.config
         # where training is, whatever iterated the loader or sampler before (e.g. batch_at)
         self.sampler.load_state_dict(self.sampler.state_dict(next_batch=self.next_batch))
