@@ -116,6 +116,24 @@ def test_towers_final_output_loads_with_same_embeddings(towers_run):
     assert np.abs(untrained - ours).max() > 1e-3  # the saved model is the trained one
 
 
+def test_towers_lora_export_stores_factors_not_merged_weights(towers_run, tmp_path):
+    from safetensors.torch import load_file
+
+    from mmembed.training.saving import export_encoder
+
+    trainer, result, batch, _ = towers_run
+    names = set(load_file(str(result.final_dir / "model.safetensors")))
+    assert any(n.endswith(".lora_A") for n in names) and any(n.endswith(".lora_B") for n in names)
+    assert not any(n.startswith("text.model.") and n.endswith(".weight") for n in names), "merged BERT weights saved"
+    assert (result.final_dir / "model.safetensors").stat().st_size < 4_000_000  # projector + r=4 factors; merged: 45 MB
+    trainer.config.checkpoint.export_dtype = "float16"
+    half = export_encoder(trainer.encoder, tmp_path / "half", trainer.config, step=6)
+    trainer.config.checkpoint.export_dtype = None
+    assert {t.dtype for t in load_file(str(half / "model.safetensors")).values()} == {torch.float16}
+    np.testing.assert_allclose(load_encoder(half).encode_queries(batch.queries, batch.instructions),
+                               trainer.encoder.encode_queries(batch.queries, batch.instructions), atol=2e-3)
+
+
 def test_towers_outputs_and_checkpoints(towers_run):
     _, result, _, _ = towers_run
     out = result.output_dir

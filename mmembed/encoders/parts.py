@@ -214,6 +214,10 @@ def base_state(text_prefix: str | None = "text.model.", vision_prefix: str | Non
     return state
 
 
+#: Name suffixes of the low-rank factors of a weight update in a checkpoint (see ``save_pretrained``).
+LORA_A, LORA_B = ".lora_A", ".lora_B"
+
+
 class PartsModel(nn.Module, BatchedEncoder):
     """What the models built from these parts share: identity, trainable weights, checkpoints.
 
@@ -251,18 +255,32 @@ class PartsModel(nn.Module, BatchedEncoder):
     def weights_dtype(self) -> torch.dtype:
         return self.text.model.dtype
 
-    def save_pretrained(self, directory: str | Path, *, save_all: bool = False) -> Path:
-        """Write config.json + model.safetensors; by default only weights not in the base packages."""
+    def save_pretrained(self, directory: str | Path, *, save_all: bool = False,
+                        low_rank: Mapping[str, tuple[torch.Tensor, torch.Tensor]] | None = None,
+                        dtype: torch.dtype | None = None) -> Path:
+        """Write config.json + model.safetensors; by default only weights not in the base packages.
+
+        ``low_rank`` maps a linear layer's name to factors ``(A, B)`` of an update ``B @ A`` to
+        its weight (a LoRA run's adapters), stored as ``NAME.lora_A`` / ``NAME.lora_B`` and merged
+        on loading. ``dtype`` stores floating tensors in another precision (e.g. float16, to ship
+        a small checkpoint); loading casts them back to the model's dtype.
+        """
         state = self.state_dict()
         if not save_all:
             # The vision tower is always frozen; BERT can only differ when trained or loaded so.
             state = {k: v for k, v in state.items() if not k.startswith("vision.net.")}
-            if self._hash_text:
+            if self._hash_text or low_rank:
                 state = weights_differing_from(state, base_state(vision_prefix=None))
             else:
                 state = {k: v for k, v in state.items() if not k.startswith("text.model.")}
+        for name, (a, b) in (low_rank or {}).items():
+            state[name + LORA_A], state[name + LORA_B] = a, b
+        if dtype is not None:
+            state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
         config = {**self.settings, "dtype": str(self.weights_dtype).removeprefix("torch."),
                   "base": base_packages(), "saved_all": save_all}
+        if dtype is not None:
+            config["stored_dtype"] = str(dtype).removeprefix("torch.")
         return save_checkpoint(directory, self.encoder_type, config, state)
 
     @classmethod
@@ -279,15 +297,23 @@ class PartsModel(nn.Module, BatchedEncoder):
 
     def load_weights(self, tensors: Mapping[str, torch.Tensor], where: str) -> None:
         """Apply saved weights; base weights may be absent, anything else must match exactly."""
+        tensors = dict(tensors)
+        low_rank = {k.removesuffix(LORA_A): (tensors.pop(k), tensors.pop(k.removesuffix(LORA_A) + LORA_B, None))
+                    for k in [k for k in tensors if k.endswith(LORA_A)]}
         own = self.state_dict()
         unexpected = sorted(set(tensors) - set(own))
+        unexpected += sorted(f"{n}{LORA_A}" for n, (_, b) in low_rank.items() if b is None or f"{n}.weight" not in own)
         missing = sorted(k for k in set(own) - set(tensors) if not k.startswith(self.BASE_PREFIXES))
         if unexpected or missing:
             raise ModelError(f"{where}: weights do not fit this {self.encoder_type!r} model "
                              f"(unexpected {unexpected[:5]}, missing {missing[:5]})")
         try:
-            self.load_state_dict(dict(tensors), strict=False)
+            self.load_state_dict(tensors, strict=False)
+            with torch.no_grad():
+                for name, (a, b) in low_rank.items():
+                    weight = self.get_parameter(f"{name}.weight")
+                    weight += (b.float() @ a.float()).to(weight.dtype)
         except RuntimeError as e:
             raise ModelError(f"{where}: weights do not fit this {self.encoder_type!r} model: {e}") from None
-        self._hash_text = self._hash_text or any(k.startswith("text.") for k in tensors)
+        self._hash_text = self._hash_text or any(k.startswith("text.") for k in [*tensors, *low_rank])
         self._id_cache = None

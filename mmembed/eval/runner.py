@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -27,7 +27,7 @@ from mmembed.eval.trec import write_run
 from mmembed.fileio import write_json
 from mmembed.index.faiss_index import FaissIndex
 from mmembed.instructions import INSTRUCTION_MODES, InstructionRegistry
-from mmembed.types import Query
+from mmembed.types import Query, Run
 
 logger = logging.getLogger(__name__)
 
@@ -105,6 +105,18 @@ class EvalResults:
                 "instructions": self.instructions}
 
 
+@dataclass
+class ScoredRun:
+    """One retrieval run as scored, handed to ``run_evaluation``'s ``on_run`` hook (e.g. to rerank it)."""
+
+    task: TaskFiles
+    queries: list[Query]
+    qrels: dict[str, dict[str, int]]
+    instructions: dict[str, str | None]  # qid -> the instruction the query was encoded with
+    run: Run
+    result: TaskResult
+
+
 def headline_metric(task: TaskFiles, override: str | None) -> str:
     if override:
         return override
@@ -112,8 +124,12 @@ def headline_metric(task: TaskFiles, override: str | None) -> str:
 
 
 def run_evaluation(encoder: Encoder, data_dir: str | os.PathLike, config: EvalConfig | None = None,
-                   output_dir: str | os.PathLike | None = None) -> EvalResults:
-    """Evaluate ``encoder`` on an M-BEIR directory; write results under ``output_dir`` if given."""
+                   output_dir: str | os.PathLike | None = None, *,
+                   on_run: Callable[[ScoredRun], None] | None = None) -> EvalResults:
+    """Evaluate ``encoder`` on an M-BEIR directory; write results under ``output_dir`` if given.
+
+    ``on_run`` is called with every scored run as it is produced (mmembed.eval.rerank_eval uses it).
+    """
     config = config or EvalConfig()
     config.validate()
     directory = MBEIRDirectory(data_dir)
@@ -147,6 +163,8 @@ def run_evaluation(encoder: Encoder, data_dir: str | os.PathLike, config: EvalCo
                 if out is not None:
                     write_run(out / "runs" / f"{pool_name}-{mode}" / f"{task.name}.trec", run,
                               tag=f"mmembed-{pool_name}-{mode}")
+                if on_run is not None:
+                    on_run(ScoredRun(task, queries, qrels, results.instructions[f"{task.name}/{mode}"], run, result))
     if out is not None:
         write_json(out / "results.json", results.to_dict())
         write_json(out / "config.json", results.config)

@@ -142,6 +142,9 @@ class CheckpointSettings:
     #: Save every N optimizer steps (0: only the final output).
     every_steps: int = 0
     keep_last: int = 2
+    #: Precision of the exported model's stored weights (towers models): ``null`` keeps the
+    #: model's own; ``float16`` halves the file (the CPU recipe ships its checkpoints so).
+    export_dtype: Literal["float16", "bfloat16", "float32"] | None = None
 
 
 @dataclass

@@ -8,9 +8,9 @@ Encoders differ in where their parts live, so :func:`encoder_parts` finds them o
   checkpoints keep the adapter as a peft adapter directory.
 - the towers models (CPU default and its score-fusion variant): MiniLM is the language backbone,
   ``projector`` / ``image_proj`` the projector, EfficientNet the vision tower (always frozen: its
-  features come from a cache and carry no gradient). LoRA is injected into MiniLM with peft and
-  merged into plain BERT weights when the model is exported (:func:`merged_lora`), because a
-  towers checkpoint stores BERT weights, not adapters.
+  features come from a cache and carry no gradient). LoRA is injected into MiniLM with peft; the
+  exported checkpoint stores each adapted layer's low-rank factors (:func:`lora_as_factors`),
+  which loading merges into plain BERT weights.
 
 :class:`EmbeddingModel` puts the encoder's modules in one ``nn.Module`` whose ``forward`` embeds,
 which is what DDP, FSDP and DeepSpeed wrap.
@@ -19,7 +19,6 @@ which is what DDP, FSDP and DeepSpeed wrap.
 from __future__ import annotations
 
 import contextlib
-import copy
 import logging
 import re
 from collections.abc import Iterator, Sequence
@@ -220,30 +219,41 @@ def linear_layer_names(module: nn.Module) -> list[str]:
 
 
 @contextlib.contextmanager
-def merged_lora(module: nn.Module) -> Iterator[None]:
-    """Temporarily replace every peft LoRA layer under ``module`` by a plain layer with merged weights.
+def lora_as_factors(module: nn.Module, prefix: str = "") -> Iterator[dict[str, tuple[torch.Tensor, torch.Tensor]]]:
+    """Temporarily put every peft LoRA layer under ``module`` back to its plain base layer.
 
-    For exporting a towers model, whose checkpoint format holds BERT weights: the state dict inside
-    the block has the original names and ``W + scale * B @ A``; the LoRA layers are put back after.
+    For exporting a towers model: inside the block the state dict has the original names and the
+    pretrained weights, and the yielded mapping holds each adapted layer's low-rank update as
+    ``{prefix + layer name: (A, scale * B)}`` so that ``W + B @ A`` is the trained weight. Saving
+    the factors instead of merged weights keeps a checkpoint of a LoRA run small (a few MB
+    instead of every adapted BERT matrix). The LoRA layers are put back after the block.
     """
-    swaps = []
+    swaps, factors = [], {}
     for name, child in list(module.named_modules()):
         base = getattr(child, "base_layer", None)
-        if base is None or not hasattr(child, "get_delta_weight") or not hasattr(child, "active_adapters"):
+        if base is None or not hasattr(child, "lora_A") or not hasattr(child, "active_adapters"):
             continue
-        merged = copy.deepcopy(base)
-        with torch.no_grad():
-            for adapter in child.active_adapters:
-                merged.weight += child.get_delta_weight(adapter).to(merged.weight.dtype)
+        (adapter,) = child.active_adapters  # one adapter is all training ever adds
+        a = child.lora_A[adapter].weight.detach()
+        b = child.lora_B[adapter].weight.detach() * child.scaling[adapter]
+        factors[prefix + name] = (a.clone(), b.clone())
         parent_name, _, attr = name.rpartition(".")
         parent = module.get_submodule(parent_name) if parent_name else module
         swaps.append((parent, attr, child))
-        setattr(parent, attr, merged)
+        setattr(parent, attr, base)
     try:
-        yield
+        yield factors
     finally:
         for parent, attr, child in reversed(swaps):
             setattr(parent, attr, child)
+
+
+def module_prefix(root: nn.Module, module: nn.Module) -> str:
+    """The state-dict prefix of ``module`` inside ``root`` (``""`` for the root itself)."""
+    for name, candidate in root.named_modules():
+        if candidate is module:
+            return f"{name}." if name else ""
+    raise ValueError(f"{type(module).__name__} is not a submodule of {type(root).__name__}")
 
 
 def disable_dropout(module: nn.Module) -> None:

@@ -7,14 +7,19 @@ process writes into a staging directory that replaces the checkpoint path as a w
 from __future__ import annotations
 
 import contextlib
+import logging
 from pathlib import Path
 from typing import Any
+
+import torch
 
 from mmembed.config import save_config
 from mmembed.fileio import atomic_directory, write_json
 from mmembed.training import checkpoint as ckpt
 from mmembed.training.config import TrainConfig
-from mmembed.training.lora import encoder_parts, merged_lora
+from mmembed.training.lora import encoder_parts, lora_as_factors, module_prefix
+
+logger = logging.getLogger(__name__)
 
 TRAIN_CONFIG_FILE = "train_config.yaml"
 TRAINING_META_FILE = "training.json"
@@ -23,13 +28,20 @@ TRAINING_META_FILE = "training.json"
 def export_encoder(encoder, directory: str | Path, config: TrainConfig, step: int) -> Path:
     """The encoder in ``save_pretrained`` format (loads with ``load_encoder``), with the run's config.
 
-    A towers model with LoRA is saved with the adapters merged into its BERT weights (its
-    checkpoint format has no adapters); a VLM keeps its peft adapter directory.
+    A towers model with LoRA stores the adapters' low-rank factors, merged into BERT on loading; a
+    VLM keeps its peft adapter directory. ``checkpoint.export_dtype`` sets the stored precision of
+    a towers model (float16 halves a shipped checkpoint).
     """
     directory = Path(directory)
-    vlm = hasattr(encoder, "enable_lora")
-    with contextlib.nullcontext() if vlm else merged_lora(encoder_parts(encoder).language):
+    if hasattr(encoder, "enable_lora"):  # VLMEncoder
+        if config.checkpoint.export_dtype:
+            logger.warning("checkpoint.export_dtype applies to the towers models only; the VLM is saved as it is")
         encoder.save_pretrained(directory)
+    else:
+        language = encoder_parts(encoder).language
+        dtype = getattr(torch, config.checkpoint.export_dtype) if config.checkpoint.export_dtype else None
+        with lora_as_factors(language, module_prefix(encoder, language)) as low_rank:
+            encoder.save_pretrained(directory, low_rank=low_rank, dtype=dtype)
     save_config(config, directory / TRAIN_CONFIG_FILE)
     write_json(directory / TRAINING_META_FILE, {"step": step, **ckpt.run_metadata()})
     return directory
