@@ -80,12 +80,26 @@ def build_sources(data: DataSettings, instruction_mode: str) -> list[TrainingSou
         for task in _tasks(directory, spec.split, spec.tasks):
             pool_path = directory.global_pool(spec.split) if spec.pool == "global" else task.local_pool
             group = prefix + task.name if spec.group_per_task else spec.group
-            sources.append(mbeir_source(task.queries, pool_for(pool_path), directory.images, registry,
+            queries = mined_queries(spec.negatives, task.name) if spec.negatives else task.queries
+            sources.append(mbeir_source(queries, pool_for(pool_path), directory.images, registry,
                                         name=prefix + task.name, group=group))
     for spec in data.beir:
         sources.append(beir_source(spec.root, spec.name, split=spec.split, instructions=spec.instructions,
                                    hard_negatives=spec.hard_negatives, min_score=spec.min_score, group=spec.group))
     return sources
+
+
+def mined_queries(directory: str, task: str) -> Path:
+    """A task's query file in a finished ``mmembed mine`` output directory."""
+    from mmembed.mining.miner import MANIFEST
+
+    path = Path(directory) / f"{task}.jsonl"
+    if not (Path(directory) / MANIFEST).is_file():
+        raise ConfigError(f"data.mbeir.negatives: {directory} is not a finished mining run (no {MANIFEST}); "
+                          "run or resume 'mmembed mine' first")
+    if not path.is_file():
+        raise ConfigError(f"data.mbeir.negatives: {directory} has no mined queries for task {task} ({path.name})")
+    return path
 
 
 def _tasks(directory: MBEIRDirectory, split: str, names: list[str] | None):

@@ -61,8 +61,11 @@ class MBEIRData:
     tasks: list[str] | None = None
     #: ``global``: one shared pool (the split's union pool); ``local``: each task's own pool file.
     pool: Literal["global", "local"] = "global"
-    #: An explicit query file instead of the split's task files (e.g. mined hard negatives).
+    #: An explicit query file instead of the split's task files.
     queries: str | None = None
+    #: A ``mmembed mine`` output directory: its per-task query files, whose ``neg_cand_list``
+    #: holds mined hard negatives, replace the split's task files (set ``data.num_negatives``).
+    negatives: str | None = None
     group: str = "mbeir"
     #: Make each task its own mixture group (named like the task), so ``data.weights`` can weigh tasks.
     group_per_task: bool = False

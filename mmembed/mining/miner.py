@@ -1,0 +1,365 @@
+"""``mmembed mine``: hard negatives for every training query, with a trained encoder.
+
+M-BEIR data: every task's training queries search the split's global pool (all modalities mixed)
+and get modality-aware negatives (:mod:`mmembed.mining.rule`). The output directory holds one
+query file per task, named like the task, with ``neg_cand_list`` filled and a parallel
+``neg_cand_types`` list (``type1`` / ``type2`` / ``random``) that M-BEIR readers ignore;
+``mining.json`` (written last: its presence marks a finished run) holds the configuration, the
+encoder id and the statistics. Training reads the directory through ``data.mbeir[].negatives``.
+
+BEIR data (a directory with ``corpus.jsonl``): the text rule, written as ``negatives.jsonl`` rows
+``{"qid", "neg_cand_list", "neg_cand_types"}`` that ``data.beir[].hard_negatives`` reads.
+
+Work is cut into chunks of queries, each written atomically under ``.parts/`` as it finishes: an
+interrupted run resumes where it stopped, and ``shard=(i, n)`` lets n processes split the chunks
+(each embeds the pool itself, or reads it from a shared ``cache_dir``); whichever process finds
+every chunk done merges them. Under ``torchrun`` the shard comes from RANK / WORLD_SIZE.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from mmembed import __version__
+from mmembed.data.layout import MBEIRDirectory, TaskFiles
+from mmembed.data.mbeir import query_to_dict, read_queries
+from mmembed.encoders.base import Encoder, Item, as_items
+from mmembed.errors import ConfigError, DataError, Location
+from mmembed.eval.pool_cache import MODALITY_CODES, EmbeddedPool, PoolEmbeddingCache
+from mmembed.fileio import atomic_open, write_json, write_jsonl
+from mmembed.index.faiss_index import FaissIndex
+from mmembed.instructions import INSTRUCTION_MODES
+from mmembed.mining.rule import NEGATIVE_TYPES, NegativeRule, modality_aware_negatives, window_negatives
+from mmembed.types import Query
+
+logger = logging.getLogger(__name__)
+
+MANIFEST = "mining.json"
+PARTS = ".parts"
+BEIR_OUTPUT = "negatives.jsonl"
+FORMAT_VERSION = 1
+
+
+@dataclass
+class MiningConfig:
+    """What ``mmembed mine`` does; saved in ``mining.json``."""
+
+    split: str = "train"
+    #: Task names to mine (M-BEIR); ``None``: every task of the split.
+    tasks: list[str] | None = None
+    k: int = 50
+    #: 1-based inclusive ranks of type-2 (and text) negatives.
+    window: list[int] = field(default_factory=lambda: [46, 50])
+    num_type1: int = 1
+    num_type2: int = 1
+    random_fallback: bool = True
+    #: Instruction of each query while mining (as at training time: ``random`` seeded per query).
+    instruction_mode: str = "random"
+    #: BEIR data only: the instruction queries are encoded with (none by default).
+    beir_instruction: str | None = None
+    seed: int = 0
+    chunk_size: int = 2048
+    batch_size: int = 64
+    cache_dir: str | None = None
+
+    def rule(self) -> NegativeRule:
+        if len(self.window) != 2:
+            raise ConfigError(f"mining window must be two ranks [low, high], got {self.window}")
+        rule = NegativeRule(self.k, (int(self.window[0]), int(self.window[1])), self.num_type1, self.num_type2,
+                            self.random_fallback)
+        rule.validate()
+        if self.instruction_mode not in INSTRUCTION_MODES:
+            raise ConfigError(f"unknown instruction mode {self.instruction_mode!r}")
+        if self.chunk_size < 1 or self.batch_size < 1:
+            raise ConfigError("mining chunk_size and batch_size must be >= 1")
+        return rule
+
+
+@dataclass
+class MiningStats:
+    """Per-task counts; ``wrong_modality_first`` = queries whose top hit had the wrong modality."""
+
+    queries: int = 0
+    negatives: dict[str, int] = field(default_factory=lambda: dict.fromkeys(NEGATIVE_TYPES, 0))
+    wrong_modality_first: int = 0
+    positive_in_top_k: int = 0
+
+    def add(self, other: MiningStats) -> None:
+        self.queries += other.queries
+        self.wrong_modality_first += other.wrong_modality_first
+        self.positive_in_top_k += other.positive_in_top_k
+        for kind, n in other.negatives.items():
+            self.negatives[kind] = self.negatives.get(kind, 0) + n
+
+    @classmethod
+    def from_dict(cls, obj: dict) -> MiningStats:
+        return cls(obj["queries"], dict(obj["negatives"]), obj["wrong_modality_first"], obj["positive_in_top_k"])
+
+
+@dataclass
+class MiningResult:
+    output_dir: Path
+    stats: dict[str, MiningStats]
+    #: False when this process finished its shard but other shards are still missing.
+    complete: bool
+    reused: bool = False
+
+    def total(self) -> MiningStats:
+        total = MiningStats()
+        for stats in self.stats.values():
+            total.add(stats)
+        return total
+
+
+def default_shard() -> tuple[int, int]:
+    """(rank, world size) under torchrun / accelerate, else (0, 1)."""
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+
+
+# ----------------------------------------------------------------------------- driver
+
+
+class _ChunkedJob:
+    """Resumable, shardable chunks of per-query work under ``out/.parts/<unit>/``."""
+
+    def __init__(self, out: Path, config: MiningConfig, encoder_id: str, shard: tuple[int, int]):
+        index, count = shard
+        if count < 1 or not 0 <= index < count:
+            raise ConfigError(f"shard must be i/n with 0 <= i < n, got {index}/{count}")
+        self.out, self.shard = out, (index, count)
+        self.identity = {"config": asdict(config), "encoder_id": encoder_id, "format_version": FORMAT_VERSION}
+        self._check_parts()
+
+    def _check_parts(self) -> None:
+        """Parts of a run with other settings or another encoder must not be mixed into this one."""
+        stamp = self.out / PARTS / "identity.json"
+        if stamp.is_file():
+            if json.loads(stamp.read_text(encoding="utf-8")) != self.identity:
+                raise ConfigError(f"{self.out} holds partial mining results of another configuration or encoder; "
+                                  "remove its .parts directory or choose another output directory")
+        else:
+            write_json(stamp, self.identity)
+
+    def finished(self) -> dict | None:
+        """The manifest of a finished run with the same settings and encoder, if there is one."""
+        path = self.out / MANIFEST
+        if not path.is_file():
+            return None
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+        same = all(manifest.get(k) == v for k, v in self.identity.items())
+        return manifest if same else None
+
+    def run(self, unit: str, total: int, chunk_size: int, work: Callable[[int, int], tuple[list, MiningStats]]) -> None:
+        """Do this shard's missing chunks of ``unit`` (``work(start, stop)`` -> rows, stats)."""
+        folder = self.out / PARTS / unit
+        for number, start in enumerate(range(0, total, chunk_size)):
+            if number % self.shard[1] != self.shard[0] or (folder / f"{number:06d}.stats.json").is_file():
+                continue
+            rows, stats = work(start, min(start + chunk_size, total))
+            write_jsonl(folder / f"{number:06d}.jsonl", rows)
+            write_json(folder / f"{number:06d}.stats.json", asdict(stats))  # last: marks the chunk done
+            logger.info("%s: chunk %d done (%d queries)", unit, number, stats.queries)
+
+    def collect(self, unit: str, total: int, chunk_size: int) -> tuple[list[Path], MiningStats] | None:
+        """The chunk files and summed stats of ``unit``, or None while a chunk is missing."""
+        folder = self.out / PARTS / unit
+        files, stats = [], MiningStats()
+        for number in range((total + chunk_size - 1) // chunk_size):
+            done = folder / f"{number:06d}.stats.json"
+            if not done.is_file():
+                return None
+            stats.add(MiningStats.from_dict(json.loads(done.read_text(encoding="utf-8"))))
+            files.append(folder / f"{number:06d}.jsonl")
+        return files, stats
+
+    def finish(self, outputs: dict[str, list[Path]], stats: dict[str, MiningStats], extra: dict) -> None:
+        for target, parts in outputs.items():
+            with atomic_open(self.out / target, "w") as f:
+                for part in parts:
+                    f.write(part.read_text(encoding="utf-8"))
+        write_json(self.out / MANIFEST, {**self.identity, **extra, "mmembed_version": __version__,
+                                         "stats": {k: asdict(v) for k, v in stats.items()}})
+        shutil.rmtree(self.out / PARTS, ignore_errors=True)
+
+
+def _embed_queries(encoder: Encoder, items: list[Item], instructions: list[str | None], config: MiningConfig,
+                   show_progress: bool) -> np.ndarray:
+    return encoder.encode_queries(items, instructions, batch_size=config.batch_size, show_progress=show_progress)
+
+
+def _index(pool: EmbeddedPool) -> FaissIndex:
+    index = FaissIndex(dim=pool.vectors.shape[1])
+    index.add(pool.ids, pool.vectors)
+    return index
+
+
+def mine_mbeir(encoder: Encoder, data_dir: str | os.PathLike, output_dir: str | os.PathLike,
+               config: MiningConfig | None = None, *, shard: tuple[int, int] | None = None,
+               show_progress: bool = True) -> MiningResult:
+    """Mine modality-aware negatives for the training queries of an M-BEIR directory."""
+    config = config or MiningConfig()
+    rule = config.rule()
+    directory = MBEIRDirectory(data_dir)
+    out = Path(output_dir)
+    job = _ChunkedJob(out, config, encoder.encoder_id, shard or default_shard())
+    tasks = _tasks(directory, config)
+    if (manifest := job.finished()) is not None:
+        logger.info("reusing finished mining run at %s", out)
+        return MiningResult(out, {k: MiningStats.from_dict(v) for k, v in manifest["stats"].items()}, True, True)
+    pool_path = directory.global_pool(config.split)
+    if not pool_path.is_file():
+        raise DataError("the split's global candidate pool is needed for mining", Location(str(pool_path)))
+    cache = PoolEmbeddingCache(encoder, directory.images, config.cache_dir, config.batch_size, show_progress)
+    pool = cache.embed_file(pool_path)
+    index = _index(pool)
+    names = [m for m, _ in sorted(MODALITY_CODES.items(), key=lambda kv: kv[1])]
+    pool_modality = {did: names[code].value for did, code in zip(pool.ids, pool.modalities)}
+    fallbacks = _fallback_groups(pool_modality)
+    registry = directory.instructions() if config.instruction_mode != "none" else None
+    queries_of = {task.name: read_queries(task.queries) for task in tasks}
+
+    for task in tasks:
+        queries = queries_of[task.name]
+        target = task.task.cand_modality.value
+
+        def work(start: int, stop: int, queries=queries, task=task, target=target) -> tuple[list, MiningStats]:
+            chunk = queries[start:stop]
+            instructions = [registry.choose(q, task.task.cand_modality, config.instruction_mode, config.seed)
+                            if registry else None for q in chunk]
+            vectors = _embed_queries(encoder, as_items(chunk, directory.images), instructions, config, show_progress)
+            ids, _ = index.search(vectors, min(rule.k, len(pool.ids)))
+            return _mine_chunk(chunk, ids, pool_modality, fallbacks, target, rule, config.seed)
+
+        job.run(task.name, len(queries), config.chunk_size, work)
+    return _merge(job, {t.name: (f"{t.name}.jsonl", len(queries_of[t.name])) for t in tasks}, config,
+                  {"data_dir": str(data_dir), "pool": str(pool_path)})
+
+
+def _merge(job: _ChunkedJob, units: dict[str, tuple[str, int]], config: MiningConfig, extra: dict) -> MiningResult:
+    outputs, stats = {}, {}
+    for unit, (target, total) in units.items():
+        collected = job.collect(unit, total, config.chunk_size)
+        if collected is None:
+            logger.info("shard %d/%d done; other shards are still mining", *job.shard)
+            return MiningResult(job.out, stats, False)
+        outputs[target] = collected[0]
+        stats[unit] = collected[1]
+    job.finish(outputs, stats, extra)
+    return MiningResult(job.out, stats, True)
+
+
+def _tasks(directory: MBEIRDirectory, config: MiningConfig) -> list[TaskFiles]:
+    tasks = directory.tasks(config.split)
+    if not tasks:
+        raise DataError(f"no query files for split {config.split!r}", Location(str(directory.root)))
+    if config.tasks:
+        known = {t.name: t for t in tasks}
+        missing = [n for n in config.tasks if n not in known]
+        if missing:
+            raise ConfigError(f"unknown task(s) {', '.join(missing)}; available: {', '.join(known)}")
+        tasks = [known[n] for n in config.tasks]
+    return tasks
+
+
+def _fallback_groups(pool_modality: dict[str, str]) -> dict[tuple[int, str], list[str]]:
+    """Pool ids by (dataset id, modality): random negatives come from the query's own dataset and target."""
+    groups: dict[tuple[int, str], list[str]] = {}
+    for did, modality in pool_modality.items():
+        groups.setdefault((int(did.split(":", 1)[0]), modality), []).append(did)
+    return groups
+
+
+def _mine_chunk(queries: Sequence[Query], ids: np.ndarray, pool_modality: dict[str, str],
+                fallbacks: dict[tuple[int, str], list[str]], target: str, rule: NegativeRule,
+                seed: int) -> tuple[list[dict], MiningStats]:
+    rows, stats = [], MiningStats()
+    for query, ranked in zip(queries, ids):
+        ranked = [did for did in ranked if did is not None]
+        modalities = [pool_modality[did] for did in ranked]
+        positives = set(query.pos)
+        chosen = modality_aware_negatives(ranked, modalities, positives, target, rule, key=f"{seed}:{query.qid}",
+                                          fallback=fallbacks.get((query.dataset_id, target), ()))
+        stats.queries += 1
+        stats.wrong_modality_first += bool(modalities) and modalities[0] != target
+        stats.positive_in_top_k += any(did in positives for did in ranked[: rule.k])
+        for kind, n in Counter(kind for _, kind in chosen).items():
+            stats.negatives[kind] += n
+        row = query_to_dict(query)
+        row["neg_cand_list"] = [did for did, _ in chosen]
+        row["neg_cand_types"] = [kind for _, kind in chosen]
+        rows.append(row)
+    return rows, stats
+
+
+# ----------------------------------------------------------------------------- text (BEIR)
+
+
+def mine_beir(encoder: Encoder, beir_dir: str | os.PathLike, output_dir: str | os.PathLike,
+              config: MiningConfig | None = None, *, shard: tuple[int, int] | None = None,
+              show_progress: bool = True) -> MiningResult:
+    """Window negatives for the queries of a BEIR-format text set (``config.split``'s qrels)."""
+    from mmembed.data.beir import load_beir
+
+    config = config or MiningConfig()
+    rule = config.rule()
+    out = Path(output_dir)
+    job = _ChunkedJob(out, config, encoder.encoder_id, shard or default_shard())
+    if (manifest := job.finished()) is not None:
+        logger.info("reusing finished mining run at %s", out)
+        return MiningResult(out, {k: MiningStats.from_dict(v) for k, v in manifest["stats"].items()}, True, True)
+    beir = load_beir(beir_dir, config.split)
+    doc_ids = sorted(beir.corpus)
+    qids = [q for q in sorted(beir.queries) if any(s > 0 for s in beir.qrels.get(q, {}).values())]
+    logger.info("embedding %d corpus documents of %s", len(doc_ids), beir_dir)
+    docs = [Item(d, beir.corpus[d].full_text, None) for d in doc_ids]
+    vectors = encoder.encode_candidates(docs, batch_size=config.batch_size, show_progress=show_progress)
+    index = FaissIndex(dim=vectors.shape[1])
+    index.add(doc_ids, vectors)
+
+    def work(start: int, stop: int) -> tuple[list, MiningStats]:
+        chunk = qids[start:stop]
+        items = [Item(q, beir.queries[q], None) for q in chunk]
+        found, _ = index.search(_embed_queries(encoder, items, [config.beir_instruction] * len(items), config,
+                                               show_progress), min(rule.k, len(doc_ids)))
+        rows, stats = [], MiningStats()
+        for qid, ranked in zip(chunk, found):
+            positives = {d for d, s in beir.qrels[qid].items() if s > 0}
+            ranked = [d for d in ranked if d is not None]
+            chosen = window_negatives(ranked, positives, rule, key=f"{config.seed}:{qid}", fallback=doc_ids)
+            stats.queries += 1
+            stats.positive_in_top_k += any(d in positives for d in ranked)
+            for kind, n in Counter(kind for _, kind in chosen).items():
+                stats.negatives[kind] += n
+            rows.append({"qid": qid, "neg_cand_list": [d for d, _ in chosen],
+                         "neg_cand_types": [kind for _, kind in chosen]})
+        return rows, stats
+
+    job.run("beir", len(qids), config.chunk_size, work)
+    return _merge(job, {"beir": (BEIR_OUTPUT, len(qids))}, config, {"beir_dir": str(beir_dir)})
+
+
+def stats_table(result: MiningResult) -> str:
+    """A Markdown table: negatives per type and how often the top hit had the wrong modality."""
+    lines = ["| unit | queries | type1 | type2 | random | wrong modality ranked first | positive in top k |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
+
+    def row(name: str, s: MiningStats) -> str:
+        share = 100 * s.wrong_modality_first / max(s.queries, 1)
+        hit = 100 * s.positive_in_top_k / max(s.queries, 1)
+        n = s.negatives
+        return (f"| {name} | {s.queries:,} | {n.get('type1', 0):,} | {n.get('type2', 0):,} | {n.get('random', 0):,} "
+                f"| {share:.1f}% | {hit:.1f}% |")
+
+    lines += [row(name, s) for name, s in result.stats.items()]
+    if len(result.stats) > 1:
+        lines.append(row("all", result.total()))
+    return "\n".join(lines)

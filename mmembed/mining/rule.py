@@ -1,0 +1,109 @@
+"""The hard-negative selection rules, as pure functions of one query's ranked list.
+
+MM-Embed's modality-aware rule (paper section 4), for a query whose task targets modality ``m``:
+
+- **type 1** (modality-wrong): candidates whose modality is not ``m`` and that rank above the
+  query's first positive (all of the top k when no positive is retrieved);
+- **type 2** (modality-right, content-wrong): candidates of modality ``m`` that are not positives,
+  from a rank window at the low end of the top k (default 46-50), below the near-duplicates and
+  false negatives that crowd the very top;
+- positives are never negatives; when a type has fewer candidates than asked for, random
+  candidates fill the gap (type ``random``) if a fallback pool is given.
+
+The text rule (BEIR-format data) is the type-2 window alone, without modalities.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from mmembed.errors import ConfigError
+
+TYPE1, TYPE2, RANDOM = "type1", "type2", "random"
+NEGATIVE_TYPES = (TYPE1, TYPE2, RANDOM)
+
+
+@dataclass(frozen=True)
+class NegativeRule:
+    """How many negatives of each type one query gets, and where type 2 comes from."""
+
+    #: Candidates retrieved per query (the paper's k = 50).
+    k: int = 50
+    #: 1-based inclusive rank window of type-2 negatives (the paper: 46-50).
+    window: tuple[int, int] = (46, 50)
+    num_type1: int = 1
+    num_type2: int = 1
+    #: Fill a type that has too few candidates with random ones (``False``: keep fewer).
+    random_fallback: bool = True
+
+    def validate(self) -> None:
+        low, high = self.window
+        if self.k < 1 or not 1 <= low <= high <= self.k:
+            raise ConfigError(f"mining window {low}-{high} must lie within ranks 1-{self.k} (k = {self.k})")
+        if self.num_type1 < 0 or self.num_type2 < 0 or self.num_type1 + self.num_type2 == 0:
+            raise ConfigError("mining: num_type1 and num_type2 must be >= 0 and not both 0")
+
+
+def _pick(ids: Sequence[str], count: int, key: str) -> list[str]:
+    """``count`` of ``ids`` in a seeded order that depends only on ``key`` (qid + seed + type)."""
+    def score(did: str) -> bytes:
+        return hashlib.blake2b(f"{key}\0{did}".encode(), digest_size=8).digest()
+    return sorted(ids, key=score)[:count]
+
+
+def _fill(chosen: list[tuple[str, str]], wanted: int, fallback: Sequence[str], exclude: set[str],
+          key: str) -> list[tuple[str, str]]:
+    """Top up ``chosen`` to ``wanted`` entries with seeded random ids from ``fallback``."""
+    missing = wanted - len(chosen)
+    if missing <= 0 or not fallback:
+        return chosen
+    taken = exclude | {did for did, _ in chosen}
+    # Draw a few extra candidates, then drop the excluded ones: the pool is large, exclusions are few.
+    draws, attempt = [], 0
+    while len(draws) < missing and attempt < 4:
+        n = len(fallback)
+        start = int.from_bytes(hashlib.blake2b(f"{key}\0{attempt}".encode(), digest_size=8).digest(), "big")
+        for j in range(min(n, 4 * missing + len(taken))):
+            did = fallback[(start + j * 7919) % n]
+            if did not in taken:
+                draws.append(did)
+                taken.add(did)
+                if len(draws) == missing:
+                    break
+        attempt += 1
+    return chosen + [(did, RANDOM) for did in draws]
+
+
+def modality_aware_negatives(ranked: Sequence[str], modalities: Sequence[str], positives: set[str],
+                             target: str, rule: NegativeRule, *, key: str,
+                             fallback: Sequence[str] = ()) -> list[tuple[str, str]]:
+    """``[(candidate id, type)]`` for one query; ``ranked`` is best first, ``modalities`` parallel to it.
+
+    ``key`` seeds the choice (e.g. ``f"{seed}:{qid}"``); ``fallback`` holds candidates of the target
+    modality to draw random negatives from.
+    """
+    top = list(zip(ranked[: rule.k], modalities[: rule.k]))
+    first_positive = next((i for i, (did, _) in enumerate(top) if did in positives), len(top))
+    type1 = [did for did, m in top[:first_positive] if m != target]
+    low, high = rule.window
+    type2 = [did for did, m in top[low - 1: high] if m == target and did not in positives]
+    chosen = [(did, TYPE1) for did in _pick(type1, rule.num_type1, f"{key}:1")]
+    if rule.random_fallback:
+        chosen = _fill(chosen, rule.num_type1, fallback, positives, f"{key}:r1")
+    chosen += [(did, TYPE2) for did in _pick(type2, rule.num_type2, f"{key}:2") if did not in dict(chosen)]
+    if rule.random_fallback:
+        chosen = _fill(chosen, rule.num_type1 + rule.num_type2, fallback, positives, f"{key}:r2")
+    return chosen
+
+
+def window_negatives(ranked: Sequence[str], positives: set[str], rule: NegativeRule, *, key: str,
+                     fallback: Sequence[str] = ()) -> list[tuple[str, str]]:
+    """Text mining: ``num_type2`` non-positives from the rank window (no modality rule)."""
+    low, high = rule.window
+    window = [did for did in ranked[low - 1: high] if did not in positives]
+    chosen = [(did, TYPE2) for did in _pick(window, rule.num_type2, f"{key}:2")]
+    if rule.random_fallback:
+        chosen = _fill(chosen, rule.num_type2, fallback, positives, f"{key}:r2")
+    return chosen

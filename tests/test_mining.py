@@ -1,0 +1,197 @@
+"""Hard-negative mining: the modality-aware rule on hand-built rankings, and the resumable miner."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from mmembed.cli import mine as mine_cli
+from mmembed.cli.main import main
+from mmembed.data.mbeir import read_queries
+from mmembed.errors import ConfigError
+from mmembed.mining import MiningConfig, NegativeRule, mine_beir, mine_mbeir, modality_aware_negatives
+from mmembed.mining import miner as miner_module
+from mmembed.mining.rule import window_negatives
+from tests.toy import ToyEncoder, make_toy_mbeir
+
+IMG, TXT = "image", "text"
+
+
+def ranking(spec: str) -> tuple[list[str], list[str]]:
+    """'tTiP...' -> ids r1, r2, ... with modalities: t/T text, i/P image (P: the positive)."""
+    ids = [f"r{n}" for n in range(1, len(spec) + 1)]
+    return ids, [TXT if c in "tT" else IMG for c in spec]
+
+
+def test_type1_is_every_wrong_modality_candidate_above_the_first_positive():
+    ids, mods = ranking("titiPtti" + "i" * 42)
+    rule = NegativeRule(k=50, window=(46, 50), num_type1=10, num_type2=0, random_fallback=False)
+    chosen = modality_aware_negatives(ids, mods, {"r5"}, IMG, rule, key="q")
+    assert sorted(did for did, kind in chosen if kind == "type1") == ["r1", "r3"]  # r6, r7 are below r5
+    assert len(chosen) == 2  # no fallback asked for
+
+
+def test_type2_comes_from_the_window_with_the_right_modality_and_never_a_positive():
+    ids, mods = ranking("P" + "i" * 44 + "itiit")  # ranks 46-50: i t i i t
+    positives = {"r1", "r48"}
+    rule = NegativeRule(k=50, window=(46, 50), num_type1=0, num_type2=5, random_fallback=False)
+    chosen = modality_aware_negatives(ids, mods, positives, IMG, rule, key="q")
+    assert sorted(did for did, _ in chosen) == ["r46", "r49"]
+    assert {kind for _, kind in chosen} == {"type2"}
+
+
+def test_no_positive_retrieved_makes_every_wrong_modality_hit_type1():
+    ids, mods = ranking("t" * 10 + "i" * 40)
+    rule = NegativeRule(k=50, num_type1=20, num_type2=0, random_fallback=False)
+    chosen = modality_aware_negatives(ids, mods, {"elsewhere"}, IMG, rule, key="q")
+    assert sorted(did for did, _ in chosen) == sorted(ids[:10])
+
+
+def test_empty_types_fall_back_to_random_non_positive_candidates():
+    ids, mods = ranking("P" + "i" * 49)  # positive first: no type 1; window 46-50 all images
+    rule = NegativeRule(k=50, num_type1=2, num_type2=1)
+    fallback = ["f1", "f2", "f3", "r1"]
+    chosen = modality_aware_negatives(ids, mods, {"r1"}, IMG, rule, key="q", fallback=fallback)
+    kinds = [kind for _, kind in chosen]
+    assert kinds.count("random") == 2 and kinds.count("type2") == 1
+    assert all(did != "r1" for did, _ in chosen)
+    assert len({did for did, _ in chosen}) == 3
+    without = NegativeRule(k=50, num_type1=2, num_type2=1, random_fallback=False)
+    assert [k for _, k in modality_aware_negatives(ids, mods, {"r1"}, IMG, without, key="q")] == ["type2"]
+
+
+def test_choice_is_seeded_by_the_key():
+    ids, mods = ranking("t" * 30 + "P" + "i" * 19)
+    rule = NegativeRule(k=50, num_type1=3, num_type2=0)
+    a = modality_aware_negatives(ids, mods, {"r31"}, IMG, rule, key="0:q1")
+    assert a == modality_aware_negatives(ids, mods, {"r31"}, IMG, rule, key="0:q1")
+    others = {tuple(modality_aware_negatives(ids, mods, {"r31"}, IMG, rule, key=f"0:q{n}")) for n in range(2, 8)}
+    assert len(others) > 1
+
+
+def test_text_window_rule():
+    ids = [f"d{n}" for n in range(1, 51)]
+    chosen = window_negatives(ids, {"d47"}, NegativeRule(num_type2=3, random_fallback=False), key="q")
+    assert len(chosen) == 3 and {did for did, _ in chosen} < {"d46", "d48", "d49", "d50"}
+
+
+@pytest.mark.parametrize("window,k", [((0, 5), 50), ((46, 51), 50), ((10, 5), 50)])
+def test_bad_windows_are_refused(window, k):
+    with pytest.raises(ConfigError, match="window"):
+        NegativeRule(k=k, window=window).validate()
+
+
+# ----------------------------------------------------------------------------- the miner
+
+
+@pytest.fixture
+def toy_root(tmp_path):
+    return make_toy_mbeir(tmp_path / "toy")
+
+
+def small_config(**overrides) -> MiningConfig:
+    return MiningConfig(**{"k": 12, "window": [9, 12], "num_type1": 1, "num_type2": 1, "chunk_size": 2,
+                           **overrides})
+
+
+def read_rows(path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_mining_writes_task_files_with_typed_negatives(toy_root, tmp_path):
+    result = mine_mbeir(ToyEncoder(), toy_root, tmp_path / "mined", small_config(), show_progress=False)
+    assert result.complete and set(result.stats) == {"toy_task0", "toy_task1", "toy_task3"}
+    for task in result.stats:
+        rows = read_rows(tmp_path / "mined" / f"{task}.jsonl")
+        queries = read_queries(tmp_path / "mined" / f"{task}.jsonl")  # still a valid M-BEIR query file
+        assert len(rows) == len(queries) == 6
+        for row in rows:
+            assert len(row["neg_cand_list"]) == len(row["neg_cand_types"]) == 2
+            assert not set(row["neg_cand_list"]) & set(row["pos_cand_list"])
+            assert set(row["neg_cand_types"]) <= {"type1", "type2", "random"}
+    manifest = json.loads((tmp_path / "mined" / "mining.json").read_text())
+    assert manifest["encoder_id"] == ToyEncoder.encoder_id and manifest["stats"]["toy_task0"]["queries"] == 6
+    assert not (tmp_path / "mined" / ".parts").exists()
+    # t->i: the toy ranks the image of the colour first, so no text candidate is above the positive
+    assert result.stats["toy_task0"].wrong_modality_first == 0
+
+
+def test_a_killed_mining_run_resumes_where_it_stopped(toy_root, tmp_path, monkeypatch):
+    reference = mine_mbeir(ToyEncoder(), toy_root, tmp_path / "ref", small_config(), show_progress=False)
+    real, calls = miner_module._mine_chunk, []
+
+    def dies_on_the_fourth_chunk(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 4:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(miner_module, "_mine_chunk", dies_on_the_fourth_chunk)
+    with pytest.raises(KeyboardInterrupt):
+        mine_mbeir(ToyEncoder(), toy_root, tmp_path / "run", small_config(), show_progress=False)
+    assert not (tmp_path / "run" / "mining.json").exists()
+    monkeypatch.setattr(miner_module, "_mine_chunk", real)
+    encoder = ToyEncoder()
+    resumed = mine_mbeir(encoder, toy_root, tmp_path / "run", small_config(), show_progress=False)
+    assert resumed.complete
+    assert encoder.calls == 1 + 9 - 3  # the pool, then only the 6 chunks not done before
+    for task in reference.stats:
+        assert (tmp_path / "run" / f"{task}.jsonl").read_text() == (tmp_path / "ref" / f"{task}.jsonl").read_text()
+    again = mine_mbeir(ToyEncoder(), toy_root, tmp_path / "run", small_config(), show_progress=False)
+    assert again.reused
+
+
+def test_shards_together_equal_one_process(toy_root, tmp_path):
+    mine_mbeir(ToyEncoder(), toy_root, tmp_path / "one", small_config(), show_progress=False)
+    first = mine_mbeir(ToyEncoder(), toy_root, tmp_path / "two", small_config(), shard=(0, 2), show_progress=False)
+    assert not first.complete
+    second = mine_mbeir(ToyEncoder(), toy_root, tmp_path / "two", small_config(), shard=(1, 2), show_progress=False)
+    assert second.complete
+    for name in ("toy_task0.jsonl", "toy_task1.jsonl", "toy_task3.jsonl"):
+        assert (tmp_path / "two" / name).read_text() == (tmp_path / "one" / name).read_text()
+
+
+def test_partial_results_of_other_settings_are_not_mixed(toy_root, tmp_path, monkeypatch):
+    monkeypatch.setattr(miner_module, "_mine_chunk", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt))
+    with pytest.raises(KeyboardInterrupt):
+        mine_mbeir(ToyEncoder(), toy_root, tmp_path / "run", small_config(), show_progress=False)
+    with pytest.raises(ConfigError, match="another configuration"):
+        mine_mbeir(ToyEncoder(), toy_root, tmp_path / "run", small_config(num_type2=3), show_progress=False)
+
+
+def test_mined_files_feed_training(toy_root, tmp_path):
+    from mmembed.training.assembly import build_dataset
+    from mmembed.training.config import DataSettings, MBEIRData
+    from mmembed.training.data import ExampleKey
+
+    mine_mbeir(ToyEncoder(), toy_root, tmp_path / "mined", small_config(), show_progress=False)
+    data = DataSettings(mbeir=[MBEIRData(root=str(toy_root), negatives=str(tmp_path / "mined"))], num_negatives=2)
+    dataset = build_dataset(data, seed=0)
+    example = dataset[ExampleKey(0, 0, 0)]
+    assert len(example.negatives) == 2 and example.num_padded == 0
+    with pytest.raises(ConfigError, match="not a finished mining run"):
+        build_dataset(DataSettings(mbeir=[MBEIRData(root=str(toy_root), negatives=str(tmp_path))]), seed=0)
+
+
+def test_text_mining_and_cli(tmp_path, monkeypatch, capsys):
+    from mmembed.data.beir import BeirDoc, write_corpus, write_qrels, write_queries
+
+    root = tmp_path / "beir"
+    words = [f"w{n}" for n in range(30)]
+    write_corpus(root / "corpus.jsonl", [BeirDoc(f"d{n}", "", f"doc {w} {words[(n + 1) % 30]}")
+                                         for n, w in enumerate(words)])
+    write_queries(root / "queries.jsonl", {f"q{n}": f"{w}" for n, w in enumerate(words[:8])})
+    write_qrels(root / "qrels" / "train.tsv", {f"q{n}": {f"d{n}": 1} for n in range(8)})
+    result = mine_beir(ToyEncoder(), root, tmp_path / "text", MiningConfig(k=10, window=[6, 10], num_type2=2),
+                       show_progress=False)
+    rows = read_rows(tmp_path / "text" / "negatives.jsonl")
+    assert result.complete and len(rows) == 8
+    assert all(len(r["neg_cand_list"]) == 2 and f"d{r['qid'][1:]}" not in r["neg_cand_list"] for r in rows)
+
+    monkeypatch.setattr(mine_cli, "load_encoder_arg", lambda spec: ToyEncoder())
+    assert main(["mine", str(root), "--encoder", "toy", "--out", str(tmp_path / "cli"), "--set", "k=10",
+                 "--set", "window=[6,10]"]) == 0
+    assert "type2" in capsys.readouterr().out
+    assert main(["mine", str(root), "--encoder", "toy", "--out", str(tmp_path / "x"), "--shard", "3/2"]) == 2
+    assert "shard" in capsys.readouterr().err
