@@ -151,6 +151,22 @@ def test_towers_outputs_and_checkpoints(towers_run):
     assert load_encoder(ckpt / "model").dim == 384
 
 
+def test_continuing_a_lora_run_keeps_the_checkpoint_low_rank(towers_run, toy_root, tmp_path):
+    from safetensors.torch import load_file
+
+    _, result, batch, _ = towers_run
+    config = make_config(toy_root, tmp_path / "more", train={"max_steps": 2},
+                         model={"encoder": str(result.final_dir), "lora": {"enabled": True, "r": 4, "alpha": 8}})
+    trainer = Trainer(config)
+    more = trainer.train()
+    tensors = load_file(str(more.final_dir / "model.safetensors"))
+    ranks = {t.shape[0] for n, t in tensors.items() if n.endswith(".lora_A")}
+    assert ranks == {8}, ranks  # stage-1 factors (r=4) followed by the new ones (r=4)
+    assert not any(n.startswith("text.model.") and n.endswith(".weight") for n in tensors)
+    np.testing.assert_allclose(load_encoder(more.final_dir).encode_queries(batch.queries, batch.instructions),
+                               trainer.encoder.encode_queries(batch.queries, batch.instructions), atol=1e-5)
+
+
 # ----------------------------------------------------------------------------- tiny VLMs
 
 

@@ -231,6 +231,8 @@ class PartsModel(nn.Module, BatchedEncoder):
     settings: dict
     _hash_text: bool = False
     _id_cache: tuple[tuple, str] | None = None
+    #: Low-rank weight updates applied when loading (name -> (A, B)); see ``save_pretrained``.
+    _low_rank: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None
 
     @property
     def encoder_id(self) -> str:
@@ -266,14 +268,19 @@ class PartsModel(nn.Module, BatchedEncoder):
         a small checkpoint); loading casts them back to the model's dtype.
         """
         state = self.state_dict()
+        low_rank = self._with_loaded_low_rank(low_rank or {})
         if not save_all:
             # The vision tower is always frozen; BERT can only differ when trained or loaded so.
             state = {k: v for k, v in state.items() if not k.startswith("vision.net.")}
             if self._hash_text or low_rank:
-                state = weights_differing_from(state, base_state(vision_prefix=None))
+                state = weights_differing_from(state, self._reference_text_state())
             else:
                 state = {k: v for k, v in state.items() if not k.startswith("text.model.")}
-        for name, (a, b) in (low_rank or {}).items():
+        else:
+            low_rank = {}  # every weight is saved as it is, updates included
+        for name, (a, b) in low_rank.items():
+            if f"{name}.weight" in state:  # trained in full as well: the saved weight holds everything
+                continue
             state[name + LORA_A], state[name + LORA_B] = a, b
         if dtype is not None:
             state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
@@ -295,6 +302,31 @@ class PartsModel(nn.Module, BatchedEncoder):
         encoder.load_weights(tensors, str(directory))
         return encoder
 
+    def _with_loaded_low_rank(self, new: Mapping[str, tuple[torch.Tensor, torch.Tensor]]
+                              ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """The low-rank updates loaded with this model followed by ``new`` ones (ranks concatenated).
+
+        A run continued from a LoRA checkpoint (stage 3 from stage 2) then saves both updates as
+        factors of rank r1 + r2 rather than every merged weight matrix.
+        """
+        merged = dict(self._low_rank or {})
+        for name, (a, b) in new.items():
+            if name in merged:
+                a0, b0 = merged[name]
+                merged[name] = (torch.cat([a0, a.to(a0.dtype)]), torch.cat([b0, b.to(b0.dtype)], dim=1))
+            else:
+                merged[name] = (a, b)
+        return merged
+
+    def _reference_text_state(self) -> dict[str, torch.Tensor]:
+        """The pretrained BERT weights plus the low-rank updates loaded with this model (computed as on loading)."""
+        reference = base_state(vision_prefix=None)
+        for name, (a, b) in (self._low_rank or {}).items():
+            key = f"{name}.weight"
+            reference[key] = reference[key].to(self.weights_dtype)
+            reference[key] += (b.float() @ a.float()).to(reference[key].dtype)
+        return reference
+
     def load_weights(self, tensors: Mapping[str, torch.Tensor], where: str) -> None:
         """Apply saved weights; base weights may be absent, anything else must match exactly."""
         tensors = dict(tensors)
@@ -307,12 +339,14 @@ class PartsModel(nn.Module, BatchedEncoder):
         if unexpected or missing:
             raise ModelError(f"{where}: weights do not fit this {self.encoder_type!r} model "
                              f"(unexpected {unexpected[:5]}, missing {missing[:5]})")
+        self._low_rank = dict(self._low_rank or {})
         try:
             self.load_state_dict(tensors, strict=False)
             with torch.no_grad():
                 for name, (a, b) in low_rank.items():
                     weight = self.get_parameter(f"{name}.weight")
                     weight += (b.float() @ a.float()).to(weight.dtype)
+                    self._low_rank[name] = (a.detach().clone(), b.detach().clone())
         except RuntimeError as e:
             raise ModelError(f"{where}: weights do not fit this {self.encoder_type!r} model: {e}") from None
         self._hash_text = self._hash_text or any(k.startswith("text.") for k in [*tensors, *low_rank])
