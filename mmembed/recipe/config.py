@@ -1,0 +1,86 @@
+"""The typed form of a recipe file (``mmembed recipe run RECIPE.yaml``).
+
+A recipe names its steps in order — training runs (a ``mmembed train`` YAML each) and mining runs
+(``mmembed mine`` settings) — and then which models to evaluate. Every step writes under
+``output_dir/<step name>``; a mining step's encoder and an evaluated model may name an earlier
+training step, meaning its final model. See ``recipes/cpu-default/recipe.yaml``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+
+from mmembed.config import load_config
+from mmembed.errors import ConfigError
+
+STEP_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+@dataclass
+class MineSpec:
+    #: An M-BEIR directory (modality-aware negatives) or a BEIR directory (window negatives).
+    data: str = ""
+    #: A training step's name (its final model), an encoder directory, or a built-in name.
+    encoder: str = ""
+    #: ``mmembed.mining.MiningConfig`` keys.
+    config: dict = field(default_factory=dict)
+
+
+@dataclass
+class Step:
+    name: str = ""
+    #: A training YAML (``mmembed train``); its ``output_dir`` is set to ``output_dir/<name>``.
+    train: str | None = None
+    #: ``key=value`` overrides of the training YAML.
+    set: list[str] = field(default_factory=list)
+    mine: MineSpec | None = None
+
+
+@dataclass
+class EvaluateSpec:
+    #: ``{label: training step name or encoder spec}``, in the order of the report's columns.
+    models: dict = field(default_factory=dict)
+    #: The M-BEIR directory evaluated (defaults to the recipe's ``data``).
+    data: str | None = None
+    #: ``mmembed.eval.runner.EvalConfig`` keys.
+    config: dict = field(default_factory=dict)
+    #: A BEIR-format text set scored by nDCG@10 (``None``: no text evaluation).
+    beir: str | None = None
+    beir_split: str = "test"
+
+
+@dataclass
+class RecipeConfig:
+    output_dir: str = "runs/recipe"
+    #: The M-BEIR directory the recipe trains and evaluates on.
+    data: str = "data/bundled"
+    #: Build the bundled benchmark into ``data`` when it is not there (or is out of date).
+    build_bundled: bool = False
+    steps: list[Step] = field(default_factory=list)
+    evaluate: EvaluateSpec = field(default_factory=EvaluateSpec)
+
+    def validate(self) -> None:
+        seen: set[str] = set()
+        for step in self.steps:
+            if not STEP_NAME.match(step.name or ""):
+                raise ConfigError(f"recipe step name {step.name!r}: use letters, digits, '-', '_' and '.'")
+            if step.name in seen or step.name == "eval":
+                raise ConfigError(f"recipe step name {step.name!r} is used twice or reserved")
+            if (step.train is None) == (step.mine is None):
+                raise ConfigError(f"recipe step {step.name!r}: give exactly one of 'train' or 'mine'")
+            if step.mine is not None and not (step.mine.data and step.mine.encoder):
+                raise ConfigError(f"recipe step {step.name!r}: 'mine' needs 'data' and 'encoder'")
+            seen.add(step.name)
+        if not self.evaluate.models:
+            raise ConfigError("recipe: 'evaluate.models' must name at least one model")
+
+    def training_steps(self) -> list[Step]:
+        return [s for s in self.steps if s.train is not None]
+
+
+def load_recipe(path: str | os.PathLike, overrides: list[str] | None = None) -> RecipeConfig:
+    recipe = load_config(RecipeConfig, path, overrides)
+    recipe.validate()
+    return recipe
