@@ -8,6 +8,9 @@ PIP := $(PY) -m pip --disable-pip-version-check
 STAMP := $(VENV)/.mmembed-installed
 # Real data the bundled benchmark is built from (see docs/bundled-benchmark.md).
 DEB_PACKAGES := fonts-noto-color-emoji unicode-cldr-core wordnet-base
+# Only the tests need a browser (tests/test_serve_browser.py drives Debian's chromium headless
+# through Playwright; no browser is ever downloaded), so the demo's set-up does not install it.
+TEST_DEB_PACKAGES := chromium
 
 .PHONY: setup system-deps test demo lint clean
 
@@ -29,6 +32,7 @@ $(STAMP): pyproject.toml constraints.txt
 	touch $(STAMP)
 
 test: setup
+	@scripts/system_deps.sh $(TEST_DEB_PACKAGES)
 	$(PY) -m pytest
 
 demo: setup

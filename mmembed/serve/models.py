@@ -1,0 +1,195 @@
+"""Request and response models of the search service API, shared by the server and the client.
+
+Every route lives under :data:`API_PREFIX`. The hard bounds here (``HARD_MAX_*``) only keep a
+request parseable; the service's own, usually smaller, limits come from
+:class:`~mmembed.serve.settings.ServeSettings` and are reported by the info route.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+API_VERSION = "v1"
+API_PREFIX = f"/api/{API_VERSION}"
+#: Header carrying the API key.
+API_KEY_HEADER = "X-API-Key"
+
+HARD_MAX_K = 10_000
+HARD_MAX_TEXT = 100_000
+HARD_MAX_ITEMS = 1_000
+
+ModalityName = Literal["text", "image", "image,text"]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+def _blank_to_none(value: object) -> object:
+    """HTML forms send empty fields as ``""``: treat those (and whitespace) as absent."""
+    if isinstance(value, str) and not value.strip():
+        return None
+    return value
+
+
+# --------------------------------------------------------------------------- errors and status
+
+
+class FieldProblem(_Model):
+    """One invalid field of a request."""
+
+    field: str = Field(description="dotted location, e.g. 'k' or 'items.0.text'")
+    message: str
+
+
+class ErrorResponse(_Model):
+    """Every error answer: a stable code, a sentence for people, and the invalid fields if any."""
+
+    error: str = Field(description="machine-readable code, e.g. 'invalid_request', 'image_too_large'")
+    detail: str = Field(description="what is wrong and what would be accepted")
+    fields: list[FieldProblem] | None = None
+
+
+class Health(_Model):
+    status: Literal["ok"] = "ok"
+    version: str
+
+
+class Readiness(_Model):
+    ready: bool
+    detail: str | None = Field(None, description="why the service is not ready")
+    in_flight: int = Field(description="searches and embeddings running or waiting")
+    capacity: int = Field(description="in_flight beyond which requests get 503")
+
+
+# --------------------------------------------------------------------------- index metadata
+
+
+class TaskInfo(_Model):
+    """A retrieval task of the instruction registry, by the name searches use."""
+
+    name: str = Field(description="'{dataset}:{query modality}->{candidate modality}'")
+    dataset: str
+    query_modality: ModalityName
+    candidate_modality: ModalityName
+    instruction: str = Field(description="the instruction a search with this task uses")
+
+
+class Limits(_Model):
+    max_upload_bytes: int
+    max_request_bytes: int
+    max_pixels: int
+    max_text_chars: int
+    max_k: int
+    max_embed_items: int
+    image_formats: list[str]
+
+
+class IndexInfo(_Model):
+    count: int = Field(description="candidates in the index")
+    dim: int = Field(description="embedding dimension")
+    encoder_id: str
+    encoder: str | None = Field(None, description="the encoder spec the index was built with")
+    reranker: str | None = Field(None, description="id of the attached reranker, if any")
+    tasks: list[TaskInfo]
+    limits: Limits
+    api_version: str = API_VERSION
+    version: str
+
+
+# --------------------------------------------------------------------------- search
+
+
+class SearchQuery(BaseModel):
+    """The fields of a search (sent as multipart form fields, next to an optional ``image`` file)."""
+
+    # The form also carries the image file, which is not a field of this model.
+    model_config = ConfigDict(extra="ignore")
+
+    text: str | None = Field(None, max_length=HARD_MAX_TEXT, description="query text")
+    instruction: str | None = Field(None, max_length=HARD_MAX_TEXT, description="task instruction (free text)")
+    task: str | None = Field(None, max_length=200, description="a task name from the info route; not with "
+                                                                "instruction")
+    k: int = Field(10, ge=1, le=HARD_MAX_K, description="number of results (at most the service's max_k)")
+    rerank: bool | None = Field(None, description="rerank the top results; default: when a reranker is attached")
+
+    _blank = field_validator("text", "instruction", "task", mode="before")(_blank_to_none)
+
+
+class Timings(_Model):
+    """Server-side milliseconds of one request."""
+
+    queue: float = Field(description="waiting for a worker")
+    encode: float = Field(description="the encoder (query embedding)")
+    search: float = Field(0.0, description="the vector index")
+    rerank: float | None = Field(None, description="the reranker, when it ran")
+    total: float = Field(description="from the request's arrival to the answer")
+
+
+class SearchHit(_Model):
+    rank: int
+    id: str
+    score: float = Field(description="what the order is by (the reranked score when reranked)")
+    retrieval_score: float | None = None
+    rerank_score: float | None = None
+    modality: ModalityName
+    text: str | None = None
+    has_image: bool
+    image_url: str | None = Field(None, description="path of the candidate-image route, when it has an image")
+
+
+class SearchResponse(_Model):
+    hits: list[SearchHit]
+    query_modality: ModalityName
+    instruction: str | None = Field(None, description="the instruction used (from the task or the request)")
+    k: int
+    reranked: bool
+    timings_ms: Timings
+
+
+# --------------------------------------------------------------------------- embed
+
+
+class EmbedItem(_Model):
+    text: str | None = Field(None, max_length=HARD_MAX_TEXT)
+    image_base64: str | None = Field(None, description="an image file (PNG, JPEG, ...), base64-encoded")
+
+    _blank = field_validator("text", "image_base64", mode="before")(_blank_to_none)
+
+
+class EmbedRequest(_Model):
+    items: list[EmbedItem] = Field(min_length=1, max_length=HARD_MAX_ITEMS)
+    kind: Literal["query", "candidate"] = Field("query", description="queries may carry an instruction")
+    instruction: str | None = Field(None, max_length=HARD_MAX_TEXT)
+    task: str | None = Field(None, max_length=200)
+
+    _blank = field_validator("instruction", "task", mode="before")(_blank_to_none)
+
+
+class EmbedResponse(_Model):
+    encoder_id: str
+    dim: int
+    kind: Literal["query", "candidate"]
+    instruction: str | None = None
+    vectors: list[list[float]] = Field(description="one L2-normalised row per item, in request order")
+    timings_ms: Timings
+
+
+# --------------------------------------------------------------------------- candidates
+
+
+class CandidateInfo(_Model):
+    id: str
+    text: str | None = None
+    modality: ModalityName
+    has_image: bool
+    image_url: str | None = None
+
+
+def candidate_image_path(candidate_id: str) -> str:
+    """The API path of a candidate's image (the id percent-encoded as one path segment)."""
+    from urllib.parse import quote
+
+    return f"{API_PREFIX}/candidates/{quote(candidate_id, safe='')}/image"
