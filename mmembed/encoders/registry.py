@@ -42,6 +42,7 @@ _BUILTIN_MODULES = (
     "mmembed.encoders.vlm",
     "mmembed.encoders.clip",
     "mmembed.encoders.mmembed_native",
+    "mmembed.assets",  # the trained checkpoints shipped with the package (named models)
 )
 _builtins_loaded = False
 
