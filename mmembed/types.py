@@ -7,7 +7,7 @@ Modality is decided in exactly one place, :meth:`Modality.of`.
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -155,3 +155,13 @@ class Candidate:
     @property
     def dataset_id(self) -> int:
         return dataset_id_of(self.did)
+
+
+def first_repeat(values: Iterable[str]) -> str | None:
+    """The first value seen twice (to name a duplicate id in an error), or ``None``."""
+    seen: set[str] = set()
+    for v in values:
+        if v in seen:
+            return v
+        seen.add(v)
+    return None

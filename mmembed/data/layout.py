@@ -15,12 +15,13 @@ ROOT/
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from mmembed.data.images import ImageStore
 from mmembed.data.mbeir import POOL_FILE_RE, QUERY_FILE_RE
-from mmembed.errors import DataError, Location
+from mmembed.errors import ConfigError, DataError, Location
 from mmembed.instructions import InstructionRegistry
 from mmembed.types import Task
 
@@ -85,6 +86,23 @@ class MBEIRDirectory:
                                    self.root / local_pool_file(dataset, task_id),
                                    self.root / qrels_file(dataset, task_id, split)))
         return found
+
+    def select_tasks(self, split: str, names: Sequence[str] | None = None) -> list[TaskFiles]:
+        """The tasks of ``split`` named in ``names`` (all when ``None``), in that order.
+
+        No query file for the split is a :class:`DataError`; an unknown name a :class:`ConfigError`
+        listing the available ones.
+        """
+        tasks = self.tasks(split)
+        if not tasks:
+            raise DataError(f"no query files for split {split!r}", Location(file=str(self.root)))
+        if names is None:
+            return tasks
+        known = {t.name: t for t in tasks}
+        missing = [name for name in names if name not in known]
+        if missing:
+            raise ConfigError(f"unknown task(s) {', '.join(missing)}; available: {', '.join(known)}")
+        return [known[name] for name in names]
 
     def task(self, name: str, split: str = "test") -> TaskFiles:
         for t in self.tasks(split):

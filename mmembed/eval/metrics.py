@@ -38,7 +38,7 @@ from operator import itemgetter
 import numpy as np
 
 from mmembed.errors import ConfigError, DataError, Location
-from mmembed.types import Qrels, Run
+from mmembed.types import Qrels, Run, first_repeat
 
 __all__ = ["METRIC_NAMES", "Metric", "parse_metric", "evaluate", "per_query", "topk_to_run"]
 
@@ -213,14 +213,5 @@ def topk_to_run(qids: Sequence[str], ids: np.ndarray | Sequence[Sequence[str | N
         docs.pop(None, None)  # type: ignore[call-overload]
         run[qid] = docs
     if len(run) != len(qids):
-        raise DataError("query id appears more than once in the top-k rows", Location(item=_first_repeat(qids)))
+        raise DataError("query id appears more than once in the top-k rows", Location(item=first_repeat(qids)))
     return run
-
-
-def _first_repeat(values: Sequence[str]) -> str | None:
-    seen: set[str] = set()
-    for v in values:
-        if v in seen:
-            return v
-        seen.add(v)
-    return None

@@ -133,7 +133,7 @@ def run_evaluation(encoder: Encoder, data_dir: str | os.PathLike, config: EvalCo
     config = config or EvalConfig()
     config.validate()
     directory = MBEIRDirectory(data_dir)
-    tasks = _select_tasks(directory, config)
+    tasks = directory.select_tasks(config.split, config.tasks or None)
     registry = directory.instructions() if any(m != "none" for m in config.instruction_modes) else None
     cache = PoolEmbeddingCache(encoder, directory.images, config.cache_dir, config.batch_size, config.show_progress)
     global_pool = None
@@ -170,19 +170,6 @@ def run_evaluation(encoder: Encoder, data_dir: str | os.PathLike, config: EvalCo
         write_json(out / "config.json", results.config)
         write_json(out / "instructions.json", results.instructions)
     return results
-
-
-def _select_tasks(directory: MBEIRDirectory, config: EvalConfig) -> list[TaskFiles]:
-    tasks = directory.tasks(config.split)
-    if not tasks:
-        raise DataError(f"no query files for split {config.split!r}", Location(str(directory.root)))
-    if config.tasks:
-        known = {t.name: t for t in tasks}
-        missing = [name for name in config.tasks if name not in known]
-        if missing:
-            raise ConfigError(f"unknown task(s) {', '.join(missing)}; available: {', '.join(known)}")
-        tasks = [known[name] for name in config.tasks]
-    return tasks
 
 
 def _qrels_for(task: TaskFiles, queries: list[Query]) -> dict[str, dict[str, int]]:

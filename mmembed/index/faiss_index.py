@@ -25,6 +25,7 @@ from mmembed import __version__
 from mmembed.errors import ConfigError, DataError, IndexMismatchError, Location, MissingDependencyError
 from mmembed.fileio import atomic_directory
 from mmembed.index.base import IndexManifest, SearchResult, check_expected, read_manifest
+from mmembed.types import first_repeat
 
 log = logging.getLogger(__name__)
 
@@ -210,7 +211,7 @@ class FaissIndex:
             raise DataError(f"ids must be strings, got {type(bad).__name__} {bad!r}", Location(item=str(bad)))
         new = set(ids)
         if len(new) != len(ids):
-            dup = _first_repeat(ids)
+            dup = first_repeat(ids)
             raise DataError("id appears more than once in this batch; ids must be unique", Location(item=dup))
         if self._id_set is None:
             self._id_set = set(self._ids)
@@ -358,15 +359,6 @@ def _nlist(index: Any) -> int:
         return int(_faiss().extract_index_ivf(index).nlist)
     except (RuntimeError, AttributeError):
         return 0
-
-
-def _first_repeat(values: Sequence[str]) -> str | None:
-    seen: set[str] = set()
-    for v in values:
-        if v in seen:
-            return v
-        seen.add(v)
-    return None
 
 
 def _write_ids(path: Path, ids: Sequence[str]) -> None:

@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from mmembed import __version__
-from mmembed.data.layout import MBEIRDirectory, TaskFiles
+from mmembed.data.layout import MBEIRDirectory
 from mmembed.data.mbeir import query_to_dict, read_queries
 from mmembed.encoders.base import Encoder, Item, as_items
 from mmembed.errors import ConfigError, DataError, Location
@@ -211,7 +211,7 @@ def mine_mbeir(encoder: Encoder, data_dir: str | os.PathLike, output_dir: str | 
     directory = MBEIRDirectory(data_dir)
     out = Path(output_dir)
     job = _ChunkedJob(out, config, encoder.encoder_id, shard or default_shard())
-    tasks = _tasks(directory, config)
+    tasks = directory.select_tasks(config.split, config.tasks)
     if (manifest := job.finished()) is not None:
         logger.info("reusing finished mining run at %s", out)
         return MiningResult(out, {k: MiningStats.from_dict(v) for k, v in manifest["stats"].items()}, True, True)
@@ -255,19 +255,6 @@ def _merge(job: _ChunkedJob, units: dict[str, tuple[str, int]], config: MiningCo
         stats[unit] = collected[1]
     job.finish(outputs, stats, extra)
     return MiningResult(job.out, stats, True)
-
-
-def _tasks(directory: MBEIRDirectory, config: MiningConfig) -> list[TaskFiles]:
-    tasks = directory.tasks(config.split)
-    if not tasks:
-        raise DataError(f"no query files for split {config.split!r}", Location(str(directory.root)))
-    if config.tasks:
-        known = {t.name: t for t in tasks}
-        missing = [n for n in config.tasks if n not in known]
-        if missing:
-            raise ConfigError(f"unknown task(s) {', '.join(missing)}; available: {', '.join(known)}")
-        tasks = [known[n] for n in config.tasks]
-    return tasks
 
 
 def _fallback_groups(pool_modality: dict[str, str]) -> dict[tuple[int, str], list[str]]:

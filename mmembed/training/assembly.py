@@ -77,7 +77,7 @@ def build_sources(data: DataSettings, instruction_mode: str) -> list[TrainingSou
             sources.append(mbeir_source(spec.queries, pool, directory.images, registry,
                                         name=prefix + Path(spec.queries).stem, group=spec.group))
             continue
-        for task in _tasks(directory, spec.split, spec.tasks):
+        for task in directory.select_tasks(spec.split, spec.tasks):
             pool_path = directory.global_pool(spec.split) if spec.pool == "global" else task.local_pool
             group = prefix + task.name if spec.group_per_task else spec.group
             queries = mined_queries(spec.negatives, task.name) if spec.negatives else task.queries
@@ -100,19 +100,6 @@ def mined_queries(directory: str, task: str) -> Path:
     if not path.is_file():
         raise ConfigError(f"data.mbeir.negatives: {directory} has no mined queries for task {task} ({path.name})")
     return path
-
-
-def _tasks(directory: MBEIRDirectory, split: str, names: list[str] | None):
-    tasks = directory.tasks(split)
-    if not tasks:
-        raise ConfigError(f"data.mbeir: {directory.root} has no query files for split {split!r}")
-    if names is None:
-        return tasks
-    known = {t.name: t for t in tasks}
-    missing = [name for name in names if name not in known]
-    if missing:
-        raise ConfigError(f"data.mbeir.tasks: unknown task(s) {', '.join(missing)}; available: {', '.join(known)}")
-    return [known[name] for name in names]
 
 
 def build_dataset(data: DataSettings, seed: int) -> ContrastiveDataset:
