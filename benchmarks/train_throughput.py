@@ -6,8 +6,9 @@ Each configuration runs in its own subprocess, so every peak RSS is that configu
 - ``gradcache-512``: global batch 512 (16x the negatives) through GradCache in chunks of 32;
 - ``plain-512`` (with ``--plain-512``): batch 512 without GradCache, for what GradCache saves.
 
-Target: peak RSS of gradcache-512 at most 1.25x that of plain-32. What trains is what the recipe
-``recipes/cpu-default-stage1.yaml`` trains (projector + top three MiniLM layers). The features of
+Target: peak RSS of gradcache-512 at most 1.25x that of plain-32. What trains is the projector
+and the top three MiniLM layers in full (more trainable state than the LoRA of
+``recipes/cpu-default/stage1.yaml``: the harder case for memory). The features of
 every training image are computed into a shared cache directory first (a child process of its
 own), and the in-memory feature cache is capped, so the figures are those of training rather than
 of EfficientNet or of the cache. plain-32 runs one untimed warm-up step, then ``--steps`` timed

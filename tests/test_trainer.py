@@ -230,8 +230,11 @@ def test_config_errors_name_the_key(toy_root, tmp_path):
 
 def test_recipes_parse():
     recipes = Path(__file__).resolve().parents[1] / "recipes"
-    files = sorted(recipes.glob("*.yaml"))
-    assert {p.name for p in files} >= {"cpu-default-stage1.yaml", "mmembed-stage1-llava-next-7b.yaml"}
+    files = sorted(p for p in recipes.glob("*/*.yaml") if p.name != "recipe.yaml")
+    assert {f"{p.parent.name}/{p.name}" for p in files} >= {"cpu-default/stage1.yaml", "cpu-default/stage2.yaml",
+                                                           "cpu-default/stage3.yaml", "cpu-default/fusion.yaml",
+                                                           "mmembed-llava-next-7b/stage1.yaml",
+                                                           "mmembed-llava-next-7b/stage3.yaml"}
     for path in files:
         load_train_config(path)
 

@@ -21,6 +21,8 @@ from pathlib import Path
 
 from mmembed.config import load_config
 from mmembed.errors import ConfigError
+from mmembed.mining.miner import MANIFEST as MINING_MANIFEST
+from mmembed.mining.miner import default_shard
 from mmembed.recipe.config import RecipeConfig, Step
 
 logger = logging.getLogger(__name__)
@@ -61,6 +63,8 @@ def run_recipe(recipe: RecipeConfig, *, show_progress: bool = True, report: bool
         outcome = _run_train(recipe, step) if step.train is not None else _run_mine(recipe, step, show_progress)
         logger.info("recipe step %s: %s (%.0f s)", step.name, outcome, time.perf_counter() - started)
         result.steps.append((step.name, outcome))
+    if default_shard()[0] != 0:  # under a launcher, one process evaluates and reports
+        return result
     spec = recipe.evaluate
     models = {label: resolve_model(recipe, str(name)) for label, name in spec.models.items()}
     result.evaluations = evaluate_models(models, spec.data or recipe.data, spec.config, out / "eval",
@@ -119,10 +123,19 @@ def _run_mine(recipe: RecipeConfig, step: Step, show_progress: bool) -> str:
     config = load_config(MiningConfig, None, None, base=dict(step.mine.config))
     encoder = load_encoder(resolve_model(recipe, step.mine.encoder))
     mine = mine_beir if (Path(step.mine.data) / "corpus.jsonl").is_file() else mine_mbeir
-    mined = mine(encoder, step.mine.data, Path(recipe.output_dir) / step.name, config, shard=(0, 1),
-                 show_progress=show_progress)
+    target = Path(recipe.output_dir) / step.name
+    mined = mine(encoder, step.mine.data, target, config, show_progress=show_progress)
+    if not mined.complete:  # launched in several processes: each mined its shard; wait for the last one
+        _wait_for(target / MINING_MANIFEST, f"the other processes' mining shards of step {step.name}")
+        return "ran"
     logger.info("mining statistics of %s:\n%s", step.name, stats_table(mined))
     return "skipped" if mined.reused else "ran"
+
+
+def _wait_for(path: Path, what: str, poll_s: float = 10.0) -> None:
+    logger.info("waiting for %s (%s)", what, path)
+    while not path.is_file():
+        time.sleep(poll_s)
 
 
 # ----------------------------------------------------------------------------- evaluation

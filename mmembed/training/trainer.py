@@ -10,7 +10,7 @@ Example::
     from mmembed.training.config import load_train_config
     from mmembed.training.trainer import Trainer
 
-    result = Trainer(load_train_config("recipes/cpu-default-stage1.yaml")).train()
+    result = Trainer(load_train_config("recipes/cpu-default/stage1.yaml")).train()
     encoder = load_encoder(result.final_dir)
 
 Resuming (``train(resume=True)`` or a checkpoint path) restores trainable weights, optimizer,
