@@ -25,12 +25,13 @@ import numpy as np
 
 from mmembed.data.images import ImageLike, ImageStore
 from mmembed.data.mbeir import read_candidates
-from mmembed.encoders.base import Encoder, Item
+from mmembed.encoders.base import Encoder, Item, as_items
 from mmembed.errors import ConfigError, DataError, IndexMismatchError, Location
 from mmembed.eval.pool_cache import PoolEmbeddingCache
 from mmembed.fileio import atomic_directory, write_json
 from mmembed.index.faiss_index import FaissIndex
 from mmembed.instructions import InstructionEntry, InstructionRegistry
+from mmembed.rerank.base import Reranker, RerankResult, can_read_images
 from mmembed.types import Candidate
 
 logger = logging.getLogger(__name__)
@@ -41,19 +42,30 @@ MANIFEST = "retrieval.json"
 
 @dataclass(frozen=True)
 class Hit:
-    """One search result."""
+    """One search result.
+
+    ``score`` is what the results are ordered by: the retrieval score, or after reranking the
+    reranker's score (fused with the retrieval score when the reranker's ``alpha`` is above 0).
+    Hits below the reranker's ``top_k`` are not reranked: they follow in retrieval order, with
+    ``rerank_score`` ``None`` and their retrieval score as ``score``.
+    """
 
     rank: int
     id: str
     score: float
     candidate: Candidate
+    #: The retriever's similarity, whether or not the hit was reranked.
+    retrieval_score: float
+    #: The reranker's raw score; ``None`` without reranking (or below the reranker's ``top_k``).
+    rerank_score: float | None = None
 
 
 class Retriever:
-    """Searches an indexed candidate pool with queries of any modality."""
+    """Searches an indexed candidate pool with queries of any modality, optionally reranking the top."""
 
     def __init__(self, encoder: Encoder, index: FaissIndex, candidates: list[Candidate],
-                 images: ImageStore | None = None, instructions: InstructionRegistry | None = None):
+                 images: ImageStore | None = None, instructions: InstructionRegistry | None = None,
+                 reranker: Reranker | None = None):
         if index.dim != encoder.dim:
             raise IndexMismatchError(f"index dimension {index.dim} does not match encoder dimension {encoder.dim}")
         self.encoder = encoder
@@ -61,6 +73,23 @@ class Retriever:
         self.candidates = {c.did: c for c in candidates}
         self.images = images
         self.instructions = instructions or InstructionRegistry()
+        self.reranker = reranker
+
+    @property
+    def reranker(self) -> Reranker | None:
+        """The reranker :meth:`search` uses by default (``None``: retrieval only); assignable."""
+        return self._reranker
+
+    @reranker.setter
+    def reranker(self, reranker: Reranker | None) -> None:
+        self._reranker = reranker
+        if reranker is not None and not can_read_images(reranker):
+            with_images = sum(c.image is not None for c in self.candidates.values())
+            if with_images:
+                # refused per query (a clear error), not at attach time: text queries may never reach them
+                logger.warning("%d of the %d indexed candidates have images, which the text-only reranker %s "
+                               "refuses: a search whose top %d includes one fails", with_images,
+                               len(self.candidates), reranker.reranker_id, reranker.top_k)
 
     # --- building and loading ------------------------------------------------------------------
 
@@ -93,7 +122,8 @@ class Retriever:
         return cls(encoder, index, candidates, images, instructions)
 
     @classmethod
-    def load(cls, directory: str | os.PathLike, encoder: Encoder | None = None) -> Retriever:
+    def load(cls, directory: str | os.PathLike, encoder: Encoder | None = None,
+             reranker: Reranker | None = None) -> Retriever:
         """Open a retrieval directory; the encoder is loaded from its recorded spec unless given."""
         directory = Path(directory)
         manifest = read_retrieval_manifest(directory)
@@ -106,26 +136,57 @@ class Retriever:
         candidates = read_candidates(directory / "candidates.jsonl")
         instructions_path = directory / "instructions.tsv"
         instructions = InstructionRegistry.from_tsv(instructions_path) if instructions_path.is_file() else None
-        return cls(encoder, index, candidates, ImageStore(manifest["image_root"]), instructions)
+        return cls(encoder, index, candidates, ImageStore(manifest["image_root"]), instructions, reranker)
 
     # --- searching -----------------------------------------------------------------------------
 
     def search(self, text: str | None = None, image: ImageLike | None = None, *, instruction: str | None = None,
-               k: int = 10) -> list[Hit]:
-        """Top ``k`` candidates for one query (text, image, or both), with an optional instruction."""
-        return self.search_items([Item("query", text, image)], [instruction], k=k)[0]
+               k: int = 10, rerank: bool | None = None) -> list[Hit]:
+        """Top ``k`` candidates for one query (text, image, or both), with an optional instruction.
 
-    def search_items(self, queries: list[Item], instructions: list[str | None], k: int = 10) -> list[list[Hit]]:
+        ``rerank``: ``None`` reranks when a reranker is attached, ``False`` never, ``True`` always
+        (a :class:`ConfigError` without a reranker). With reranking, the retriever's top
+        ``max(k, reranker.top_k)`` are fetched, the reranker reorders the first ``top_k`` of them
+        (see :class:`Hit`), and the first ``k`` are returned.
+        """
+        return self.search_items([Item("query", text, image)], [instruction], k=k, rerank=rerank)[0]
+
+    def search_items(self, queries: list[Item], instructions: list[str | None], k: int = 10, *,
+                     rerank: bool | None = None) -> list[list[Hit]]:
+        """:meth:`search` for many queries (their reranking pairs are batched together)."""
         if k < 1:
             raise ConfigError(f"k must be at least 1, got {k}")
+        reranker = self._reranker_for(rerank)
+        depth = k if reranker is None else max(k, reranker.top_k)
         vectors = self.encoder.encode_queries(queries, instructions)
-        return self.search_vectors(vectors, k)
+        hits = self.search_vectors(vectors, depth)
+        if reranker is not None:
+            hits = self._rerank(reranker, queries, instructions, hits)
+        return [row[:k] for row in hits]
 
     def search_vectors(self, vectors: np.ndarray, k: int) -> list[list[Hit]]:
+        """Retrieval only (query vectors carry nothing a reranker could read)."""
         ids, scores = self.index.search(vectors, min(k, len(self.index)))
-        return [[Hit(rank, did, float(score), self.candidates[did])
+        return [[Hit(rank, did, float(score), self.candidates[did], retrieval_score=float(score))
                  for rank, (did, score) in enumerate(zip(row_ids, row_scores), start=1) if did is not None]
                 for row_ids, row_scores in zip(ids, scores)]
+
+    def _reranker_for(self, rerank: bool | None) -> Reranker | None:
+        if rerank and self.reranker is None:
+            raise ConfigError("rerank=True, but this retriever has no reranker; pass reranker= to Retriever or "
+                              "Retriever.load (or set retriever.reranker)")
+        return None if rerank is False else self.reranker
+
+    def _rerank(self, reranker: Reranker, queries: list[Item], instructions: list[str | None],
+                hits: list[list[Hit]]) -> list[list[Hit]]:
+        candidates = [as_items([h.candidate for h in row], self.images) for row in hits]
+        scores = [[h.retrieval_score for h in row] for row in hits]
+        results = reranker.rerank_many(queries, candidates, instructions, retrieval_scores=scores)
+        reranked = []
+        for row, rows in zip(hits, results):
+            by_id = {h.id: h for h in row}
+            reranked.append([_reranked_hit(r, by_id[r.id]) for r in rows])
+        return reranked
 
     # --- tasks ---------------------------------------------------------------------------------
 
@@ -140,6 +201,12 @@ class Retriever:
                 return entry.prompts[0]
         known = ", ".join(task_name(e) for e in self.tasks()) or "none (this index has no instructions)"
         raise ConfigError(f"unknown task {task!r}; known tasks: {known}")
+
+
+def _reranked_hit(result: RerankResult, hit: Hit) -> Hit:
+    score = hit.retrieval_score if result.score is None else result.score
+    return Hit(result.rank, hit.id, score, hit.candidate, retrieval_score=hit.retrieval_score,
+               rerank_score=result.rerank_score)
 
 
 def task_name(entry: InstructionEntry) -> str:

@@ -11,7 +11,7 @@ from PIL import Image
 from mmembed.config import load_config
 from mmembed.encoders.base import Item
 from mmembed.errors import ConfigError, DataError
-from mmembed.rerank import RerankConfig, Reranker, fuse, normalize_scores, rerank_run
+from mmembed.rerank import RerankConfig, Reranker, fuse, fuse_results, normalize_scores, rerank_run
 from mmembed.rerank.base import BaseReranker, common_prefix_length
 from mmembed.rerank.templates import (
     DEFAULT_TEMPLATES,
@@ -134,6 +134,18 @@ def test_rerank_run_reorders_runs_and_keeps_scores_monotone_in_rank():
     # candidates below top_k need no item
     tail_run, _ = rerank_run(reranker, run, {"q1": Item("q1", "x")}, {k: Item(k, k) for k in "abc"})
     assert sorted(tail_run["q1"], key=lambda d: -tail_run["q1"][d]) == ["b", "c", "a", "d"]
+
+
+def test_fuse_results_reorders_kept_scores_as_scoring_again_would():
+    table = {"a": 0.1, "b": 0.9, "c": 0.5, "d": 0.0}
+    retrieval = [0.9, 0.8, 0.2, 0.1]
+    scored = TableReranker(table, top_k=3, alpha=0.0).rerank(Item("q", "x"), items(*"abcd"), retrieval_scores=retrieval)
+    for alpha in (0.0, 0.5, 0.9, 1.0):
+        again = TableReranker(table, top_k=3, alpha=alpha).rerank(Item("q", "x"), items(*"abcd"),
+                                                                  retrieval_scores=retrieval)
+        assert fuse_results(scored, alpha) == again
+    assert [r.id for r in fuse_results(scored, 0.9)] == ["a", "b", "c", "d"]  # retrieval dominates
+    assert [r.id for r in fuse_results(scored, 0.0)] == ["b", "c", "a", "d"]
 
 
 def test_base_reranker_satisfies_the_protocol():

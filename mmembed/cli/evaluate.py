@@ -7,6 +7,8 @@ import sys
 from pathlib import Path
 
 from mmembed.cli.common import add_config_arguments, load_encoder_arg
+from mmembed.errors import ConfigError
+from mmembed.rerank.cli import add_rerank_arguments, rerank_config_from_args
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -16,12 +18,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                                    "TREC runs and the resolved configuration. Configuration keys are those of "
                                    "mmembed.eval.runner.EvalConfig (split, pools, instruction_modes, seed, metric, "
                                    "extra_metrics, depth, modality_error_k, tasks, batch_size, max_queries, "
-                                   "cache_dir).")
+                                   "cache_dir). With --rerank, every run is also reranked and each task reports "
+                                   "its metrics before reranking, after, and fused with the retrieval score.")
     p.add_argument("data", help="M-BEIR-layout dataset directory, or a BEIR directory (corpus.jsonl, queries.jsonl, "
                                 "qrels/SPLIT.tsv) for text retrieval")
     p.add_argument("--encoder", required=True, help="encoder directory (save_pretrained output) or 'cpu-default'")
     p.add_argument("--out", help="directory for results.json, runs/ and config.json")
     add_config_arguments(p)
+    add_rerank_arguments(p)
     p.set_defaults(func=run)
 
 
@@ -31,11 +35,35 @@ def run(args: argparse.Namespace) -> int:
     from mmembed.eval.runner import EvalConfig, run_evaluation
 
     config = load_config(EvalConfig, args.config, args.set, base={"show_progress": sys.stderr.isatty()})
+    rerank_config = rerank_config_from_args(args, show_progress=sys.stderr.isatty())
     encoder = load_encoder_arg(args.encoder)
     if (Path(args.data) / "corpus.jsonl").is_file():
+        if rerank_config is not None:
+            raise ConfigError(f"{args.data}: --rerank works on M-BEIR directories; BEIR directories are not "
+                              "reranked yet")
         return _run_beir(encoder, args, config)
+    if rerank_config is not None:
+        return _run_reranked(encoder, args, config, rerank_config)
     results = run_evaluation(encoder, args.data, config, args.out)
     print(results_table(results))
+    if args.out:
+        print(f"results written to {args.out}")
+    return 0
+
+
+def _run_reranked(encoder, args: argparse.Namespace, config, rerank_config) -> int:
+    from dataclasses import asdict
+
+    from mmembed.eval.report import rerank_table, results_table
+    from mmembed.eval.rerank_eval import run_rerank_evaluation
+    from mmembed.rerank import build_reranker
+
+    reranker = build_reranker(rerank_config)
+    results = run_rerank_evaluation(encoder, reranker, args.data, config, args.out,
+                                    rerank_config=asdict(rerank_config))
+    print(results_table(results.retrieval))
+    print(f"\nreranked by {reranker.reranker_id}, top {reranker.top_k}:")
+    print(rerank_table(results))
     if args.out:
         print(f"results written to {args.out}")
     return 0

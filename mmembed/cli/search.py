@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from mmembed.errors import ConfigError
+from mmembed.rerank.cli import add_rerank_arguments, rerank_config_from_args
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -17,6 +18,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--task", help="use the instruction of a task, e.g. 'emoji:text->image' (see --list-tasks)")
     p.add_argument("--list-tasks", action="store_true", help="list the tasks of the index and exit")
     p.add_argument("-k", type=int, default=10, help="number of results (default 10)")
+    add_rerank_arguments(p)
     p.set_defaults(func=run)
 
 
@@ -25,6 +27,7 @@ def run(args: argparse.Namespace) -> int:
     from mmembed.retrieval import Retriever, task_name
 
     retriever = Retriever.load(args.index)
+    rerank_config = rerank_config_from_args(args)
     if args.list_tasks:
         for entry in retriever.tasks():
             print(f"{task_name(entry)}\t{entry.prompts[0]}")
@@ -39,8 +42,20 @@ def run(args: argparse.Namespace) -> int:
         from pathlib import Path
 
         image = load_image_file(Path(args.image), "query")
-    for hit in retriever.search(args.text, image, instruction=instruction, k=args.k):
-        c = hit.candidate
-        shown = " | ".join(x for x in (c.text, c.image and f"[image {c.image}]") if x)
-        print(f"{hit.rank:>3}  {hit.score:.4f}  {hit.id:<12} {c.modality.value:<10} {shown}")
+    if rerank_config is not None:
+        from mmembed.rerank import build_reranker
+
+        retriever.reranker = build_reranker(rerank_config)
+    hits = retriever.search(args.text, image, instruction=instruction, k=args.k)
+    if retriever.reranker is not None:
+        print(f"reranked by {retriever.reranker.reranker_id}; columns: rank, score, retrieval score, id, ...")
+    for hit in hits:
+        _print_hit(hit, reranked=retriever.reranker is not None)
     return 0
+
+
+def _print_hit(hit, reranked: bool) -> None:
+    c = hit.candidate
+    shown = " | ".join(x for x in (c.text, c.image and f"[image {c.image}]") if x)
+    scores = f"{hit.score:.4f}" + (f"  {hit.retrieval_score:.4f}" if reranked else "")
+    print(f"{hit.rank:>3}  {scores}  {hit.id:<12} {c.modality.value:<10} {shown}")

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from mmembed.eval.runner import EvalResults
+
+if TYPE_CHECKING:
+    from mmembed.eval.rerank_eval import RerankedEvalResults
 
 
 def _settings(results: EvalResults) -> list[tuple[str, str]]:
@@ -37,6 +41,27 @@ def results_table(results: EvalResults, settings: Sequence[tuple[str, str]] | No
     average += [_num(results.average(p, i), scale) for p, i in settings]
     average += [_num(_mean_err(results, i), scale) for i in global_modes]
     rows.append(average)
+    return markdown_table(header, rows)
+
+
+def rerank_table(results: RerankedEvalResults, metrics: Sequence[str] | None = None, scale: float = 100.0) -> str:
+    """Before / after / fused reranking: one row per task, setting and metric, plus averages.
+
+    ``metrics`` defaults to each task's headline metric; name others (e.g. ``["hit@1", "mrr@10"]``)
+    to show those that the evaluation computed.
+    """
+    order = {s: n for n, s in enumerate(_settings(results.retrieval))}
+    rows_in = sorted(results.results, key=lambda r: (r.task, order.get((r.pool, r.instructions), 99)))
+    header = ["task", "q->c", "setting", "metric", "retrieval", "reranked", f"fused a={results.fusion_alpha:g}"]
+    rows = []
+    for r in rows_in:
+        for metric in metrics or [r.metric]:
+            values = [_num(getattr(r, v).get(metric), scale) for v in ("before", "after", "fused")]
+            rows.append([r.task, r.arrow, f"{r.pool}/{r.instructions}", metric, *values])
+    if len({r.task for r in rows_in}) > 1 and not metrics:
+        for pool, mode in sorted({(r.pool, r.instructions) for r in rows_in}, key=lambda s: order.get(s, 99)):
+            values = [_num(results.average(pool, mode, v), scale) for v in ("before", "after", "fused")]
+            rows.append(["average", "", f"{pool}/{mode}", "headline", *values])
     return markdown_table(header, rows)
 
 

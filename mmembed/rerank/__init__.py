@@ -24,9 +24,12 @@ from mmembed.rerank.base import (
     BaseReranker,
     Reranker,
     RerankResult,
+    can_read_images,
     fuse,
+    fuse_results,
     normalize_scores,
     rerank_run,
+    results_to_run,
 )
 from mmembed.rerank.templates import DEFAULT_ANSWER_WORDS, DEFAULT_TEMPLATES
 
@@ -129,4 +132,5 @@ def _model_type(path: str) -> str | None:
 
 
 __all__ = ["BUNDLED_SMOLLM2", "DEFAULT_TEMPLATES", "NORMALIZATIONS", "BaseReranker", "RerankConfig",
-           "RerankResult", "Reranker", "build_reranker", "fuse", "normalize_scores", "rerank_run"]
+           "RerankResult", "Reranker", "build_reranker", "can_read_images", "fuse", "fuse_results",
+           "normalize_scores", "rerank_run", "results_to_run"]

@@ -55,7 +55,11 @@ class RerankResult:
 
 @runtime_checkable
 class Reranker(Protocol):
-    """Scores (query, candidate) pairs and re-sorts a query's retrieved candidates."""
+    """Scores (query, candidate) pairs and re-sorts a query's retrieved candidates.
+
+    A reranker may also set ``reads_images = False`` (see :func:`can_read_images`): callers then refuse
+    image queries and candidates up front instead of failing half-way through a run.
+    """
 
     #: Identifies the reranker, its weights and scoring mode (recorded with results).
     reranker_id: str
@@ -137,10 +141,17 @@ def order_results(ids: Sequence[str], rerank: np.ndarray, retrieval: np.ndarray 
 # ----------------------------------------------------------------------------- the shared loop
 
 
+def can_read_images(reranker: Reranker) -> bool:
+    """Whether ``reranker`` can judge items with images (those that do not say are assumed to)."""
+    return bool(getattr(reranker, "reads_images", True))
+
+
 class BaseReranker:
     """Implements :meth:`rerank` and :meth:`rerank_many` on top of :meth:`score_pairs`."""
 
     reranker_id: str = "reranker"
+    #: False for text-only rerankers: callers refuse image items before scoring anything.
+    reads_images: bool = True
 
     def __init__(self, *, top_k: int = 10, alpha: float = 0.0, normalization: str = "minmax",
                  batch_size: int = 10, show_progress: bool = False):
@@ -242,8 +253,28 @@ def rerank_run(reranker: Reranker, run: Run, queries: Mapping[str, Item], candid
     chosen = [(instructions or {}).get(qid) for qid in qids]
     results = reranker.rerank_many([queries[q] for q in qids], lists, chosen, retrieval_scores=scores,
                                    top_k=top_k, show_progress=show_progress)
-    new_run = {qid: {r.id: float(len(rows) - r.rank + 1) for r in rows} for qid, rows in zip(qids, results)}
-    return new_run, dict(zip(qids, results))
+    details = dict(zip(qids, results))
+    return results_to_run(details), details
+
+
+def results_to_run(details: Mapping[str, Sequence[RerankResult]]) -> Run:
+    """A run with rank-derived scores (``n - rank + 1``) from reranked results per query."""
+    return {qid: {r.id: float(len(rows) - r.rank + 1) for r in rows} for qid, rows in details.items()}
+
+
+def fuse_results(results: Sequence[RerankResult], alpha: float, normalization: str = "minmax") -> list[RerankResult]:
+    """One query's reranked results re-ordered at fusion weight ``alpha``, without scoring again.
+
+    Uses the raw rerank and retrieval scores kept in the results, so a fusion sweep costs nothing.
+    """
+    by_retrieval = sorted(results, key=lambda r: r.retrieval_rank)
+    rerank = np.array([r.rerank_score for r in by_retrieval if r.reranked], dtype=np.float64)
+    if any(r.reranked for r in by_retrieval[len(rerank):]):
+        raise ValueError("reranked results must be the head of the retrieval order")
+    retrieval = None
+    if all(r.retrieval_score is not None for r in by_retrieval):
+        retrieval = np.array([r.retrieval_score for r in by_retrieval], dtype=np.float64)
+    return order_results([r.id for r in by_retrieval], rerank, retrieval, alpha, normalization)
 
 
 # ----------------------------------------------------------------------------- helpers for pair scorers

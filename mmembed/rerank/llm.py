@@ -80,6 +80,8 @@ class _Encoded:
 class LLMReranker(BaseReranker):
     """A text-only causal LM as a zero-shot reranker (see the module docstring)."""
 
+    reads_images = False
+
     def __init__(self, model: torch.nn.Module, tokenizer: Any, *, mode: str = "query_likelihood",
                  templates: dict | None = None, ql_template: str | None = None,
                  answer_words: Sequence[str] = DEFAULT_ANSWER_WORDS, use_chat_template: bool | None = None,
