@@ -1,8 +1,12 @@
-"""Pieces shared by the subcommands: configuration arguments and encoder loading."""
+"""Pieces shared by the subcommands: configuration and reranking arguments, encoder loading."""
 
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from mmembed.rerank import RerankConfig
 
 
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:
@@ -16,3 +20,22 @@ def load_encoder_arg(spec: str):
     from mmembed.encoders.registry import load_encoder
 
     return load_encoder(spec)
+
+
+def add_rerank_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--rerank", metavar="YAML",
+                        help="rerank the top candidates with the reranker this RerankConfig YAML describes "
+                             "(keys: model, kind, mode, top_k, alpha, ...; see docs/reranking.md)")
+    parser.add_argument("--rerank-set", metavar="KEY=VALUE", action="append", default=[],
+                        help="override one reranking key (repeatable), e.g. --rerank-set mode=p_true; without "
+                             "--rerank it reranks with the default configuration (the bundled SmolLM2) plus these")
+
+
+def rerank_config_from_args(args: argparse.Namespace, show_progress: bool = False) -> RerankConfig | None:
+    """The reranking configuration the arguments ask for, or ``None`` when they ask for none."""
+    if not args.rerank and not args.rerank_set:
+        return None
+    from mmembed.config import load_config
+    from mmembed.rerank import RerankConfig
+
+    return load_config(RerankConfig, args.rerank, args.rerank_set, base={"show_progress": show_progress})

@@ -6,9 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from mmembed.cli.common import add_config_arguments, load_encoder_arg
+from mmembed.cli.common import add_config_arguments, add_rerank_arguments, load_encoder_arg, rerank_config_from_args
 from mmembed.errors import ConfigError
-from mmembed.rerank.cli import add_rerank_arguments, rerank_config_from_args
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:

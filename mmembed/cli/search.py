@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from mmembed.cli.common import add_rerank_arguments, rerank_config_from_args
 from mmembed.errors import ConfigError
-from mmembed.rerank.cli import add_rerank_arguments, rerank_config_from_args
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
