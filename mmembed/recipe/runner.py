@@ -94,6 +94,8 @@ def step_train_config(recipe: RecipeConfig, step: Step):
 
 
 def _run_train(recipe: RecipeConfig, step: Step) -> str:
+    import torch
+
     from mmembed.config import to_dict
     from mmembed.training import checkpoint as ckpt
     from mmembed.training.config import TrainConfig
@@ -111,7 +113,11 @@ def _run_train(recipe: RecipeConfig, step: Step) -> str:
         raise ConfigError(f"recipe step {step.name}: {out} holds a model trained with another configuration "
                           f"(sections {', '.join(changed)} differ); delete {out} to train it again")
     resume = bool(ckpt.list_checkpoints(out))
-    Trainer(config).train(resume=resume)
+    threads = torch.get_num_threads()
+    try:
+        Trainer(config).train(resume=resume)
+    finally:  # train.num_threads is for training; mining and evaluation get the machine back
+        torch.set_num_threads(threads)
     return "resumed" if resume else "ran"
 
 
