@@ -1,14 +1,18 @@
-"""The main job (``make demo``): build the bundled benchmark, evaluate, index, and answer queries.
+"""The main job (``make demo``): benchmark, the CPU default model against its baselines, a report, search.
 
-Steps, each reusing what an earlier run left on disk (the benchmark build, pool embeddings,
-trained checkpoints):
+1. build the bundled emoji/WordNet benchmark in M-BEIR layout — by default its *demo size* (the
+   subset build: 12 % of the emoji concepts, 10 % of the WordNet synsets, same code and splits,
+   8.5k-candidate global pool), so that everything runs in minutes on a laptop CPU; ``--full``
+   uses the full build (65k-candidate global pool; about 4 CPU-minutes per model);
+2. evaluate the untrained CPU default model and the trained checkpoints shipped with the package
+   (score-fusion baseline, stage 1, stage 2, stage 3 of ``recipes/cpu-default/recipe.yaml``) on
+   the test split — local and global pools, random instructions, modality error, and text
+   retrieval nDCG@10 on the BEIR-format WordNet set — print the comparison and write
+   ``runs/demo/report.md`` with plots;
+3. index the global test pool with the stage-3 model and answer a text, an image and a composed
+   (image + modification) query, marking the true answers; say how to open the web page.
 
-1. build the bundled emoji/WordNet benchmark in M-BEIR layout and print its task table;
-2. evaluate the CPU default model — untrained, and every trained checkpoint found under
-   ``runs/`` (e.g. from ``mmembed train recipes/cpu-default-stage1.yaml``) — on the test split,
-   local and global pools, and print the per-task tables;
-3. index the global test pool with the best model and answer one query of each kind: text,
-   image, and composed image + modification, marking the true answers.
+Everything reuses what an earlier run left on disk (the benchmark build, embeddings, results).
 """
 
 from __future__ import annotations
@@ -23,13 +27,17 @@ from pathlib import Path
 from mmembed.data.bundled import build, stats_table
 from mmembed.data.layout import MBEIRDirectory
 from mmembed.data.mbeir import read_queries
-from mmembed.encoders.registry import load_encoder
-from mmembed.eval.report import results_table
-from mmembed.eval.runner import EvalConfig, run_evaluation
+from mmembed.encoders.registry import load_encoder, named_models
+from mmembed.recipe.report import summary_table, task_table, write_report
+from mmembed.recipe.runner import ModelEvaluation, evaluate_models
 from mmembed.retrieval import Retriever
 
 logger = logging.getLogger("mmembed.demo")
 
+#: Report label -> named model (the trained ones ship in mmembed/assets/cpu-default/).
+MODELS = {"untrained": "cpu-default", "fusion": "cpu-default-fusion-stage1", "stage1": "cpu-default-stage1",
+          "stage2": "cpu-default-stage2", "stage3": "cpu-default-stage3"}
+SEARCH_MODEL = "stage3"
 EXAMPLES = (("emoji_task0", "text"), ("emoji_task3", "image"), ("emoji_task7", "composed image + modification"))
 
 
@@ -37,26 +45,17 @@ def _say(text: str = "") -> None:
     print(text, flush=True)
 
 
-def trained_checkpoints(runs: Path) -> list[Path]:
-    """Final outputs of training runs (directories holding an encoder config.json)."""
-    return sorted(p.parent for p in runs.glob("*/final/config.json"))
+def available_models() -> dict[str, str]:
+    known = set(named_models())
+    missing = [name for name in MODELS.values() if name not in known]
+    if missing:
+        _say(f"(not shipped in this checkout, skipped: {', '.join(missing)}; "
+             "train them with: mmembed recipe run recipes/cpu-default/recipe.yaml)")
+    return {label: name for label, name in MODELS.items() if name in known}
 
 
-def evaluate_models(data: Path, runs: Path, cache: Path, max_queries: int) -> list[tuple[str, float, object]]:
-    models: list[tuple[str, str]] = [("cpu-default (untrained)", "cpu-default")]
-    models += [(f"{p.parent.name} (trained)", str(p)) for p in trained_checkpoints(runs)]
-    config = EvalConfig(max_queries=max_queries, instruction_modes=["random"], cache_dir=str(cache),
-                        show_progress=sys.stderr.isatty())
-    scored = []
-    for label, spec in models:
-        _say(f"\n## {label}: {spec}")
-        encoder = load_encoder(spec)
-        started = time.perf_counter()
-        results = run_evaluation(encoder, data, config, runs / "demo" / "eval" / Path(spec).parent.name)
-        _say(results_table(results))
-        _say(f"(evaluated in {time.perf_counter() - started:.0f} s; hit@5 = M-BEIR's 'Recall@5')")
-        scored.append((spec, results.average("global", "random") or 0.0, encoder))
-    return scored
+def show_evaluation(evaluation: ModelEvaluation) -> None:
+    _say(f"  {evaluation.label:<10} {evaluation.spec:<28} evaluated in {evaluation.seconds:.0f} s")
 
 
 def show_examples(retriever: Retriever, data: MBEIRDirectory) -> None:
@@ -79,34 +78,51 @@ def show_examples(retriever: Retriever, data: MBEIRDirectory) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m mmembed.demo", description=__doc__.splitlines()[0])
-    parser.add_argument("--data", default="data/bundled", help="where the bundled benchmark is built")
-    parser.add_argument("--runs", default="runs", help="training runs and demo outputs")
+    parser.add_argument("--full", action="store_true", help="use the full bundled benchmark (slower)")
+    parser.add_argument("--data", help="where the benchmark is built (default data/bundled-demo, "
+                                       "or data/bundled with --full)")
+    parser.add_argument("--out", default="runs/demo", help="results, report, plots and the search index")
     parser.add_argument("--cache", default=".cache/embeddings", help="pool embedding cache")
-    parser.add_argument("--max-queries", type=int, default=300, help="test queries per task")
+    parser.add_argument("--max-queries", type=int, default=None, help="test queries per task (default: all)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     started = time.perf_counter()
-    data, runs = Path(args.data), Path(args.runs)
+    data = Path(args.data or ("data/bundled" if args.full else "data/bundled-demo"))
+    out = Path(args.out)
+    progress = sys.stderr.isatty()
 
-    _say("# 1. The bundled benchmark (emoji images + CLDR names + WordNet senses, M-BEIR layout)")
-    result = build(data)
+    size = "full" if args.full else "demo-size (subset)"
+    _say(f"# 1. The bundled benchmark, {size} build (emoji images + CLDR names + WordNet senses, M-BEIR layout)")
+    result = build(data, subset=not args.full)
     _say(f"{'reused' if result.reused else 'built'} {data} in {result.seconds:.0f} s")
     _say(stats_table(data))
 
-    _say("\n# 2. Evaluation on the test split (local pool = each task's own; global = all 9 pools mixed)")
-    scored = evaluate_models(data, runs, Path(args.cache), args.max_queries)
-    best_spec, _, best_encoder = max(scored, key=lambda s: s[1])
+    _say("\n# 2. The CPU default model against its baselines (test split, random instructions)")
+    models = available_models()
+    config = {"instruction_modes": ["random"], "cache_dir": args.cache, "max_queries": args.max_queries}
+    evaluations = evaluate_models(models, str(data), config, out / "eval", beir=str(data / "beir" / "wordnet"),
+                                  show_progress=progress, on_model=show_evaluation)
+    _say("\n" + summary_table(evaluations))
+    _say("\nGlobal pool (every task's candidates mixed), hit@5 per task:\n" + task_table(evaluations, "global"))
+    notes = [f"`make demo` on the {size} bundled benchmark at `{data}`. Models: "
+             + ", ".join(f"{label} = `{spec}`" for label, spec in models.items()) + ".",
+             "The full-size comparison is produced by `mmembed recipe run recipes/cpu-default/recipe.yaml` "
+             "(runs/cpu-default/report.md) or `python -m mmembed.demo --full`."]
+    report = write_report(out, evaluations, title="mmembed demo: the CPU default model and its baselines",
+                          notes=notes)
+    _say(f"\nreport with per-task tables and plots: {report}")
 
-    _say(f"\n# 3. Search: the global test pool indexed with {best_spec}")
+    label = SEARCH_MODEL if SEARCH_MODEL in models else next(iter(models))
+    _say(f"\n# 3. Search: the global test pool indexed with {models[label]}")
     directory = MBEIRDirectory(data)
-    retriever = Retriever.build(best_encoder, directory.global_pool("test"), runs / "demo" / "index",
-                                encoder_spec=best_spec, image_root=directory.root,
+    retriever = Retriever.build(load_encoder(models[label]), directory.global_pool("test"), out / "index",
+                                encoder_spec=models[label], image_root=directory.root,
                                 instructions_path=directory.instructions_path, cache_dir=args.cache,
-                                show_progress=sys.stderr.isatty())
+                                show_progress=progress)
     show_examples(retriever, directory)
     _say(f"\nDone in {time.perf_counter() - started:.0f} s. Search it yourself:")
-    _say(f"  .venv/bin/mmembed search {runs / 'demo' / 'index'} --list-tasks")
-    _say(f"  .venv/bin/mmembed search {runs / 'demo' / 'index'} --task 'emoji:text->image' --text 'smiling cat'")
+    _say(f"  .venv/bin/mmembed search {out / 'index'} --task 'emoji:text->image' --text 'smiling cat'")
+    _say(f"  .venv/bin/mmembed serve {out / 'index'}     # then open http://127.0.0.1:8000/ in a browser")
     return 0
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import inspect
 import logging
 from pathlib import Path
 from typing import Any
@@ -47,17 +46,10 @@ def settings_from_args(args: argparse.Namespace) -> Any:
 
 
 def load_retriever(directory: str, reranker: Any = None) -> Any:
-    """``Retriever.load`` with the reranker attached (also on a Retriever that predates reranking)."""
+    """``Retriever.load`` with the reranker (if any) attached."""
     from mmembed.retrieval import Retriever
 
-    if reranker is None:
-        return Retriever.load(directory)
-    if "reranker" in inspect.signature(Retriever.load).parameters:
-        return Retriever.load(directory, reranker=reranker)
-    retriever = Retriever.load(directory)
-    retriever.reranker = reranker  # type: ignore[attr-defined]
-    logger.warning("this version of Retriever cannot rerank; the reranker stays unused")
-    return retriever
+    return Retriever.load(directory, reranker=reranker)
 
 
 def load_reranker(path: str | None) -> Any:

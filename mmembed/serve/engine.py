@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import inspect
 import io
 import logging
 import threading
@@ -171,7 +170,6 @@ class SearchService:
         self.encoder_spec = encoder_spec
         self.encoder_lock = threading.Lock()
         self.pool = WorkerPool(settings.workers, settings.queue_size, settings.retry_after_s)
-        self._search_takes_rerank = "rerank" in inspect.signature(retriever.search).parameters
         instrument(retriever.encoder, "encode", ("encode_queries", "encode_candidates"))
         instrument(retriever.index, "search", ("search",))
         if self.reranker is not None:
@@ -180,11 +178,11 @@ class SearchService:
 
     @property
     def reranker(self) -> Any:
-        return getattr(self.retriever, "reranker", None)
+        return self.retriever.reranker
 
     @property
     def can_rerank(self) -> bool:
-        return self.reranker is not None and self._search_takes_rerank
+        return self.reranker is not None
 
     # --- metadata ------------------------------------------------------------------------------
 
@@ -215,12 +213,9 @@ class SearchService:
             raise ApiError(422, "unknown_task", str(e)) from None
 
     def check_rerank(self, rerank: bool | None) -> None:
-        if not rerank or self.can_rerank:
-            return
-        if self.reranker is None:
+        if rerank and not self.can_rerank:
             raise ApiError(409, "no_reranker", "this service has no reranker; start it with "
                                                "'mmembed serve INDEX --rerank CONFIG.yaml' to rerank")
-        raise ApiError(409, "no_reranker", "this version of mmembed's Retriever cannot rerank")
 
     # --- search (runs on a worker) -------------------------------------------------------------
 
@@ -237,17 +232,14 @@ class SearchService:
             k=query.k, reranked=stopwatch.ran("rerank"), timings_ms=self._timings(stopwatch, submitted, started))
 
     def _search(self, query: SearchQuery, image: Image.Image | None, instruction: str | None) -> list[Any]:
-        kwargs: dict[str, Any] = {"instruction": instruction, "k": query.k}
-        if self._search_takes_rerank:
-            kwargs["rerank"] = query.rerank if self.reranker is not None else False
-        return self.retriever.search(query.text, image, **kwargs)
+        rerank = query.rerank if self.can_rerank else False
+        return self.retriever.search(query.text, image, instruction=instruction, k=query.k, rerank=rerank)
 
     @staticmethod
     def _hit(hit: Any) -> SearchHit:
         c = hit.candidate
         return SearchHit(rank=hit.rank, id=hit.id, score=float(hit.score),
-                         retrieval_score=_opt_float(getattr(hit, "retrieval_score", hit.score)),
-                         rerank_score=_opt_float(getattr(hit, "rerank_score", None)),
+                         retrieval_score=_opt_float(hit.retrieval_score), rerank_score=_opt_float(hit.rerank_score),
                          modality=c.modality.value, text=c.text, has_image=bool(c.image),
                          image_url=candidate_image_path(hit.id) if c.image else None)
 
