@@ -47,6 +47,7 @@ def _image(seed: int) -> Image.Image:
 
 def test_release_layout_is_recognised_and_loaded_with_release_behaviour(release, encoder):
     assert is_mmembed_release(release.path)
+    assert type(load_encoder(release.path)) is type(encoder)  # load_encoder routes the release folder
     assert encoder.pooling == "latent_attention" and encoder.bidirectional and encoder.append_eos
     assert encoder.padding_side == "right"
     assert encoder.latent == {"num_latents": 16, "latent_dim": 64, "num_heads": 8, "head_dim": 64, "mlp_mult": 4}

@@ -8,8 +8,9 @@ Stable API:
   (``factory(**overrides) -> Encoder``), e.g. ``"cpu-default"``: the untrained CPU default model
   assembled from the pretrained parts shipped in registry packages.
 - ``load_encoder(path_or_name, **overrides)``: a named model if the argument is one of those
-  names, otherwise a checkpoint directory whose ``config.json`` says its ``encoder_type``; the
-  registered class's ``from_pretrained`` loads it. Named models take precedence over a directory
+  names, the released nvidia/MM-Embed folder (``load_mmembed_release``), otherwise a checkpoint
+  directory whose ``config.json`` says its ``encoder_type``; the registered class's
+  ``from_pretrained`` loads it. Named models take precedence over a directory
   of the same name; write ``./cpu-default`` to mean the directory.
 - ``registered_types()`` / ``named_models()`` / ``encoder_class(type)``.
 
@@ -108,6 +109,10 @@ def load_encoder(path_or_name: str | os.PathLike, **overrides: Any) -> Encoder:
     if not os.path.isdir(key):
         raise ModelError(f"model directory {key!r} does not exist (and it is not a named model: "
                          f"{', '.join(sorted(_NAMED)) or 'none'})")
+    from mmembed.encoders.mmembed_native import is_mmembed_release, load_mmembed_release
+
+    if is_mmembed_release(key):  # the released nvidia/MM-Embed folder (its own layout, no encoder_type)
+        return load_mmembed_release(key, **overrides)
     config = read_config(key)
     cls = encoder_class(config["encoder_type"])
     return cls.from_pretrained(key, **overrides)
