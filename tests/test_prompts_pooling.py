@@ -162,3 +162,10 @@ def test_bad_pooling_requests_are_refused():
         pool(hidden, mask, "max")
     with pytest.raises(ValueError, match="LatentAttentionPooler"):
         pool(hidden, mask, "latent_attention")
+
+
+def test_placeholders_typed_by_a_user_never_become_image_slots():
+    prompt = build_prompt("a <image> tag", True, "query", "Find <image>")
+    assert prompt.text.count(IMAGE_PLACEHOLDER) == 1
+    assert prompt.with_image_token("<img>").text == "Instruct: Find < image>\nQuery: <img>\na < image> tag"
+    assert build_prompt("<image>", False, "candidate").text == "< image>"

@@ -241,3 +241,11 @@ def test_image_size_option_changes_the_image_tokens_not_the_invariances(tiny_dir
     assert lengths[1] > lengths[0]
     items = [Item("a", "x", image), Item("b", "y"), Item("c", None, _image(3, (20, 60)))]
     np.testing.assert_allclose(enc.encode_candidates(items, batch_size=1), enc.encode_candidates(items), atol=ATOL)
+
+
+@pytest.mark.parametrize("family", VLM_FAMILIES)
+def test_image_tokens_typed_in_text_are_plain_text(encoders, family):
+    encoder = encoders(family)
+    typed = f"look {encoder.adapter.image_token} <image> here"
+    vectors = encoder.encode_queries([Item("t", typed), Item("i", typed, _image(1, (40, 30)))], "Find <image>")
+    assert vectors.shape[0] == 2 and np.isfinite(vectors).all()

@@ -34,13 +34,26 @@ class Prompt:
         """The same prompt with the placeholder replaced by a backbone's image token string."""
         if image_token == IMAGE_PLACEHOLDER:
             return self
-        # The placeholder only ever follows the prefix, so the prefix is unchanged.
-        return Prompt(self.text.replace(IMAGE_PLACEHOLDER, image_token), self.prefix, self.has_image)
+        # build_prompt escaped any placeholder in user text, so the one left is the image slot; it
+        # only ever follows the prefix, so the prefix is unchanged.
+        return Prompt(self.text.replace(IMAGE_PLACEHOLDER, image_token, 1), self.prefix, self.has_image)
+
+
+def escape_tokens(text: str | None, tokens: tuple[str, ...] = (IMAGE_PLACEHOLDER,)) -> str | None:
+    """``text`` with every occurrence of ``tokens`` broken up (``<image>`` -> ``< image>``), so that
+    text a user typed can never become an image slot or a backbone's special image token."""
+    if not text:
+        return text
+    for token in tokens:
+        if token:
+            text = text.replace(token, f"{token[0]} {token[1:]}")
+    return text
 
 
 def build_prompt(text: str | None, has_image: bool, role: Role, instruction: str | None = None,
                  image_placeholder: str = IMAGE_PLACEHOLDER) -> Prompt:
-    """The MM-Embed prompt of one item."""
+    """The MM-Embed prompt of one item (placeholders inside ``text`` or ``instruction`` are escaped)."""
+    text, instruction = escape_tokens(text, (image_placeholder,)), escape_tokens(instruction, (image_placeholder,))
     if role == "candidate":
         if instruction:
             raise ValueError("candidates never get an instruction")

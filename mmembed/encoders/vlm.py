@@ -35,7 +35,7 @@ from mmembed.data.images import as_pil
 from mmembed.encoders.bidirectional import set_bidirectional
 from mmembed.encoders.common import BatchedEncoder, check_items, resolve_device, resolve_dtype, warn_truncation
 from mmembed.encoders.pooling import POOLING_MODES, LatentAttentionPooler, pool
-from mmembed.encoders.prompts import Prompt, Role, build_prompt, count_prefix_tokens
+from mmembed.encoders.prompts import IMAGE_PLACEHOLDER, Prompt, Role, build_prompt, count_prefix_tokens, escape_tokens
 from mmembed.encoders.registry import register
 from mmembed.encoders.vlm_families import FamilyAdapter, adapter_class
 from mmembed.errors import ConfigError, ModelError
@@ -180,7 +180,9 @@ class VLMEncoder(BatchedEncoder):
         return self._prefix_counts[prefix]
 
     def _render(self, text: str | None, has_image: bool, role: Role, instruction: str | None) -> Prompt:
-        prompt = build_prompt(text, has_image, role, instruction).with_image_token(self.adapter.image_token)
+        user = (IMAGE_PLACEHOLDER, *self.adapter.reserved_tokens)  # typed tokens never become image slots
+        prompt = build_prompt(escape_tokens(text, user), has_image, role,
+                              escape_tokens(instruction, user)).with_image_token(self.adapter.image_token)
         if self.append_eos and self.tokenizer.eos_token:
             return Prompt(prompt.text + self.tokenizer.eos_token, prompt.prefix, prompt.has_image)
         return prompt

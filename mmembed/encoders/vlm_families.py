@@ -62,6 +62,11 @@ class FamilyAdapter:
         raise NotImplementedError
 
     @property
+    def reserved_tokens(self) -> tuple[str, ...]:
+        """Token strings that user text must not contain (they would become image slots)."""
+        return (self.image_token,)
+
+    @property
     def language_model(self) -> nn.Module:
         return _get_attr(self.model, self.language_model_attr)
 
@@ -180,10 +185,14 @@ class QwenVLAdapter(FamilyAdapter):
 
     @property
     def image_token(self) -> str:
+        return "".join(self.reserved_tokens)
+
+    @property
+    def reserved_tokens(self) -> tuple[str, ...]:
         tok = self.tokenizer
         start = getattr(tok, "vision_start_token", None) or "<|vision_start|>"
         end = getattr(tok, "vision_end_token", None) or "<|vision_end|>"
-        return f"{start}{self.processor.image_token}{end}"
+        return start, self.processor.image_token, end
 
     def prepare(self, texts: list[str], images: list[Image.Image | None]) -> ModelInputs:
         present = [im for im in images if im is not None]
