@@ -10,43 +10,36 @@ encoder id and the statistics. Training reads the directory through ``data.mbeir
 BEIR data (a directory with ``corpus.jsonl``): the text rule, written as ``negatives.jsonl`` rows
 ``{"qid", "neg_cand_list", "neg_cand_types"}`` that ``data.beir[].hard_negatives`` reads.
 
-Work is cut into chunks of queries, each written atomically under ``.parts/`` as it finishes: an
-interrupted run resumes where it stopped, and ``shard=(i, n)`` lets n processes split the chunks
-(each embeds the pool itself, or reads it from a shared ``cache_dir``); whichever process finds
-every chunk done merges them. Under ``torchrun`` the shard comes from RANK / WORLD_SIZE.
+Work is cut into resumable chunks (:mod:`mmembed.mining.jobs`); ``shard=(i, n)`` lets n processes
+split them (each embeds the pool itself, or reads it from a shared ``cache_dir``). Under
+``torchrun`` the shard comes from RANK / WORLD_SIZE.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-import shutil
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from mmembed import __version__
 from mmembed.data.layout import MBEIRDirectory
 from mmembed.data.mbeir import query_to_dict, read_queries
 from mmembed.encoders.base import Encoder, Item, as_items
 from mmembed.errors import ConfigError, DataError, Location
 from mmembed.eval.pool_cache import MODALITY_CODES, EmbeddedPool, PoolEmbeddingCache
-from mmembed.fileio import atomic_open, write_json, write_jsonl
 from mmembed.index.faiss_index import FaissIndex
 from mmembed.instructions import INSTRUCTION_MODES
-from mmembed.mining.rule import NEGATIVE_TYPES, NegativeRule, modality_aware_negatives, window_negatives
+from mmembed.mining.jobs import ChunkedJob, MiningResult, MiningStats, default_shard, merge
+from mmembed.mining.rule import NegativeRule, modality_aware_negatives, window_negatives
 from mmembed.types import Query
 
 logger = logging.getLogger(__name__)
 
-MANIFEST = "mining.json"
-PARTS = ".parts"
 BEIR_OUTPUT = "negatives.jsonl"
-FORMAT_VERSION = 1
 
 
 @dataclass
@@ -84,111 +77,7 @@ class MiningConfig:
         return rule
 
 
-@dataclass
-class MiningStats:
-    """Per-task counts; ``wrong_modality_first`` = queries whose top hit had the wrong modality."""
-
-    queries: int = 0
-    negatives: dict[str, int] = field(default_factory=lambda: dict.fromkeys(NEGATIVE_TYPES, 0))
-    wrong_modality_first: int = 0
-    positive_in_top_k: int = 0
-
-    def add(self, other: MiningStats) -> None:
-        self.queries += other.queries
-        self.wrong_modality_first += other.wrong_modality_first
-        self.positive_in_top_k += other.positive_in_top_k
-        for kind, n in other.negatives.items():
-            self.negatives[kind] = self.negatives.get(kind, 0) + n
-
-    @classmethod
-    def from_dict(cls, obj: dict) -> MiningStats:
-        return cls(obj["queries"], dict(obj["negatives"]), obj["wrong_modality_first"], obj["positive_in_top_k"])
-
-
-@dataclass
-class MiningResult:
-    output_dir: Path
-    stats: dict[str, MiningStats]
-    #: False when this process finished its shard but other shards are still missing.
-    complete: bool
-    reused: bool = False
-
-    def total(self) -> MiningStats:
-        total = MiningStats()
-        for stats in self.stats.values():
-            total.add(stats)
-        return total
-
-
-def default_shard() -> tuple[int, int]:
-    """(rank, world size) under torchrun / accelerate, else (0, 1)."""
-    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
-
-
 # ----------------------------------------------------------------------------- driver
-
-
-class _ChunkedJob:
-    """Resumable, shardable chunks of per-query work under ``out/.parts/<unit>/``."""
-
-    def __init__(self, out: Path, config: MiningConfig, encoder_id: str, shard: tuple[int, int]):
-        index, count = shard
-        if count < 1 or not 0 <= index < count:
-            raise ConfigError(f"shard must be i/n with 0 <= i < n, got {index}/{count}")
-        self.out, self.shard = out, (index, count)
-        self.identity = {"config": asdict(config), "encoder_id": encoder_id, "format_version": FORMAT_VERSION}
-        self._check_parts()
-
-    def _check_parts(self) -> None:
-        """Parts of a run with other settings or another encoder must not be mixed into this one."""
-        stamp = self.out / PARTS / "identity.json"
-        if stamp.is_file():
-            if json.loads(stamp.read_text(encoding="utf-8")) != self.identity:
-                raise ConfigError(f"{self.out} holds partial mining results of another configuration or encoder; "
-                                  "remove its .parts directory or choose another output directory")
-        else:
-            write_json(stamp, self.identity)
-
-    def finished(self) -> dict | None:
-        """The manifest of a finished run with the same settings and encoder, if there is one."""
-        path = self.out / MANIFEST
-        if not path.is_file():
-            return None
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-        same = all(manifest.get(k) == v for k, v in self.identity.items())
-        return manifest if same else None
-
-    def run(self, unit: str, total: int, chunk_size: int, work: Callable[[int, int], tuple[list, MiningStats]]) -> None:
-        """Do this shard's missing chunks of ``unit`` (``work(start, stop)`` -> rows, stats)."""
-        folder = self.out / PARTS / unit
-        for number, start in enumerate(range(0, total, chunk_size)):
-            if number % self.shard[1] != self.shard[0] or (folder / f"{number:06d}.stats.json").is_file():
-                continue
-            rows, stats = work(start, min(start + chunk_size, total))
-            write_jsonl(folder / f"{number:06d}.jsonl", rows)
-            write_json(folder / f"{number:06d}.stats.json", asdict(stats))  # last: marks the chunk done
-            logger.info("%s: chunk %d done (%d queries)", unit, number, stats.queries)
-
-    def collect(self, unit: str, total: int, chunk_size: int) -> tuple[list[Path], MiningStats] | None:
-        """The chunk files and summed stats of ``unit``, or None while a chunk is missing."""
-        folder = self.out / PARTS / unit
-        files, stats = [], MiningStats()
-        for number in range((total + chunk_size - 1) // chunk_size):
-            done = folder / f"{number:06d}.stats.json"
-            if not done.is_file():
-                return None
-            stats.add(MiningStats.from_dict(json.loads(done.read_text(encoding="utf-8"))))
-            files.append(folder / f"{number:06d}.jsonl")
-        return files, stats
-
-    def finish(self, outputs: dict[str, list[Path]], stats: dict[str, MiningStats], extra: dict) -> None:
-        for target, parts in outputs.items():
-            with atomic_open(self.out / target, "w") as f:
-                for part in parts:
-                    f.write(part.read_text(encoding="utf-8"))
-        write_json(self.out / MANIFEST, {**self.identity, **extra, "mmembed_version": __version__,
-                                         "stats": {k: asdict(v) for k, v in stats.items()}})
-        shutil.rmtree(self.out / PARTS, ignore_errors=True)
 
 
 def _embed_queries(encoder: Encoder, items: list[Item], instructions: list[str | None], config: MiningConfig,
@@ -210,7 +99,7 @@ def mine_mbeir(encoder: Encoder, data_dir: str | os.PathLike, output_dir: str | 
     rule = config.rule()
     directory = MBEIRDirectory(data_dir)
     out = Path(output_dir)
-    job = _ChunkedJob(out, config, encoder.encoder_id, shard or default_shard())
+    job = ChunkedJob(out, asdict(config), encoder.encoder_id, shard or default_shard())
     tasks = directory.select_tasks(config.split, config.tasks)
     if (manifest := job.finished()) is not None:
         logger.info("reusing finished mining run at %s", out)
@@ -240,21 +129,8 @@ def mine_mbeir(encoder: Encoder, data_dir: str | os.PathLike, output_dir: str | 
             return _mine_chunk(chunk, ids, pool_modality, fallbacks, target, rule, config.seed)
 
         job.run(task.name, len(queries), config.chunk_size, work)
-    return _merge(job, {t.name: (f"{t.name}.jsonl", len(queries_of[t.name])) for t in tasks}, config,
+    return merge(job, {t.name: (f"{t.name}.jsonl", len(queries_of[t.name])) for t in tasks}, config.chunk_size,
                   {"data_dir": str(data_dir), "pool": str(pool_path)})
-
-
-def _merge(job: _ChunkedJob, units: dict[str, tuple[str, int]], config: MiningConfig, extra: dict) -> MiningResult:
-    outputs, stats = {}, {}
-    for unit, (target, total) in units.items():
-        collected = job.collect(unit, total, config.chunk_size)
-        if collected is None:
-            logger.info("shard %d/%d done; other shards are still mining", *job.shard)
-            return MiningResult(job.out, stats, False)
-        outputs[target] = collected[0]
-        stats[unit] = collected[1]
-    job.finish(outputs, stats, extra)
-    return MiningResult(job.out, stats, True)
 
 
 def _fallback_groups(pool_modality: dict[str, str]) -> dict[tuple[int, str], list[str]]:
@@ -299,7 +175,7 @@ def mine_beir(encoder: Encoder, beir_dir: str | os.PathLike, output_dir: str | o
     config = config or MiningConfig()
     rule = config.rule()
     out = Path(output_dir)
-    job = _ChunkedJob(out, config, encoder.encoder_id, shard or default_shard())
+    job = ChunkedJob(out, asdict(config), encoder.encoder_id, shard or default_shard())
     if (manifest := job.finished()) is not None:
         logger.info("reusing finished mining run at %s", out)
         return MiningResult(out, {k: MiningStats.from_dict(v) for k, v in manifest["stats"].items()}, True, True)
@@ -331,7 +207,7 @@ def mine_beir(encoder: Encoder, beir_dir: str | os.PathLike, output_dir: str | o
         return rows, stats
 
     job.run("beir", len(qids), config.chunk_size, work)
-    return _merge(job, {"beir": (BEIR_OUTPUT, len(qids))}, config, {"beir_dir": str(beir_dir)})
+    return merge(job, {"beir": (BEIR_OUTPUT, len(qids))}, config.chunk_size, {"beir_dir": str(beir_dir)})
 
 
 def stats_table(result: MiningResult) -> str:

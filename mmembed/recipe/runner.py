@@ -21,8 +21,8 @@ from pathlib import Path
 
 from mmembed.config import load_config
 from mmembed.errors import ConfigError
-from mmembed.mining.miner import MANIFEST as MINING_MANIFEST
-from mmembed.mining.miner import default_shard
+from mmembed.mining.jobs import MANIFEST as MINING_MANIFEST
+from mmembed.mining.jobs import default_shard
 from mmembed.recipe.config import RecipeConfig, Step
 
 logger = logging.getLogger(__name__)

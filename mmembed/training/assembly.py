@@ -91,7 +91,7 @@ def build_sources(data: DataSettings, instruction_mode: str) -> list[TrainingSou
 
 def mined_queries(directory: str, task: str) -> Path:
     """A task's query file in a finished ``mmembed mine`` output directory."""
-    from mmembed.mining.miner import MANIFEST
+    from mmembed.mining.jobs import MANIFEST
 
     path = Path(directory) / f"{task}.jsonl"
     if not (Path(directory) / MANIFEST).is_file():
