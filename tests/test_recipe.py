@@ -107,3 +107,16 @@ def test_the_shipped_recipes_load():
 
     for step in recipe.training_steps():
         assert step_train_config(recipe, step).output_dir == f"runs/cpu-default/{step.name}"
+
+
+def test_report_tables_show_shares_as_percentages():
+    from mmembed.recipe.report import summary_table, task_table
+    from mmembed.recipe.runner import ModelEvaluation
+
+    rows = [{"task": "t0", "arrow": "t->i", "metric": "hit@5", "pool": pool, "instructions": "random",
+             "score": score, "modality_error": error}
+            for pool, score, error in (("local", 0.25, None), ("global", 0.125, 0.5))]
+    evaluation = ModelEvaluation("m", "m", {"config": {"instruction_modes": ["random"]}, "results": rows},
+                                 {"scores": {"ndcg@10": 0.3}})
+    assert "| m     | 25.0      | 12.5       | 50.0" in summary_table([evaluation])
+    assert "| t0      | t->i | mod.err | 50.0 |" in task_table([evaluation], "global", "modality_error")

@@ -21,6 +21,7 @@ logger = logging.getLogger(__name__)
 
 
 def _pct(value: float | None) -> str:
+    """A share (scores and modality errors are stored in [0, 1]) as a percentage."""
     return "-" if value is None else f"{100 * value:.1f}"
 
 
@@ -46,8 +47,7 @@ def summary_table(evaluations: Sequence) -> str:
         local, glob = _rows(ev, "local"), _rows(ev, "global")
         error = _average(glob, "modality_error")
         text = ev.beir["scores"].get("ndcg@10") if ev.beir else None
-        rows.append([ev.label, _pct(_average(local)), _pct(_average(glob)),
-                     "-" if error is None else f"{error:.1f}", _pct(text)])
+        rows.append([ev.label, _pct(_average(local)), _pct(_average(glob)), _pct(error), _pct(text)])
     k = evaluations[0].mbeir["config"].get("modality_error_k", 5) if evaluations else 5
     return markdown_table(["model", "local avg", "global avg", f"global mod.err@{k} (%)", "text nDCG@10"], rows)
 
@@ -64,12 +64,11 @@ def task_table(evaluations: Sequence, pool: str, key: str = "score") -> str:
         for ev in evaluations:
             row = _rows(ev, pool).get(name)
             value = None if row is None else row.get(key)
-            cells.append("-" if value is None else (f"{value:.1f}" if key == "modality_error" else _pct(value)))
+            cells.append(_pct(value))
         body.append([name, first["arrow"], first["metric"] if key == "score" else "mod.err", *cells])
     averages = []
     for ev in evaluations:
-        value = _average(_rows(ev, pool), key)
-        averages.append("-" if value is None else (f"{value:.1f}" if key == "modality_error" else _pct(value)))
+        averages.append(_pct(_average(_rows(ev, pool), key)))
     body.append(["average", "", "", *averages])
     return markdown_table(["task", "q->c", "metric", *[ev.label for ev in evaluations]], body)
 
@@ -129,7 +128,7 @@ def write_plots(out: Path, evaluations: Sequence, training_dirs: dict[str, Path]
         width = 0.8 / max(len(evaluations), 1)
         for i, ev in enumerate(evaluations):
             rows = _rows(ev, "global")
-            values = [(rows[t].get(key) or 0.0) * (100 if key == "score" else 1) if t in rows else 0.0 for t in tasks]
+            values = [100 * (rows[t].get(key) or 0.0) if t in rows else 0.0 for t in tasks]
             ax.bar([x + i * width for x in range(len(tasks))], values, width, label=ev.label)
         ax.set_xticks([x + 0.4 - width / 2 for x in range(len(tasks))], tasks, rotation=30, ha="right", fontsize=8)
         ax.set_ylabel(ylabel)
