@@ -77,7 +77,10 @@ def test_every_step_runs_and_the_report_is_written(first_run):
 
 
 def test_a_second_run_skips_every_finished_step(recipe_file, first_run, capsys):
+    results = sorted((first_run.output_dir / "eval").glob("*/*.json"))
+    written = {p: p.stat().st_mtime_ns for p in results}
     assert main(["recipe", "run", str(recipe_file)]) == 0
+    assert {p: p.stat().st_mtime_ns for p in results} == written  # evaluations reused, not redone
     out = capsys.readouterr().out
     for name in ("stage1", "mine", "stage2", "text", "stage3"):
         assert f"{name}: skipped" in out

@@ -170,7 +170,9 @@ def evaluate_models(models: dict[str, str], data_dir: str, eval_config: dict, ou
 
 
 def _comparable(config: dict) -> dict:
-    return {k: v for k, v in config.items() if k not in ("show_progress", "mmembed_version")}
+    """The settings that decide a result, as JSON has them (tuples become lists)."""
+    kept = {k: v for k, v in config.items() if k not in ("show_progress", "mmembed_version")}
+    return json.loads(json.dumps(kept))
 
 
 def _mbeir_results(encoder, data_dir: str, config, target: Path) -> dict:
