@@ -178,14 +178,19 @@ def run_level(url: str, queries: list[dict], kind: str, clients: int, max_ok: in
                 if time.perf_counter() >= deadline:
                     return
 
+    result.wall_s = run_threads(client_loop, clients)
+    return result
+
+
+def run_threads(target, n: int) -> float:
+    """Run ``target`` in ``n`` threads at once; the wall seconds until all have finished."""
     started = time.perf_counter()
-    threads = [threading.Thread(target=client_loop) for _ in range(clients)]
+    threads = [threading.Thread(target=target) for _ in range(n)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    result.wall_s = time.perf_counter() - started
-    return result
+    return time.perf_counter() - started
 
 
 def burst(url: str, query: dict, n: int) -> Result:
@@ -201,13 +206,7 @@ def burst(url: str, query: dict, n: int) -> Result:
         with lock:
             result.samples.append(sample)
 
-    started = time.perf_counter()
-    threads = [threading.Thread(target=fire) for _ in range(n)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    result.wall_s = time.perf_counter() - started
+    result.wall_s = run_threads(fire, n)
     return result
 
 

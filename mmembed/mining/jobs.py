@@ -39,6 +39,12 @@ class MiningStats:
     wrong_modality_first: int = 0
     positive_in_top_k: int = 0
 
+    def count(self, chosen: list[tuple[str, str]]) -> None:
+        """Count one query's chosen ``(id, type)`` negatives."""
+        self.queries += 1
+        for _, kind in chosen:
+            self.negatives[kind] = self.negatives.get(kind, 0) + 1
+
     def add(self, other: MiningStats) -> None:
         self.queries += other.queries
         self.wrong_modality_first += other.wrong_modality_first
@@ -92,14 +98,17 @@ class ChunkedJob:
         else:
             write_json(stamp, self.identity)
 
-    def finished(self) -> dict | None:
-        """The manifest of a finished run with the same settings and encoder, if there is one."""
+    def finished(self) -> MiningResult | None:
+        """The result of a finished run with the same settings and encoder, if there is one."""
         path = self.out / MANIFEST
         if not path.is_file():
             return None
         manifest = json.loads(path.read_text(encoding="utf-8"))
-        same = all(manifest.get(k) == v for k, v in self.identity.items())
-        return manifest if same else None
+        if any(manifest.get(k) != v for k, v in self.identity.items()):
+            return None
+        logger.info("reusing finished mining run at %s", self.out)
+        stats = {k: MiningStats.from_dict(v) for k, v in manifest["stats"].items()}
+        return MiningResult(self.out, stats, complete=True, reused=True)
 
     def run(self, unit: str, total: int, chunk_size: int, work: Callable[[int, int], tuple[list, MiningStats]]) -> None:
         """Do this shard's missing chunks of ``unit`` (``work(start, stop)`` -> rows, stats)."""

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import logging
 import os
-from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -30,7 +29,7 @@ from mmembed.data.layout import MBEIRDirectory
 from mmembed.data.mbeir import query_to_dict, read_queries
 from mmembed.encoders.base import Encoder, Item, as_items
 from mmembed.errors import ConfigError, DataError, Location
-from mmembed.eval.pool_cache import MODALITY_CODES, EmbeddedPool, PoolEmbeddingCache
+from mmembed.eval.pool_cache import MODALITY_CODES, PoolEmbeddingCache
 from mmembed.index.faiss_index import FaissIndex
 from mmembed.instructions import INSTRUCTION_MODES
 from mmembed.mining.jobs import ChunkedJob, MiningResult, MiningStats, default_shard, merge
@@ -85,9 +84,9 @@ def _embed_queries(encoder: Encoder, items: list[Item], instructions: list[str |
     return encoder.encode_queries(items, instructions, batch_size=config.batch_size, show_progress=show_progress)
 
 
-def _index(pool: EmbeddedPool) -> FaissIndex:
-    index = FaissIndex(dim=pool.vectors.shape[1])
-    index.add(pool.ids, pool.vectors)
+def _index(ids: list[str], vectors: np.ndarray) -> FaissIndex:
+    index = FaissIndex(dim=vectors.shape[1])
+    index.add(ids, vectors)
     return index
 
 
@@ -101,15 +100,14 @@ def mine_mbeir(encoder: Encoder, data_dir: str | os.PathLike, output_dir: str | 
     out = Path(output_dir)
     job = ChunkedJob(out, asdict(config), encoder.encoder_id, shard or default_shard())
     tasks = directory.select_tasks(config.split, config.tasks)
-    if (manifest := job.finished()) is not None:
-        logger.info("reusing finished mining run at %s", out)
-        return MiningResult(out, {k: MiningStats.from_dict(v) for k, v in manifest["stats"].items()}, True, True)
+    if (done := job.finished()) is not None:
+        return done
     pool_path = directory.global_pool(config.split)
     if not pool_path.is_file():
         raise DataError("the split's global candidate pool is needed for mining", Location(str(pool_path)))
     cache = PoolEmbeddingCache(encoder, directory.images, config.cache_dir, config.batch_size, show_progress)
     pool = cache.embed_file(pool_path)
-    index = _index(pool)
+    index = _index(pool.ids, pool.vectors)
     names = [m for m, _ in sorted(MODALITY_CODES.items(), key=lambda kv: kv[1])]
     pool_modality = {did: names[code].value for did, code in zip(pool.ids, pool.modalities)}
     fallbacks = _fallback_groups(pool_modality)
@@ -151,11 +149,9 @@ def _mine_chunk(queries: Sequence[Query], ids: np.ndarray, pool_modality: dict[s
         positives = set(query.pos)
         chosen = modality_aware_negatives(ranked, modalities, positives, target, rule, key=f"{seed}:{query.qid}",
                                           fallback=fallbacks.get((query.dataset_id, target), ()))
-        stats.queries += 1
+        stats.count(chosen)
         stats.wrong_modality_first += bool(modalities) and modalities[0] != target
         stats.positive_in_top_k += any(did in positives for did in ranked[: rule.k])
-        for kind, n in Counter(kind for _, kind in chosen).items():
-            stats.negatives[kind] += n
         row = query_to_dict(query)
         row["neg_cand_list"] = [did for did, _ in chosen]
         row["neg_cand_types"] = [kind for _, kind in chosen]
@@ -176,17 +172,15 @@ def mine_beir(encoder: Encoder, beir_dir: str | os.PathLike, output_dir: str | o
     rule = config.rule()
     out = Path(output_dir)
     job = ChunkedJob(out, asdict(config), encoder.encoder_id, shard or default_shard())
-    if (manifest := job.finished()) is not None:
-        logger.info("reusing finished mining run at %s", out)
-        return MiningResult(out, {k: MiningStats.from_dict(v) for k, v in manifest["stats"].items()}, True, True)
+    if (done := job.finished()) is not None:
+        return done
     beir = load_beir(beir_dir, config.split)
     doc_ids = sorted(beir.corpus)
     qids = [q for q in sorted(beir.queries) if any(s > 0 for s in beir.qrels.get(q, {}).values())]
     logger.info("embedding %d corpus documents of %s", len(doc_ids), beir_dir)
     docs = [Item(d, beir.corpus[d].full_text, None) for d in doc_ids]
     vectors = encoder.encode_candidates(docs, batch_size=config.batch_size, show_progress=show_progress)
-    index = FaissIndex(dim=vectors.shape[1])
-    index.add(doc_ids, vectors)
+    index = _index(doc_ids, vectors)
 
     def work(start: int, stop: int) -> tuple[list, MiningStats]:
         chunk = qids[start:stop]
@@ -198,10 +192,8 @@ def mine_beir(encoder: Encoder, beir_dir: str | os.PathLike, output_dir: str | o
             positives = {d for d, s in beir.qrels[qid].items() if s > 0}
             ranked = [d for d in ranked if d is not None]
             chosen = window_negatives(ranked, positives, rule, key=f"{config.seed}:{qid}", fallback=doc_ids)
-            stats.queries += 1
+            stats.count(chosen)
             stats.positive_in_top_k += any(d in positives for d in ranked)
-            for kind, n in Counter(kind for _, kind in chosen).items():
-                stats.negatives[kind] += n
             rows.append({"qid": qid, "neg_cand_list": [d for d, _ in chosen],
                          "neg_cand_types": [kind for _, kind in chosen]})
         return rows, stats
