@@ -294,6 +294,22 @@ def test_task_homogeneous_batches(mixed):
     assert sum(len(b) for b in global_batches(mix)) == 64 > sum(len(b) for b in global_batches(drop))
 
 
+def test_task_homogeneous_share_mixes_the_rest(mixed):
+    data = ContrastiveDataset(mixed)
+    sampler = ContrastiveBatchSampler(data, 8, seed=4, task_homogeneous=0.5, avoid_conflicts=False)
+    batches = global_batches(sampler)
+    single = [b for b in batches if len({data.task_key(r) for r in b}) == 1]
+    assert 2 <= len(single) < len(batches)          # about half the rows batched per task, the rest mixed
+    assert sum(len(b) for b in batches) == 80          # the per-task remainders are mixed, not dropped
+    assert global_batches(ContrastiveBatchSampler(data, 8, seed=4, task_homogeneous=0.5,
+                                                  avoid_conflicts=False)) == batches
+    full = ContrastiveBatchSampler(data, 8, seed=4, task_homogeneous=1.0, avoid_conflicts=False)
+    assert global_batches(full) == global_batches(ContrastiveBatchSampler(data, 8, seed=4, task_homogeneous=True,
+                                                                          avoid_conflicts=False))
+    with pytest.raises(ConfigError, match="task_homogeneous"):
+        ContrastiveBatchSampler(data, 8, task_homogeneous=1.5)
+
+
 def test_mixing_weights_set_each_group_share(mixed):
     data = ContrastiveDataset(mixed)
     sampler = ContrastiveBatchSampler(data, 8, seed=0, weights={"mbeir": 1, "text": 3}, examples_per_epoch=80,

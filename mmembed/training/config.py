@@ -94,7 +94,8 @@ class DataSettings:
     #: ``{group: weight}`` mixing source groups (every group listed); ``None`` mixes in proportion to size.
     weights: dict | None = None
     examples_per_epoch: int | None = None
-    task_homogeneous: bool = False
+    #: Single-task batches: true, false, or the share of rows batched per task (the rest mixed).
+    task_homogeneous: bool | float = False
     task_remainder: Literal["drop", "mix"] = "drop"
     num_workers: int = 0
 

@@ -14,7 +14,10 @@ Planning an epoch:
    through fresh permutations (up-sampling); a smaller share takes a random subset.
 2. The selected rows are shuffled; with ``task_homogeneous=True`` they are split by task key and
    each batch is drawn from one task (per-task remainders are dropped, or with
-   ``task_remainder="mix"`` batched together), then the batch order is shuffled.
+   ``task_remainder="mix"`` batched together), then the batch order is shuffled. A share between 0
+   and 1 (``task_homogeneous=0.5``) puts that share of the rows into single-task batches and the
+   rest (with the per-task remainders) into mixed ones: single-task batches bring hard same-task
+   negatives, mixed ones the other modalities a model must learn to rank below the right one.
 3. Batches are filled greedily in stream order, skipping (and retrying in the next batch) a row
    that would put the same candidate twice in the batch: two queries sharing a positive, one's
    positive among another's negatives, a shared negative, the same query twice. When no compatible
@@ -71,8 +74,10 @@ class ContrastiveBatchSampler:
         weights: ``{group: weight}`` mixing the source groups (every group must be listed; 0
             leaves one out); ``None`` mixes in proportion to size.
         examples_per_epoch: rows drawn per epoch (default: every row once).
-        task_homogeneous: every batch from one task key; ``task_remainder`` says what happens to
-            the rows of a task that do not fill a last batch.
+        task_homogeneous: every batch from one task key (``True``), or the share of the rows that
+            go into single-task batches (a number in [0, 1]; the others are mixed);
+            ``task_remainder`` says what happens to the rows of a task that do not fill a last
+            single-task batch when every batch is single-task (with a share below 1 they are mixed).
         avoid_conflicts: keep a candidate (or query) from appearing twice in a batch.
         lookahead: how many incompatible rows a batch may skip before it is completed anyway
             (default: 8 global batches).
@@ -81,7 +86,7 @@ class ContrastiveBatchSampler:
 
     def __init__(self, dataset: ContrastiveDataset, global_batch_size: int, *, seed: int = 0,
                  weights: Mapping[str, float] | None = None, examples_per_epoch: int | None = None,
-                 task_homogeneous: bool = False, task_remainder: TaskRemainder = "drop",
+                 task_homogeneous: bool | float = False, task_remainder: TaskRemainder = "drop",
                  avoid_conflicts: bool = True, lookahead: int | None = None, num_replicas: int = 1, rank: int = 0):
         if global_batch_size < 1:
             raise ConfigError(f"global_batch_size must be >= 1, got {global_batch_size}")
@@ -90,12 +95,14 @@ class ContrastiveBatchSampler:
                               f"{global_batch_size}")
         if task_remainder not in ("drop", "mix"):
             raise ConfigError(f"unknown task_remainder {task_remainder!r}; expected 'drop' or 'mix'")
+        if not 0 <= float(task_homogeneous) <= 1:
+            raise ConfigError(f"task_homogeneous must be true, false or a share in [0, 1], got {task_homogeneous}")
         self.dataset = dataset
         self.global_batch_size = global_batch_size
         self.seed = seed
         self.weights = self._check_weights(weights)
         self.examples_per_epoch = examples_per_epoch or len(dataset)
-        self.task_homogeneous = task_homogeneous
+        self.task_homogeneous = float(task_homogeneous)
         self.task_remainder = task_remainder
         self.avoid_conflicts = avoid_conflicts
         self.lookahead = lookahead or 8 * global_batch_size
@@ -170,11 +177,7 @@ class ContrastiveBatchSampler:
             return self._plan[1]
         rng = np.random.default_rng([self.seed, epoch])
         stream = rng.permutation(self._select(rng))
-        if self.task_homogeneous:
-            batches, leftovers = self._homogeneous(stream, epoch)
-        else:
-            batches, rest = self._fill(stream, epoch)
-            leftovers = len(rest)
+        batches, leftovers = self._batches(stream, epoch)
         order = rng.permutation(len(batches)) if self.task_homogeneous else np.arange(len(batches))
         plan = np.asarray([batches[i] for i in order], dtype=np.int64).reshape(-1, self.global_batch_size)
         if not len(plan):
@@ -209,19 +212,24 @@ class ContrastiveBatchSampler:
             parts.append(rows.start + np.concatenate(cycles)[:quota] if cycles else np.zeros(0, dtype=np.int64))
         return np.concatenate(parts)
 
-    def _homogeneous(self, stream: np.ndarray, epoch: int) -> tuple[list[list[int]], int]:
+    def _batches(self, stream: np.ndarray, epoch: int) -> tuple[list[list[int]], int]:
+        """Single-task batches from the first ``task_homogeneous`` share of the stream, mixed
+        batches from the rest; returns the batches and how many rows are left over."""
+        cut = round(self.task_homogeneous * len(stream))
         by_task: dict[str, list[int]] = {}
-        for row in stream.tolist():
+        for row in stream[:cut].tolist():
             by_task.setdefault(self.dataset.task_key(row), []).append(row)
         batches, rest = [], []
         for task in sorted(by_task):
             task_batches, leftover = self._fill(np.asarray(by_task[task]), epoch)
             batches += task_batches
             rest += leftover
-        if self.task_remainder == "mix" and rest:
-            mixed, dropped = self._fill(np.asarray(rest), epoch)
-            return batches + mixed, len(dropped)
-        return batches, len(rest)
+        dropped = len(rest) if cut == len(stream) and self.task_remainder == "drop" else 0
+        mixed_stream = stream[cut:] if dropped else np.concatenate([np.asarray(rest, dtype=np.int64), stream[cut:]])
+        if not len(mixed_stream):
+            return batches, dropped
+        mixed, unfilled = self._fill(mixed_stream, epoch)
+        return batches + mixed, dropped + len(unfilled)
 
     def _fill(self, stream: np.ndarray, epoch: int) -> tuple[list[list[int]], list[int]]:
         """Greedy conflict-free batches in stream order; returns batches and the rows left over."""
