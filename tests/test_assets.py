@@ -29,9 +29,10 @@ def test_every_shipped_model_is_registered_and_matches_the_recipe_output():
         assert name in named_models()
 
 
-def test_the_shipped_checkpoints_are_small():
-    total = sum(p.stat().st_size for p in (ROOT / "cpu-default").rglob("*") if p.is_file())
-    assert total < 10_000_000, f"{total / 1e6:.1f} MB shipped"
+@pytest.mark.parametrize("relative", sorted(SHIPPED.values()))
+def test_each_shipped_checkpoint_is_under_10_mb(relative):
+    size = sum(p.stat().st_size for p in (ROOT / relative).rglob("*") if p.is_file())
+    assert size < 10_000_000, f"{relative}: {size / 1e6:.1f} MB"
 
 
 @pytest.mark.parametrize("name", sorted(SHIPPED))
