@@ -225,6 +225,7 @@ class ContrastiveBatchSampler:
             batches += task_batches
             rest += leftover
         dropped = len(rest) if cut == len(stream) and self.task_remainder == "drop" else 0
+        # The remainders go first, grouped by task: a few of the mixed batches are mostly one task.
         mixed_stream = stream[cut:] if dropped else np.concatenate([np.asarray(rest, dtype=np.int64), stream[cut:]])
         if not len(mixed_stream):
             return batches, dropped
