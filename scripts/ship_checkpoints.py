@@ -15,6 +15,8 @@ import hashlib
 import shutil
 from pathlib import Path
 
+from mmembed.fileio import write_text
+
 RUNS = ("stage1", "stage2", "stage3", "fusion")
 FILES = ("config.json", "model.safetensors")
 
@@ -33,7 +35,7 @@ def main() -> None:
             shutil.copyfile(final / name, assets / run / name)
         digest = hashlib.sha256((final / "model.safetensors").read_bytes()).hexdigest()
         sums.append(f"{digest}  {run}/final/model.safetensors\n")
-    (assets / "SHA256SUMS").write_text("".join(sums))
+    write_text(assets / "SHA256SUMS", "".join(sums))
     total = sum(p.stat().st_size for p in assets.rglob("*") if p.is_file())
     print(f"shipped {len(RUNS)} models, {total / 1e6:.1f} MB in {assets}")
 

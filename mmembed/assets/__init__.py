@@ -2,7 +2,7 @@
 
 ``mmembed/assets/cpu-default/<run>/`` holds the final models of the CPU default recipe
 (``mmembed recipe run recipes/cpu-default/recipe.yaml``), stored as float16 LoRA factors plus the
-projector (1.7-2.6 MB each; see README.md there for the exact reproduction check):
+projector (2.3-3.3 MB each; see README.md there for the exact reproduction check):
 
 - ``cpu-default-stage1``: stage 1 (in-batch negatives);
 - ``cpu-default-stage2``: stage 2 (modality-aware hard negatives mined by stage 1);

@@ -224,13 +224,11 @@ class ContrastiveBatchSampler:
             task_batches, leftover = self._fill(np.asarray(by_task[task]), epoch)
             batches += task_batches
             rest += leftover
-        dropped = len(rest) if cut == len(stream) and self.task_remainder == "drop" else 0
+        if cut == len(stream) and self.task_remainder == "drop":
+            return batches, len(rest)
         # The remainders go first, grouped by task: a few of the mixed batches are mostly one task.
-        mixed_stream = stream[cut:] if dropped else np.concatenate([np.asarray(rest, dtype=np.int64), stream[cut:]])
-        if not len(mixed_stream):
-            return batches, dropped
-        mixed, unfilled = self._fill(mixed_stream, epoch)
-        return batches + mixed, dropped + len(unfilled)
+        mixed, unfilled = self._fill(np.concatenate([np.asarray(rest, dtype=np.int64), stream[cut:]]), epoch)
+        return batches + mixed, len(unfilled)
 
     def _fill(self, stream: np.ndarray, epoch: int) -> tuple[list[list[int]], list[int]]:
         """Greedy conflict-free batches in stream order; returns batches and the rows left over."""
