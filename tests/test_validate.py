@@ -92,10 +92,23 @@ def test_image_errors_name_the_item(tmp_path):
     assert image.mode == "RGB" and image.getpixel((0, 0)) == (255, 255, 255)  # transparency -> white
 
 
-def test_symlink_out_of_the_root_is_refused(tmp_path):
-    root = tmp_path / "root"
+def test_image_folder_linked_in_from_elsewhere_is_followed(tmp_path):
+    """M-BEIR users link the image archive in: ``mbeir_images -> /data/...`` must be read."""
+    root, elsewhere = tmp_path / "M-BEIR", tmp_path / "data" / "mbeir_images"
+    (elsewhere / "coco").mkdir(parents=True)
     root.mkdir()
-    Image.new("RGB", (4, 4)).save(tmp_path / "secret.png")
-    (root / "link.png").symlink_to(tmp_path / "secret.png")
-    with pytest.raises(ImageError, match="escapes the image root"):
-        ImageStore(root).load("link.png", "1:1")
+    Image.new("RGB", (4, 4), (10, 20, 30)).save(elsewhere / "coco" / "a.png")
+    (root / "mbeir_images").symlink_to(elsewhere, target_is_directory=True)
+    image = ImageStore(root).load("mbeir_images/coco/a.png", "9:1")
+    assert image.getpixel((0, 0)) == (10, 20, 30)
+
+
+@pytest.mark.parametrize(("path", "message"), [
+    ("mbeir_images/../../secret.png", "escapes the image root"),
+    ("a\\..\\..\\secret.png", "escapes the image root"),
+    ("C:/secret.png", "must be relative"),
+    ("a\0.png", "NUL byte"),
+])
+def test_paths_are_checked_lexically(tmp_path, path, message):
+    with pytest.raises(ImageError, match=message):
+        ImageStore(tmp_path).load(path, "1:1")

@@ -1,13 +1,16 @@
 """Images under one root: path checks, lazy loading, RGB conversion and a pixel limit.
 
-Paths in M-BEIR files are relative to the image root; a path that would escape it (absolute,
-``..``, or a symlink pointing outside) is refused, so a data file cannot make us read arbitrary
-files.
+Paths in M-BEIR files are relative to the image root and are checked *lexically*: absolute
+paths, ``..`` components, NUL bytes and drive letters are refused, so a data file cannot name a
+file outside the root. Symlinks inside the root are followed: M-BEIR users keep the 169 GB image
+archive elsewhere and link it in (``M-BEIR/mbeir_images -> /data/mbeir_images``), and whoever
+can create a link inside the data root already chose what it serves.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +23,19 @@ from mmembed.errors import ImageError, Location
 DEFAULT_MAX_PIXELS = 40_000_000
 
 
+def unsafe_relative_path(rel_path: str) -> str | None:
+    """Why ``rel_path`` may not be used under a root (``None`` when it may): a lexical check."""
+    if not rel_path or not rel_path.strip():
+        return "is empty"
+    if "\0" in rel_path:
+        return "contains a NUL byte"
+    if os.path.isabs(rel_path) or rel_path.startswith(("/", "\\")) or re.match(r"^[A-Za-z]:", rel_path):
+        return "must be relative to the image root"
+    if ".." in re.split(r"[/\\]", rel_path):
+        return "escapes the image root (a '..' component)"
+    return None
+
+
 class ImageStore:
     """Resolves and loads the images of a dataset under ``root``."""
 
@@ -28,14 +44,12 @@ class ImageStore:
         self.max_pixels = max_pixels
 
     def resolve(self, rel_path: str, item_id: str | None = None) -> Path:
-        """The absolute path of ``rel_path``; refuses paths that leave the root."""
+        """The path of ``rel_path`` under the root (symlinks inside it are followed when read)."""
         loc = Location(item=item_id, field="img_path")
-        if not rel_path or os.path.isabs(rel_path) or rel_path.startswith(("/", "\\")):
-            raise ImageError(f"image path {rel_path!r} must be relative to the image root", loc)
-        path = (self.root / rel_path).resolve()
-        if not path.is_relative_to(self.root):
-            raise ImageError(f"image path {rel_path!r} escapes the image root {self.root}", loc)
-        return path
+        problem = unsafe_relative_path(rel_path)
+        if problem:
+            raise ImageError(f"image path {rel_path!r} {problem}", loc)
+        return self.root / rel_path
 
     def ref(self, rel_path: str | None, item_id: str) -> LazyImage | None:
         """A lazy handle on an item's image (``None`` when it has none)."""
