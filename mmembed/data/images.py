@@ -15,6 +15,7 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 from PIL import Image
 
 from mmembed.errors import ImageError, Location
@@ -104,21 +105,58 @@ def load_image_file(path: Path, item_id: str | None, max_pixels: int = DEFAULT_M
                 check_pixels(im.size, item_id, max_pixels)  # before decoding any pixel data
                 im.load()
                 return to_rgb(im)
-    except ImageError:
-        raise
+    except ImageError as e:
+        raise ImageError(e.reason, loc) from None  # the file, which pixel and mode checks do not know
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         raise ImageError(f"image refused as a decompression bomb: {e}", loc) from None
     except (OSError, SyntaxError, ValueError) as e:
         raise ImageError(f"unreadable image: {e}", loc) from None
 
 
+#: Modes with an alpha channel (``La`` / ``RGBa``: premultiplied), composited on white.
+_ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
+
+
 def to_rgb(image: Image.Image) -> Image.Image:
-    """RGB pixels; transparent areas become white (emoji and icons are drawn on transparency)."""
-    if image.mode == "RGB":
+    """8-bit RGB pixels of any PIL mode; transparent areas become white (emoji and icons are drawn on
+    transparency).
+
+    PIL's own ``convert("RGB")`` clips high-depth greyscale to 0-255, so a 16-bit PNG (mode ``I;16``)
+    would read as all white: 16-bit and 32-bit integer images (``I;16*``, ``I``, which PNG and TIFF
+    16-bit greyscale decode to) are scaled from 0-65535 instead, and float images (``F``) from 0-1
+    when every value lies in [0, 1] (normalised data), else taken as 0-255. Modes PIL cannot
+    convert are an :class:`ImageError`, never a silently wrong picture.
+    """
+    mode = image.mode
+    if mode == "RGB":
         return image
-    if image.mode in ("RGBA", "LA") or (image.mode == "P" and "transparency" in image.info):
+    if mode == "I" or mode.startswith("I;16"):
+        return _grey_rgb(np.asarray(image, dtype=np.float64) / 257.0)
+    if mode == "F":
+        values = np.asarray(image, dtype=np.float64)
+        finite = values[np.isfinite(values)]
+        normalised = finite.size > 0 and finite.min() >= 0.0 and finite.max() <= 1.0
+        return _grey_rgb(np.nan_to_num(values) * (255.0 if normalised else 1.0))
+    if mode == "La":  # premultiplied: PIL converts it to nothing, so un-premultiply by hand
+        grey, alpha = (np.asarray(image, dtype=np.float64)[..., i] for i in (0, 1))
+        return _on_white(_grey_rgb(grey * 255.0 / np.maximum(alpha, 1.0)), alpha)
+    if mode in _ALPHA_MODES or (mode == "P" and "transparency" in image.info):
         rgba = image.convert("RGBA")
-        canvas = Image.new("RGB", rgba.size, (255, 255, 255))
-        canvas.paste(rgba, mask=rgba.getchannel("A"))
-        return canvas
-    return image.convert("RGB")
+        return _on_white(rgba.convert("RGB"), np.asarray(rgba.getchannel("A"), dtype=np.float64))
+    try:
+        return image.convert("RGB")
+    except ValueError as e:
+        raise ImageError(f"image mode {mode!r} cannot be converted to RGB: {e}") from None
+
+
+def _grey_rgb(values: np.ndarray) -> Image.Image:
+    grey = np.clip(np.rint(values), 0, 255).astype(np.uint8)
+    return Image.fromarray(np.repeat(grey[..., None], 3, axis=2), "RGB")
+
+
+def _on_white(rgb: Image.Image, alpha: np.ndarray) -> Image.Image:
+    """``rgb`` composited over white with ``alpha`` (0-255)."""
+    mask = Image.fromarray(np.clip(np.rint(alpha), 0, 255).astype(np.uint8), "L")
+    canvas = Image.new("RGB", rgb.size, (255, 255, 255))
+    canvas.paste(rgb, mask=mask)
+    return canvas
