@@ -18,12 +18,22 @@ __all__ = ["FORMAT_VERSION", "FaissIndex", "IndexManifest", "SearchResult", "Vec
 _ENGINES: dict[str, type] = {"faiss": FaissIndex}
 
 
+def _engine(name: str) -> type | None:
+    """The index class of an engine; Milvus is imported only when asked for (pymilvus is optional)."""
+    if name == "milvus":
+        from mmembed.index.milvus_index import MilvusIndex
+
+        return MilvusIndex
+    return _ENGINES.get(name)
+
+
 def load_index(directory: str | os.PathLike, *, expected_dim: int | None = None,
                expected_encoder_id: str | None = None) -> VectorIndex:
     """Load a saved index with the engine its manifest names, checking dimension and encoder."""
     engine = read_manifest(directory).engine
-    if engine not in _ENGINES:
+    cls = _engine(engine)
+    if cls is None:
         raise IndexMismatchError(
-            f"{directory}: index engine {engine!r} is not available; known engines: {', '.join(_ENGINES)}"
+            f"{directory}: index engine {engine!r} is not available; known engines: faiss, milvus"
         )
-    return _ENGINES[engine].load(directory, expected_dim=expected_dim, expected_encoder_id=expected_encoder_id)
+    return cls.load(directory, expected_dim=expected_dim, expected_encoder_id=expected_encoder_id)

@@ -11,8 +11,10 @@ built for another encoder or dimension is refused with a message instead of retu
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple, Protocol, runtime_checkable
@@ -27,6 +29,19 @@ FORMAT_VERSION = 1
 MANIFEST_FILE = "manifest.json"
 #: The only similarity indexes use: inner product over unit vectors (cosine).
 METRIC = "ip"
+
+
+def ids_fingerprint(ids: Iterable[str]) -> str:
+    """sha256 of an ordered id list (each id JSON-quoted on its own line, so no id can fake a separator).
+
+    Saved with the vectors as ``extra["ids_sha256"]``: a candidates or ids file that is truncated,
+    shuffled or from another pool no longer matches it.
+    """
+    digest = hashlib.sha256()
+    for did in ids:
+        digest.update(json.dumps(did, ensure_ascii=False).encode("utf-8"))
+        digest.update(b"\n")
+    return digest.hexdigest()
 
 
 class SearchResult(NamedTuple):

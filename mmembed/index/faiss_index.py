@@ -24,7 +24,15 @@ import numpy as np
 from mmembed import __version__
 from mmembed.errors import ConfigError, DataError, IndexMismatchError, Location, MissingDependencyError
 from mmembed.fileio import atomic_directory
-from mmembed.index.base import IndexManifest, SearchResult, check_expected, read_manifest
+from mmembed.index.base import (
+    IndexManifest,
+    SearchResult,
+    VectorIndex,
+    check_expected,
+    ids_fingerprint,
+    read_manifest,
+)
+from mmembed.index.integrity import check_retrieval_siblings
 from mmembed.types import first_repeat
 
 log = logging.getLogger(__name__)
@@ -260,7 +268,7 @@ class FaissIndex:
             engine=ENGINE, dim=self.dim, count=len(self), factory=self.factory, dtype=self.dtype,
             encoder_id=self.encoder_id, created_by=f"mmembed {__version__}",
             extra={"faiss_factory": storage_factory(self.factory, self.dtype), "faiss_version": faiss.__version__,
-                   "search_params": self.search_params},
+                   "search_params": self.search_params, "ids_sha256": ids_fingerprint(self._ids)},
         )
         with atomic_directory(directory) as staging:
             faiss.write_index(self._index, str(staging / INDEX_FILE))
@@ -270,12 +278,20 @@ class FaissIndex:
 
     @classmethod
     def load(cls, directory: str | os.PathLike, *, expected_dim: int | None = None,
-             expected_encoder_id: str | None = None) -> FaissIndex:
-        """Read a saved index; refuse one for another dimension/encoder or with inconsistent files."""
+             expected_encoder_id: str | None = None) -> FaissIndex | VectorIndex:
+        """Read a saved index; refuse one for another dimension/encoder or with inconsistent files.
+
+        An index saved by another engine (``manifest.json`` names it) is opened by that engine,
+        so callers written against FAISS also read a Milvus index.
+        """
         directory = Path(directory)
         manifest = read_manifest(directory)
+        if manifest.engine != ENGINE:
+            from mmembed.index import load_index
+
+            return load_index(directory, expected_dim=expected_dim, expected_encoder_id=expected_encoder_id)
         check_expected(manifest, directory, expected_dim=expected_dim, expected_encoder_id=expected_encoder_id)
-        if manifest.engine != ENGINE or manifest.dtype not in DTYPES:
+        if manifest.dtype not in DTYPES:
             raise IndexMismatchError(
                 f"{directory}: manifest describes a {manifest.engine!r} index of dtype {manifest.dtype!r}; "
                 f"this loader reads {ENGINE!r} indexes of dtype {' or '.join(DTYPES)}"
@@ -283,6 +299,7 @@ class FaissIndex:
         index = _read_faiss(directory / INDEX_FILE)
         ids = _read_ids(directory / IDS_FILE)
         _check_consistent(directory, manifest, index, ids)
+        check_retrieval_siblings(directory, ids)
         loaded = cls.__new__(cls)
         loaded._setup(index, manifest.factory, manifest.dtype, manifest.encoder_id, ids)
         loaded.set_search_params(**dict(manifest.extra.get("search_params") or {}))
@@ -397,3 +414,14 @@ def _check_consistent(directory: Path, manifest: IndexManifest, index: Any, ids:
         )
     if index.metric_type != _faiss().METRIC_INNER_PRODUCT:
         raise IndexMismatchError(f"{directory}: {INDEX_FILE} does not use inner product")
+    check_ids_fingerprint(directory, manifest, ids)
+
+
+def check_ids_fingerprint(directory: Path, manifest: IndexManifest, ids: list[str]) -> None:
+    """The ids file must be the one saved with these vectors (indexes saved before fingerprints pass)."""
+    expected = manifest.extra.get("ids_sha256")
+    if expected is not None and ids_fingerprint(ids) != expected:
+        raise IndexMismatchError(
+            f"{directory / IDS_FILE}: the ids are not those saved with these vectors (same count, other ids or "
+            "another order); the index directory was mixed with another one, rebuild it"
+        )

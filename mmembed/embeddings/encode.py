@@ -1,0 +1,176 @@
+"""Sharded, resumable encoding of a candidate pool into an embeddings directory (see :mod:`.store`).
+
+``shard=(i, n)`` encodes chunks ``i, i + n, i + 2n, ...``; under ``torchrun`` it defaults to
+(RANK, WORLD_SIZE). Finished chunks are skipped on a rerun, so a killed job loses at most the
+chunk it was on. Whichever shard finds every chunk present writes the manifest.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from mmembed import __version__
+from mmembed.data.images import ImageStore
+from mmembed.data.mbeir import read_candidates
+from mmembed.embeddings.store import (
+    CHUNKS,
+    DTYPES,
+    MANIFEST,
+    EmbeddingSet,
+    Identity,
+    Manifest,
+    chunk_path,
+    claim_directory,
+    ids_fingerprint,
+    read_chunk,
+    write_chunk,
+)
+from mmembed.encoders.base import Encoder, as_items
+from mmembed.errors import ConfigError, DataError, IndexMismatchError, Location
+from mmembed.eval.pool_cache import MODALITY_CODES, file_sha256
+from mmembed.fileio import write_json
+from mmembed.types import Candidate
+
+log = logging.getLogger(__name__)
+
+#: Rows per chunk: the unit of resumption (a kill loses at most this much work).
+DEFAULT_CHUNK_SIZE = 4096
+
+
+@dataclass(frozen=True)
+class EncodeResult:
+    directory: Path
+    #: Chunks this process encoded now / found already done.
+    encoded: int
+    reused: int
+    #: True when every chunk of every shard exists and the manifest is written.
+    complete: bool
+
+
+def default_shard() -> tuple[int, int]:
+    """(rank, world size) under torchrun / accelerate, else (0, 1)."""
+    try:
+        return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    except ValueError:
+        raise ConfigError("RANK / WORLD_SIZE must be integers (as torchrun sets them)") from None
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """``"I/N"`` -> ``(I, N)`` with ``0 <= I < N``."""
+    try:
+        index, count = (int(part) for part in text.split("/"))
+    except ValueError:
+        raise ConfigError(f"--shard must look like I/N (e.g. 0/2), got {text!r}") from None
+    check_shard((index, count))
+    return index, count
+
+
+def check_shard(shard: tuple[int, int]) -> None:
+    index, count = shard
+    if count < 1 or not 0 <= index < count:
+        raise ConfigError(f"shard must be I/N with 0 <= I < N, got {index}/{count}")
+
+
+def guess_image_root(pool_path: Path) -> Path:
+    """M-BEIR image paths are relative to the dataset root, two levels above cand_pool/<kind>/."""
+    parents = pool_path.resolve().parents
+    if len(parents) >= 3 and parents[1].name == "cand_pool":
+        return parents[2]
+    return pool_path.resolve().parent
+
+
+def encode_pool(encoder: Encoder, pool_path: str | os.PathLike, out: str | os.PathLike, *,
+                image_root: str | os.PathLike | None = None, shard: tuple[int, int] | None = None,
+                dtype: str = "float16", chunk_size: int = DEFAULT_CHUNK_SIZE, batch_size: int = 64,
+                encoder_spec: str | None = None, show_progress: bool = False) -> EncodeResult:
+    """Encode this shard's chunks of the pool at ``pool_path`` into ``out``; resume where it stopped."""
+    if dtype not in DTYPES:
+        raise ConfigError(f"embedding dtype {dtype!r} is not supported; choose one of {', '.join(DTYPES)}")
+    if chunk_size < 1:
+        raise ConfigError(f"chunk size must be positive, got {chunk_size}")
+    shard = shard or default_shard()
+    check_shard(shard)
+    pool_path, out = Path(pool_path), Path(out)
+    candidates = read_candidates(pool_path)
+    if not candidates:
+        raise DataError("the candidate pool is empty", Location(str(pool_path)))
+    identity = Identity("candidates", encoder.encoder_id, file_sha256(pool_path),
+                        ids_fingerprint(c.did for c in candidates), len(candidates), encoder.dim, dtype, chunk_size)
+    claim_directory(out, identity)
+    images = ImageStore(image_root or guess_image_root(pool_path))
+    mine = list(range(shard[0], identity.num_chunks, shard[1]))
+    _remove_stale_temporaries(out, mine)
+    todo = [c for c in mine if not _chunk_done(out, c, identity, candidates)]
+    log.info("shard %d/%d: %d of its %d chunks to encode (%d rows each) into %s", shard[0], shard[1], len(todo),
+             len(mine), chunk_size, out)
+    for chunk in _progress(todo, show_progress, f"encoding shard {shard[0]}/{shard[1]}"):
+        start, stop = identity.chunk_rows(chunk)
+        _encode_chunk(encoder, candidates[start:stop], images, out, chunk, dtype, batch_size)
+    complete = _finish(out, identity, Manifest(identity, encoder_spec, str(pool_path.resolve()),
+                                               f"mmembed {__version__}"))
+    return EncodeResult(out, len(todo), len(mine) - len(todo), complete)
+
+
+def _encode_chunk(encoder: Encoder, rows: list[Candidate], images: ImageStore, out: Path, chunk: int,
+                  dtype: str, batch_size: int) -> None:
+    vectors = np.asarray(encoder.encode_candidates(as_items(rows, images), batch_size=batch_size), dtype=np.float32)
+    if vectors.shape != (len(rows), encoder.dim):
+        raise IndexMismatchError(f"encoder {encoder.encoder_id!r} returned shape {vectors.shape} for "
+                                 f"{len(rows)} candidates of dimension {encoder.dim}")
+    bad = ~np.isfinite(vectors).all(axis=1)
+    if bad.any():
+        raise DataError("the encoder returned NaN or infinite values", Location(item=rows[int(np.argmax(bad))].did))
+    modalities = np.array([MODALITY_CODES[c.modality] for c in rows], dtype=np.int8)
+    write_chunk(out, chunk, [c.did for c in rows], vectors.astype(dtype), modalities)
+
+
+def _chunk_done(out: Path, chunk: int, identity: Identity, candidates: list[Candidate]) -> bool:
+    """A chunk counts as done when its file reads back with the right shape and ids."""
+    if not chunk_path(out, chunk).is_file():
+        return False
+    start, stop = identity.chunk_rows(chunk)
+    try:
+        ids = read_chunk(out, chunk, identity)[0]
+    except IndexMismatchError as e:
+        log.warning("redoing %s", e)
+        return False
+    if ids != [c.did for c in candidates[start:stop]]:
+        log.warning("redoing %s: its ids are not the pool's rows %d-%d", chunk_path(out, chunk), start, stop - 1)
+        return False
+    return True
+
+
+def _remove_stale_temporaries(out: Path, chunks: list[int]) -> None:
+    """Half-written temporaries of *this shard's* chunks (a killed run) go; other shards' are theirs."""
+    names = {chunk_path(out, c).name for c in chunks}
+    folder = out / CHUNKS
+    for tmp in folder.glob(".chunk-*.tmp") if folder.is_dir() else []:
+        if tmp.name[1:].split(".npz.")[0] + ".npz" in names:
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+
+
+def _finish(out: Path, identity: Identity, manifest: Manifest) -> bool:
+    """Write the manifest once every chunk exists (any shard may be the last to finish)."""
+    missing = [c for c in range(identity.num_chunks) if not chunk_path(out, c).is_file()]
+    if missing:
+        log.info("%d chunks of other shards are still missing; the last shard to finish writes %s", len(missing),
+                 MANIFEST)
+        return False
+    write_json(out / MANIFEST, manifest.to_dict())
+    EmbeddingSet.open(out)  # reads the manifest back: a corrupt write shows here, not at index time
+    return True
+
+
+def _progress(items: list[int], show: bool, desc: str):
+    if not show:
+        return items
+    from tqdm.auto import tqdm
+
+    return tqdm(items, desc=desc, unit="chunk")
