@@ -7,6 +7,7 @@ resolved configuration is saved next to every output so that a run can be repeat
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import types
 import typing
@@ -31,7 +32,17 @@ def load_config(cls: type[T], path: str | os.PathLike | None = None, overrides: 
     for item in overrides or []:
         keys, value = parse_override(item)
         data = _merge(data, _nest(keys, value))
-    return from_dict(cls, data, where=str(path) if path else "configuration")
+    where = str(path) if path else "configuration"
+    config = from_dict(cls, data, where=where)
+    check = getattr(config, "validate", None)
+    if callable(check):  # ranges and cross-field rules, before any work starts
+        try:
+            check()
+        except ConfigError as e:
+            if path is None:
+                raise
+            raise ConfigError(f"{where}: {e}") from None
+    return config
 
 
 def read_yaml(path: str | os.PathLike) -> dict:
@@ -39,7 +50,7 @@ def read_yaml(path: str | os.PathLike) -> dict:
     if not path.is_file():
         raise ConfigError(f"{path}: configuration file not found")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = yaml.safe_load(decode_utf8(path.read_bytes(), path))
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML: {e}") from None
     if data is None:
@@ -47,6 +58,16 @@ def read_yaml(path: str | os.PathLike) -> dict:
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
     return data
+
+
+def decode_utf8(raw: bytes, path: str | os.PathLike) -> str:
+    """``raw`` as UTF-8 text; bytes that are not UTF-8 are an error naming the file, line and column."""
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw.count(b"\n", 0, e.start) + 1
+        column = e.start - (raw.rfind(b"\n", 0, e.start) + 1) + 1
+        raise ConfigError(f"{path}:{line}: not UTF-8 text (byte 0x{raw[e.start]:02x} at column {column})") from None
 
 
 def parse_override(item: str) -> tuple[list[str], Any]:
@@ -137,19 +158,28 @@ def _scalar(value: Any, hint: Any, where: str) -> Any:
             return value
         raise ConfigError(f"{where}: expected an integer, got {value!r}")
     if hint is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value)  # YAML reads "1e-4" as a string
-            except ValueError:
-                pass
-        raise ConfigError(f"{where}: expected a number, got {value!r}")
+        number = _float(value)
+        if number is None:
+            raise ConfigError(f"{where}: expected a number, got {value!r}")
+        if not math.isfinite(number):  # .inf / .nan would train a NaN model or loop forever
+            raise ConfigError(f"{where}: expected a finite number, got {value!r}")
+        return number
     if hint is str:
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):
             return str(value)
         raise ConfigError(f"{where}: expected a string, got {value!r}")
     return value
+
+
+def _float(value: Any) -> float | None:
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(value, str):
+        try:
+            return float(value)  # YAML reads "1e-4" as a string
+        except ValueError:
+            return None
+    return None
 
 
 def to_dict(config: Any) -> dict:

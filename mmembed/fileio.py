@@ -90,25 +90,49 @@ def _fsync_tree(root: Path) -> None:
                 os.fsync(f.fileno())
 
 
-def iter_jsonl(path: str | os.PathLike, start_line: int = 1) -> Iterator[tuple[int, dict]]:
-    """Stream ``(line_number, object)`` pairs from ``start_line`` on.
+def iter_text_lines(path: str | os.PathLike) -> Iterator[tuple[int, str]]:
+    """Stream ``(line_number, text)`` of a UTF-8 text file, line ends removed.
 
-    Blank lines are skipped; bad JSON raises :class:`DataError` naming its line (a caller that
-    wants to go on after it restarts at the next line).
+    Lines are decoded one by one, so bytes that are not UTF-8 are a :class:`DataError` naming the
+    file, the line and the column rather than a ``UnicodeDecodeError`` naming nothing. A UTF-8 byte
+    order mark at the start is dropped.
     """
     path = Path(path)
     try:
-        f = open(path, encoding="utf-8")
+        f = open(path, "rb")
     except FileNotFoundError:
         raise DataError("file not found", Location(file=str(path))) from None
+    except IsADirectoryError:
+        raise DataError("is a directory, not a file", Location(file=str(path))) from None
     with f:
-        for lineno, line in enumerate(f, start=1):
-            if lineno < start_line or not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"malformed JSON: {e.msg} (column {e.colno})", Location(str(path), lineno)) from None
-            if not isinstance(obj, dict):
-                raise DataError(f"expected a JSON object, got {type(obj).__name__}", Location(str(path), lineno))
-            yield lineno, obj
+        for lineno, raw in enumerate(f, start=1):
+            if lineno == 1 and raw.startswith(b"\xef\xbb\xbf"):
+                raw = raw[3:]
+            yield lineno, _decode_line(raw, path, lineno).rstrip("\r\n")
+
+
+def _decode_line(raw: bytes, path: Path, lineno: int) -> str:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise DataError(f"not UTF-8 text (byte 0x{raw[e.start]:02x} at column {e.start + 1})",
+                        Location(str(path), lineno)) from None
+
+
+def iter_jsonl(path: str | os.PathLike, start_line: int = 1) -> Iterator[tuple[int, dict]]:
+    """Stream ``(line_number, object)`` pairs from ``start_line`` on.
+
+    Blank lines are skipped; bad JSON or bytes that are not UTF-8 raise :class:`DataError` naming
+    the line (a caller that wants to go on after it restarts at the next line).
+    """
+    path = Path(path)
+    for lineno, line in iter_text_lines(path):
+        if lineno < start_line or not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DataError(f"malformed JSON: {e.msg} (column {e.colno})", Location(str(path), lineno)) from None
+        if not isinstance(obj, dict):
+            raise DataError(f"expected a JSON object, got {type(obj).__name__}", Location(str(path), lineno))
+        yield lineno, obj

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Literal
 
 from mmembed.errors import ConfigError, DataError, Location
-from mmembed.fileio import atomic_open
+from mmembed.fileio import atomic_open, iter_text_lines
 from mmembed.types import Modality, Query
 
 HEADER = ("query_modality", "cand_modality", "dataset_name", "dataset_id")
@@ -91,12 +91,14 @@ class InstructionRegistry:
         if not path.is_file():
             raise DataError("file not found", Location(str(path)))
         registry = cls()
-        with open(path, encoding="utf-8") as f:
-            for lineno, line in enumerate(f, start=1):
-                line = line.rstrip("\r\n")
-                if lineno == 1 or not line.strip():
-                    continue  # header
-                registry.add(_parse_row(line.split("\t"), Location(str(path), lineno)))
+        for lineno, line in iter_text_lines(path):
+            if lineno == 1 or not line.strip():
+                continue  # header
+            loc = Location(str(path), lineno)
+            try:
+                registry.add(_parse_row(line.split("\t"), loc))
+            except DataError as e:  # a duplicate or empty entry: say on which line
+                raise DataError(e.reason, e.location if e.location.file else loc) from None
         return registry
 
     def to_tsv(self, path: str | os.PathLike) -> None:

@@ -36,3 +36,40 @@ def test_jsonl_resumes_after_a_given_line(tmp_path):
     path.write_text('{"a": 1}\n\n{"a": 2}\n{"a": 3}\n')
     assert [n for n, _ in iter_jsonl(path)] == [1, 3, 4]
     assert [o["a"] for _, o in iter_jsonl(path, start_line=4)] == [3]
+
+
+def test_bytes_that_are_not_utf8_name_file_and_line(tmp_path):
+    from mmembed.data.beir import read_qrels
+    from mmembed.errors import DataError
+    from mmembed.instructions import InstructionRegistry
+
+    jsonl = tmp_path / "q.jsonl"
+    jsonl.write_bytes(b'{"a": 1}\n{"a": "caf\xe9"}\n')
+    with pytest.raises(DataError, match=r"q\.jsonl:2: not UTF-8 text \(byte 0xe9 at column 11\)"):
+        list(iter_jsonl(jsonl))
+    tsv = tmp_path / "qrels.tsv"
+    tsv.write_bytes(b"query-id\tcorpus-id\tscore\nq1\td\xff1\t1\n")
+    with pytest.raises(DataError, match=r"qrels\.tsv:2: not UTF-8"):
+        read_qrels(tsv)
+    instructions = tmp_path / "query_instructions.tsv"
+    instructions.write_bytes(b"query_modality\tcand_modality\tdataset_name\tdataset_id\tprompt_1\n"
+                             b"text\timage\tx\t1\tFind \x80 it.\n")
+    with pytest.raises(DataError, match=r"query_instructions\.tsv:2: not UTF-8"):
+        InstructionRegistry.from_tsv(instructions)
+
+
+def test_a_byte_order_mark_is_not_part_of_the_first_line(tmp_path):
+    path = tmp_path / "bom.jsonl"
+    path.write_bytes(b'\xef\xbb\xbf{"a": 1}\n')
+    assert [o for _, o in iter_jsonl(path)] == [{"a": 1}]
+
+
+def test_a_duplicate_instruction_row_names_its_line(tmp_path):
+    from mmembed.errors import DataError
+    from mmembed.instructions import InstructionRegistry
+
+    path = tmp_path / "query_instructions.tsv"
+    row = "text\timage\tx\t1\tFind it.\n"
+    path.write_text("query_modality\tcand_modality\tdataset_name\tdataset_id\tprompt_1\n" + row + row)
+    with pytest.raises(DataError, match=r"query_instructions\.tsv:3: duplicate instructions"):
+        InstructionRegistry.from_tsv(path)

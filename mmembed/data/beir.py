@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mmembed.errors import DataError, Location
-from mmembed.fileio import atomic_open, iter_jsonl, write_jsonl
+from mmembed.fileio import atomic_open, iter_jsonl, iter_text_lines, write_jsonl
 from mmembed.types import Qrels
 
 QRELS_HEADER = ("query-id", "corpus-id", "score")
@@ -99,30 +99,28 @@ def iter_qrels(path: str | os.PathLike) -> Iterator[tuple[int, str, str, int]]:
     path = Path(path)
     if not path.is_file():
         raise DataError("file not found", Location(str(path)))
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            line = line.rstrip("\r\n")
-            if lineno == 1:
-                if tuple(c.strip() for c in line.split("\t")) != QRELS_HEADER:
-                    raise DataError(f"expected the header {chr(9).join(QRELS_HEADER)!r}, got {line!r}",
-                                    Location(str(path), 1))
-                continue
-            if not line.strip():
-                continue
-            cols = line.split("\t")
-            if len(cols) != 3:
-                raise DataError(f"expected 3 tab-separated columns (query-id, corpus-id, score), got {len(cols)}",
-                                Location(str(path), lineno))
-            query_id, doc_id, score = (c.strip() for c in cols)
-            for name, value in (("query-id", query_id), ("corpus-id", doc_id)):
-                if not value:
-                    raise DataError("empty id", Location(str(path), lineno, name))
-            try:
-                relevance = int(score)
-            except ValueError:
-                raise DataError(f"score {score!r} is not an integer", Location(str(path), lineno, "score",
-                                                                                 query_id)) from None
-            yield lineno, query_id, doc_id, relevance
+    for lineno, line in iter_text_lines(path):
+        if lineno == 1:
+            if tuple(c.strip() for c in line.split("\t")) != QRELS_HEADER:
+                raise DataError(f"expected the header {chr(9).join(QRELS_HEADER)!r}, got {line!r}",
+                                Location(str(path), 1))
+            continue
+        if not line.strip():
+            continue
+        cols = line.split("\t")
+        if len(cols) != 3:
+            raise DataError(f"expected 3 tab-separated columns (query-id, corpus-id, score), got {len(cols)}",
+                            Location(str(path), lineno))
+        query_id, doc_id, score = (c.strip() for c in cols)
+        for name, value in (("query-id", query_id), ("corpus-id", doc_id)):
+            if not value:
+                raise DataError("empty id", Location(str(path), lineno, name))
+        try:
+            relevance = int(score)
+        except ValueError:
+            raise DataError(f"score {score!r} is not an integer", Location(str(path), lineno, "score",
+                                                                             query_id)) from None
+        yield lineno, query_id, doc_id, relevance
 
 
 def read_qrels(path: str | os.PathLike) -> Qrels:

@@ -64,16 +64,26 @@ class MiningConfig:
     cache_dir: str | None = None
 
     def rule(self) -> NegativeRule:
-        if len(self.window) != 2:
-            raise ConfigError(f"mining window must be two ranks [low, high], got {self.window}")
-        rule = NegativeRule(self.k, (int(self.window[0]), int(self.window[1])), self.num_type1, self.num_type2,
+        self.validate()
+        return NegativeRule(self.k, (int(self.window[0]), int(self.window[1])), self.num_type1, self.num_type2,
                             self.random_fallback)
-        rule.validate()
+
+    def validate(self) -> None:
+        """Every key checked before any encoder is loaded; the message names the key."""
+        if len(self.window) != 2:
+            raise ConfigError(f"window must be two ranks [low, high], got {self.window}")
+        NegativeRule(self.k, (int(self.window[0]), int(self.window[1])), self.num_type1, self.num_type2,
+                     self.random_fallback).validate()
         if self.instruction_mode not in INSTRUCTION_MODES:
-            raise ConfigError(f"unknown instruction mode {self.instruction_mode!r}")
-        if self.chunk_size < 1 or self.batch_size < 1:
-            raise ConfigError("mining chunk_size and batch_size must be >= 1")
-        return rule
+            raise ConfigError(f"instruction_mode: unknown mode {self.instruction_mode!r}; expected one of "
+                              f"{', '.join(INSTRUCTION_MODES)}")
+        for key in ("chunk_size", "batch_size"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"{key} must be >= 1, got {getattr(self, key)}")
+        if not 0 <= self.seed < 2**32:
+            raise ConfigError(f"seed must be in [0, 2**32), got {self.seed}")
+        if not self.split:
+            raise ConfigError("split must not be empty")
 
 
 # ----------------------------------------------------------------------------- driver

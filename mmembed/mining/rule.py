@@ -40,10 +40,15 @@ class NegativeRule:
 
     def validate(self) -> None:
         low, high = self.window
-        if self.k < 1 or not 1 <= low <= high <= self.k:
-            raise ConfigError(f"mining window {low}-{high} must lie within ranks 1-{self.k} (k = {self.k})")
-        if self.num_type1 < 0 or self.num_type2 < 0 or self.num_type1 + self.num_type2 == 0:
-            raise ConfigError("mining: num_type1 and num_type2 must be >= 0 and not both 0")
+        if self.k < 1:
+            raise ConfigError(f"k must be >= 1, got {self.k}")
+        if not 1 <= low <= high <= self.k:
+            raise ConfigError(f"window {low}-{high} must lie within ranks 1-{self.k} (k = {self.k})")
+        for key in ("num_type1", "num_type2"):
+            if getattr(self, key) < 0:
+                raise ConfigError(f"{key} must be >= 0, got {getattr(self, key)}")
+        if self.num_type1 + self.num_type2 == 0:
+            raise ConfigError("num_type1 and num_type2 must not both be 0")
 
 
 def _pick(ids: Sequence[str], count: int, key: str) -> list[str]:

@@ -9,11 +9,14 @@ checkpoint, so a run can be repeated and a resume can refuse a changed configura
 from __future__ import annotations
 
 import os
+import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from mmembed.config import load_config
 from mmembed.errors import ConfigError
+from mmembed.instructions import INSTRUCTION_MODES
 
 
 @dataclass
@@ -207,35 +210,23 @@ class TrainConfig:
     distributed: DistributedSettings = field(default_factory=DistributedSettings)
 
     def validate(self) -> None:
-        """Refuse settings that cannot work, before any model is loaded."""
+        """Refuse settings that cannot work, before any model is loaded: one line naming the key."""
         if not self.data.mbeir and not self.data.beir:
             raise ConfigError("data: give at least one source under data.mbeir or data.beir")
-        for beir in self.data.beir:
-            if not beir.root or not beir.name:
-                raise ConfigError("data.beir: every BEIR source needs root and name")
-        positive = {"train.global_batch_size": self.train.global_batch_size, "train.epochs": self.train.epochs,
-                    "logging.every_steps": self.logging.every_steps, "checkpoint.keep_last": self.checkpoint.keep_last}
-        for name, value in positive.items():
-            if value < 1:
-                raise ConfigError(f"{name} must be >= 1, got {value}")
-        if self.train.max_steps is not None and self.train.max_steps < 1:
-            raise ConfigError(f"train.max_steps must be >= 1 or null, got {self.train.max_steps}")
-        if self.train.length_buckets < 1:
-            raise ConfigError(f"train.length_buckets must be >= 1, got {self.train.length_buckets}")
-        if self.train.chunk_size is not None and self.train.chunk_size < 1:
-            raise ConfigError(f"train.chunk_size must be >= 1 or null, got {self.train.chunk_size}")
-        if self.train.chunk_size and self.train.mixed_precision == "fp16":
-            raise ConfigError("train.chunk_size (GradCache) works with mixed_precision 'no' or 'bf16', not 'fp16' "
-                              "(its loss scaler is not applied to the cached-gradient backward)")
-        if self.train.chunk_size and self.distributed.deepspeed is not None:
-            raise ConfigError("train.chunk_size (GradCache) does not work under DeepSpeed, whose engine must run "
-                              "every backward; use a larger per-GPU batch or gradient checkpointing instead")
-        if self.train.temperature <= 0:
-            raise ConfigError(f"train.temperature must be positive, got {self.train.temperature}")
-        if self.optim.lr <= 0 or not 0 <= self.optim.warmup_ratio < 1 or len(self.optim.betas) != 2:
-            raise ConfigError("optim: lr must be positive, warmup_ratio in [0, 1) and betas two numbers")
-        if self.checkpoint.every_steps < 0 or self.eval.every_steps < 0:
-            raise ConfigError("checkpoint.every_steps and eval.every_steps must be >= 0")
+        _at_least("seed", self.seed, 0)
+        if self.seed >= 2**32:
+            raise ConfigError(f"seed must be below 2**32 (NumPy's limit), got {self.seed}")
+        if not self.output_dir:
+            raise ConfigError("output_dir must not be empty")
+        _check_model(self.model)
+        _check_data(self.data)
+        _check_train(self.train, self.distributed)
+        _check_optim(self.optim)
+        _at_least("checkpoint.every_steps", self.checkpoint.every_steps, 0)
+        _at_least("checkpoint.keep_last", self.checkpoint.keep_last, 1)
+        _at_least("logging.every_steps", self.logging.every_steps, 1)
+        _check_eval(self.eval)
+        _check_distributed(self.distributed)
 
     @property
     def eval_data_dir(self) -> str | None:
@@ -244,8 +235,150 @@ class TrainConfig:
         return self.data.mbeir[0].root if self.data.mbeir else None
 
 
+# ----------------------------------------------------------------------------- checks, one section each
+
+
+def _at_least(key: str, value: int | float | None, low: int | float, optional: bool = False) -> None:
+    if value is None and optional:
+        return
+    if value is None or value < low:
+        raise ConfigError(f"{key} must be >= {low}{' or null' if optional else ''}, got {value!r}")
+
+
+def _positive(key: str, value: float | None, optional: bool = False) -> None:
+    if value is None and optional:
+        return
+    if value is None or not value > 0:
+        raise ConfigError(f"{key} must be > 0{' or null' if optional else ''}, got {value!r}")
+
+
+def _unit_interval(key: str, value: float) -> None:
+    """``value`` in [0, 1): a probability that must leave something (dropout, betas, warmup share)."""
+    if not 0 <= value < 1:
+        raise ConfigError(f"{key} must be in [0, 1), got {value!r}")
+
+
+def _regex(key: str, pattern: object) -> None:
+    if not isinstance(pattern, str) or not pattern:
+        raise ConfigError(f"{key}: expected a non-empty regular expression, got {pattern!r}")
+    try:
+        re.compile(pattern)
+    except re.error as e:
+        raise ConfigError(f"{key}: {pattern!r} is not a valid regular expression ({e})") from None
+
+
+def _number(key: str, value: object) -> float:
+    """A finite number given in a free-form mapping (YAML reads ``1e-3`` as a string)."""
+    try:
+        number = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise ConfigError(f"{key}: expected a number, got {value!r}") from None
+    if isinstance(value, bool) or number != number or number in (float("inf"), float("-inf")):
+        raise ConfigError(f"{key}: expected a finite number, got {value!r}")
+    return number
+
+
+def _check_model(model: ModelSettings) -> None:
+    if not model.encoder:
+        raise ConfigError("model.encoder must name a model")
+    if not all(isinstance(k, str) for k in model.settings):
+        raise ConfigError(f"model.settings: keys must be strings, got {list(model.settings)}")
+    lora = model.lora
+    _at_least("model.lora.r", lora.r, 1)
+    _at_least("model.lora.alpha", lora.alpha, 1)
+    _unit_interval("model.lora.dropout", lora.dropout)
+    for n, name in enumerate(lora.target_modules or []):
+        if not name:
+            raise ConfigError(f"model.lora.target_modules[{n}] must not be empty")
+    for n, pattern in enumerate(model.train_patterns):
+        _regex(f"model.train_patterns[{n}]", pattern)
+
+
+def _check_data(data: DataSettings) -> None:
+    for n, spec in enumerate(data.mbeir):
+        for name in ("root", "split", "group"):
+            if not getattr(spec, name):
+                raise ConfigError(f"data.mbeir[{n}].{name} must not be empty")
+    for n, beir in enumerate(data.beir):
+        if not beir.root or not beir.name:
+            raise ConfigError(f"data.beir[{n}]: every BEIR source needs root and name")
+    _at_least("data.num_negatives", data.num_negatives, 0)
+    _at_least("data.examples_per_epoch", data.examples_per_epoch, 1, optional=True)
+    _at_least("data.num_workers", data.num_workers, 0)
+    share = data.task_homogeneous
+    if not isinstance(share, bool) and not 0 <= share <= 1:
+        raise ConfigError(f"data.task_homogeneous must be true, false or a share in [0, 1], got {share!r}")
+    if data.weights is not None:
+        _check_weights(data.weights)
+
+
+def _check_weights(weights: Mapping) -> None:
+    if not weights:
+        raise ConfigError("data.weights must name every group (or be null)")
+    for group, weight in weights.items():
+        if _number(f"data.weights.{group}", weight) < 0:
+            raise ConfigError(f"data.weights.{group} must be >= 0, got {weight!r}")
+    if not any(float(w) > 0 for w in weights.values()):
+        raise ConfigError("data.weights: at least one group needs a weight > 0")
+
+
+def _check_train(train: TrainSettings, distributed: DistributedSettings) -> None:
+    _at_least("train.epochs", train.epochs, 1)
+    _at_least("train.max_steps", train.max_steps, 1, optional=True)
+    _positive("train.max_minutes", train.max_minutes, optional=True)
+    _at_least("train.global_batch_size", train.global_batch_size, 1)
+    _at_least("train.chunk_size", train.chunk_size, 1, optional=True)
+    _at_least("train.length_buckets", train.length_buckets, 1)
+    _positive("train.temperature", train.temperature)
+    _at_least("train.num_threads", train.num_threads, 1, optional=True)
+    if train.chunk_size and train.mixed_precision == "fp16":
+        raise ConfigError("train.chunk_size (GradCache) works with mixed_precision 'no' or 'bf16', not 'fp16' "
+                          "(its loss scaler is not applied to the cached-gradient backward)")
+    if train.chunk_size and distributed.deepspeed is not None:
+        raise ConfigError("train.chunk_size (GradCache) does not work under DeepSpeed, whose engine must run "
+                          "every backward; use a larger per-GPU batch or gradient checkpointing instead")
+
+
+def _check_optim(optim: OptimSettings) -> None:
+    _positive("optim.lr", optim.lr)
+    for pattern, lr in optim.lr_overrides.items():
+        _regex("optim.lr_overrides", pattern)
+        if not _number(f"optim.lr_overrides[{pattern!r}]", lr) > 0:
+            raise ConfigError(f"optim.lr_overrides[{pattern!r}] must be > 0, got {lr!r}")
+    _at_least("optim.weight_decay", optim.weight_decay, 0)
+    if len(optim.betas) != 2:
+        raise ConfigError(f"optim.betas must be two numbers, got {optim.betas}")
+    for n, beta in enumerate(optim.betas):
+        _unit_interval(f"optim.betas[{n}]", beta)
+    _positive("optim.eps", optim.eps)
+    _at_least("optim.warmup_steps", optim.warmup_steps, 0)
+    _unit_interval("optim.warmup_ratio", optim.warmup_ratio)
+    _at_least("optim.max_grad_norm", optim.max_grad_norm, 0, optional=True)
+
+
+def _check_eval(ev: EvalSettings) -> None:
+    _at_least("eval.every_steps", ev.every_steps, 0)
+    _at_least("eval.max_queries", ev.max_queries, 1, optional=True)
+    _at_least("eval.batch_size", ev.batch_size, 1)
+    if not ev.split:
+        raise ConfigError("eval.split must not be empty")
+    for pool in ev.pools:
+        if pool not in ("local", "global"):
+            raise ConfigError(f"eval.pools: unknown pool {pool!r}; expected local or global")
+    for mode in ev.instruction_modes:
+        if mode not in INSTRUCTION_MODES:
+            raise ConfigError(f"eval.instruction_modes: unknown mode {mode!r}; expected one of "
+                              f"{', '.join(INSTRUCTION_MODES)}")
+
+
+def _check_distributed(distributed: DistributedSettings) -> None:
+    ds = distributed.deepspeed
+    if ds is not None and not isinstance(ds, (str, dict)):
+        raise ConfigError(f"distributed.deepspeed: expected a JSON file path or a mapping, got {ds!r}")
+    if isinstance(ds, str) and not os.path.isfile(ds):
+        raise ConfigError(f"distributed.deepspeed: file {ds!r} not found")
+
+
 def load_train_config(path: str | os.PathLike | None, overrides: list[str] | None = None) -> TrainConfig:
     """Read and check a training YAML file (``overrides`` are ``key.sub=value`` strings)."""
-    config = load_config(TrainConfig, path, overrides)
-    config.validate()
-    return config
+    return load_config(TrainConfig, path, overrides)  # load_config runs TrainConfig.validate
