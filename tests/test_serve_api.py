@@ -81,7 +81,8 @@ def serve(index_dir: Path) -> Iterator[Callable[..., TestClient]]:
     with ExitStack() as stack:
         def make(encoder=None, reranker=None, raise_server_exceptions: bool = True, **settings) -> TestClient:
             retriever = Retriever.load(index_dir, encoder=encoder or ToyEncoder(), reranker=reranker)
-            app = create_app(retriever, ServeSettings(**settings), encoder_spec="toy")
+            app = create_app(retriever, ServeSettings(**{"allowed_hosts": ["testserver"], **settings}),
+                             encoder_spec="toy")
             return stack.enter_context(TestClient(app, raise_server_exceptions=raise_server_exceptions))
 
         yield make
@@ -106,7 +107,7 @@ def test_health_ready_and_info(serve):
     client = serve()
     assert client.get("/api/v1/health").json()["status"] == "ok"
     ready = client.get("/api/v1/ready").json()
-    assert ready["ready"] is True and ready["in_flight"] == 0 and ready["capacity"] == 17
+    assert ready["ready"] is True and ready["status"] == "ready" and ready["in_flight"] == 0 and ready["capacity"] == 66
     info = client.get("/api/v1/info").json()
     assert (info["count"], info["dim"], info["encoder_id"], info["encoder"]) == (12, 64, "toy-encoder-v1", "toy")
     assert info["reranker"] is None and info["limits"]["max_k"] == 100
@@ -117,7 +118,7 @@ def test_health_ready_and_info(serve):
 
 def test_readiness_while_loading_and_after_a_failed_load(index_dir, tmp_path, monkeypatch):
     monkeypatch.setattr("mmembed.encoders.registry.load_encoder", lambda spec: SlowEncoder())
-    with TestClient(create_app(index_dir)) as client:
+    with TestClient(create_app(index_dir), base_url="http://localhost") as client:
         deadline = time.monotonic() + 20
         while not client.get("/api/v1/ready").json()["ready"]:
             assert time.monotonic() < deadline, "the index never became ready"
@@ -125,7 +126,7 @@ def test_readiness_while_loading_and_after_a_failed_load(index_dir, tmp_path, mo
         assert client.get("/api/v1/info").json()["encoder"] == "toy"
     (tmp_path / "broken").mkdir()
     (tmp_path / "broken" / "retrieval.json").write_text("{not json")
-    with TestClient(create_app(tmp_path / "broken")) as client:
+    with TestClient(create_app(tmp_path / "broken"), base_url="http://localhost") as client:
         deadline = time.monotonic() + 20
         while "loading" in (client.get("/api/v1/ready").json()["detail"] or ""):
             assert time.monotonic() < deadline
@@ -180,8 +181,8 @@ def test_query_errors(serve):
 
 
 @pytest.mark.parametrize(("settings", "image", "status", "error", "words"), [
-    ({"max_upload_bytes": 2000}, png((64, 64), noise=True), 413, "image_too_large", ("limit is 2000 bytes",)),
-    ({"max_pixels": 1000}, png((40, 40)), 413, "too_many_pixels", ("40x40", "1000 pixels")),
+    ({"max_upload_bytes": 2000}, png((64, 64), noise=True), 413, "image_too_large", ("limit is 2.0 kB (2000 bytes)",)),
+    ({"max_pixels": 1000}, png((40, 40)), 413, "too_many_pixels", ("40x40", "limit is 1,000 pixels")),
     ({}, png(fmt="TIFF"), 415, "unsupported_image_type", ("PNG, JPEG",)),
     ({}, b"%PDF-1.4 not an image", 415, "unsupported_image_type", ()),
     ({}, b"\x89PNG\r\n\x1a\n garbage", 400, "corrupt_image", ("cannot be read",)),
@@ -195,7 +196,7 @@ def test_image_upload_errors(serve, settings, image, status, error, words):
 
 def test_request_body_limit(serve):
     client = serve(max_upload_bytes=1000, max_request_bytes=5000)
-    body = assert_error(search(client, image=png((64, 64), noise=True)), 413, "request_too_large", "limit is 5000")
+    body = assert_error(search(client, image=png((64, 64), noise=True)), 413, "request_too_large", "limit is 5.0 kB (5000 bytes)")
     assert "fields" not in body
     response = client.post("/api/v1/search", content=iter([b"text=red"]),
                            headers={"content-type": "application/x-www-form-urlencoded"})

@@ -16,7 +16,10 @@ logger = logging.getLogger("mmembed.serve")
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("serve", help="serve an index over HTTP: JSON API and web page",
                        description="Serve a retrieval directory built by 'mmembed index build': a JSON API under "
-                                   "/api/v1 (OpenAPI at /openapi.json) and a search page at /. Settings come from "
+                                   "/api/v1, OpenAI-compatible /v1/embeddings and /v1/rerank (OpenAPI at "
+                                   "/openapi.json, a route list at /docs) and a search page at /. It listens at "
+                                   "once and answers /api/v1/ready with 503 until the index is loaded. Settings "
+                                   "come from "
                                    "--config (ServeSettings YAML) and --set; the flags below override them.")
     p.add_argument("index", help="retrieval directory")
     p.add_argument("--host", help="address to bind (default 127.0.0.1: this machine only)")
@@ -25,8 +28,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                                      "no key when unset)")
     p.add_argument("--rerank", metavar="CONFIG.yaml", help="attach a reranker (RerankConfig YAML, see "
                                                            "docs/reranking.md)")
-    p.add_argument("--workers", type=int, help="encoder worker threads (default 1)")
-    p.add_argument("--queue-size", type=int, help="requests that may wait for a worker before 503 (default 16)")
+    p.add_argument("--workers", type=int, help="image-decoding threads (default 2)")
+    p.add_argument("--queue-size", type=int, help="requests that may wait beyond the workers before 503 (default 64)")
+    p.add_argument("--batch-max-items", type=int, help="most queries per encoder call (default 32; 1: no batching)")
+    p.add_argument("--batch-max-wait-ms", type=float, help="longest wait for a batch to fill (default 5)")
+    p.add_argument("--allowed-host", action="append", dest="allowed_hosts", metavar="NAME",
+                   help="also answer requests addressed to this host name (repeatable; '*': any). Localhost "
+                        "names and --host are always answered")
     add_config_arguments(p)
     p.set_defaults(func=run)
 
@@ -40,7 +48,8 @@ def settings_from_args(args: argparse.Namespace) -> Any:
 
     settings = load_config(ServeSettings, args.config, args.set)
     flags = {"host": args.host, "port": args.port, "api_key": args.api_key, "workers": args.workers,
-             "queue_size": args.queue_size}
+             "queue_size": args.queue_size, "batch_max_items": args.batch_max_items,
+             "batch_max_wait_ms": args.batch_max_wait_ms, "allowed_hosts": args.allowed_hosts}
     settings = dataclasses.replace(settings, **{key: value for key, value in flags.items() if value is not None})
     return dataclasses.replace(settings, api_key=api_key_from_env(settings.api_key))
 
@@ -63,27 +72,50 @@ def load_reranker(path: str | None) -> Any:
 
 def run(args: argparse.Namespace) -> int:
     try:
-        import uvicorn
-
         from mmembed.serve.app import create_app
+        from mmembed.serve.server import bind, make_server
     except ImportError as e:
         raise MissingDependencyError(f"mmembed serve needs {e.name}: pip install 'mmembed[serve]'") from None
+    from mmembed.errors import ConfigError
     from mmembed.retrieval import read_retrieval_manifest
     from mmembed.serve.settings import is_loopback
 
     settings = settings_from_args(args)
-    spec = read_retrieval_manifest(Path(args.index))["encoder"]  # a clear error before any model loads
-    retriever = load_retriever(args.index, load_reranker(args.rerank))
-    app = create_app(retriever, settings, encoder_spec=spec)
-    if not is_loopback(settings.host) and settings.api_key is None:
+    read_retrieval_manifest(Path(args.index))  # a clear error before binding
+    failed: list[str] = []
+
+    def give_up(reason: str) -> None:  # a service that can never be ready should not look alive
+        failed.append(reason)
+        server.should_exit = True
+
+    app = create_app(Path(args.index), settings, on_load_error=give_up,
+                     load=lambda directory: load_retriever(str(directory), load_reranker(args.rerank)))
+    try:
+        sock = bind(settings)
+    except OSError as e:
+        raise ConfigError(f"cannot listen on {settings.host}:{settings.port}: {e.strerror or e}") from None
+    _warn_if_exposed(settings, is_loopback(settings.host))
+    logger.info("listening on http://%s:%d/ (API /api/v1, OpenAI-compatible /v1, docs /docs); loading the index",
+                _url_host(settings.host), settings.port)
+    level = logging.getLevelName(logging.getLogger().getEffectiveLevel()).lower()
+    server = make_server(app, settings, log_level=level)
+    server.run(sockets=[sock])
+    if failed:
+        logger.error("the service stopped: %s", failed[0])
+        return 1
+    return 0
+
+
+def _warn_if_exposed(settings: Any, loopback: bool) -> None:
+    if loopback:
+        return
+    if settings.api_key is None:
         logger.warning("listening on %s without an API key: anyone who can reach it can search; set --api-key "
                        "or MMEMBED_API_KEY", settings.host)
-    logger.info("search page: http://%s:%d/  API: /api/v1  OpenAPI: /openapi.json", _url_host(settings.host),
-                settings.port)
-    uvicorn.run(app, host=settings.host, port=settings.port, limit_concurrency=settings.max_connections,
-                timeout_keep_alive=5, server_header=False, log_level=logging.getLevelName(
-                    logging.getLogger().getEffectiveLevel()).lower())
-    return 0
+    if not settings.allowed_hosts:
+        logger.warning("only requests addressed to localhost%s are answered (Host header check against DNS "
+                       "rebinding); add the names clients use with --allowed-host NAME",
+                       "" if settings.host in ("0.0.0.0", "::") else f" or {settings.host}")
 
 
 def _url_host(host: str) -> str:

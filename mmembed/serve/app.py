@@ -11,18 +11,24 @@ Routes (all JSON unless said otherwise; see ``/openapi.json``):
 - ``GET /api/v1/info`` index metadata, tasks and limits; ``GET /api/v1/tasks`` the tasks;
 - ``POST /api/v1/search`` multipart: text, image file, instruction or task, k, rerank;
 - ``POST /api/v1/embed`` JSON items (text and/or base64 image) -> vectors;
-- ``GET /api/v1/candidates/{id}`` a candidate, ``GET /api/v1/candidates/{id}/image`` its image (PNG).
+- ``GET /api/v1/candidates/{id}`` a candidate, ``GET /api/v1/candidates/{id}/image`` its image (PNG);
+- ``POST /v1/embeddings`` OpenAI's embeddings API (plus images, ``input_type``, ``instruction``);
+- ``POST /v1/rerank`` the rerank API of Cohere, Jina and text-embeddings-inference (with a reranker);
+- ``GET /docs`` a plain page listing the routes from ``/openapi.json`` (no CDN: it works offline).
+
+Errors are ``{"error", "detail", "fields"}`` under ``/api/v1`` and OpenAI's
+``{"error": {"message", "type", "param", "code"}}`` under ``/v1``.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
+import asyncio
 import hmac
 import logging
 import os
 import threading
 import time
+from collections.abc import Callable
 from contextlib import asynccontextmanager
 from importlib import resources
 from pathlib import Path
@@ -31,15 +37,24 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, FastAPI, File, Form, Query, Request, Security, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
-from fastapi.security import APIKeyHeader
+from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from mmembed import __version__
 from mmembed.errors import ConfigError, DataError, MMEmbedError
-from mmembed.serve.engine import SearchService, Upload
-from mmembed.serve.limits import ApiError, check_search, check_text, check_upload_size
+from mmembed.serve import compat
+from mmembed.serve.engine import SearchService
+from mmembed.serve.limits import (
+    ApiError,
+    Upload,
+    b64_upload,
+    check_search,
+    check_text,
+    check_upload_size,
+    megabytes,
+)
 from mmembed.serve.models import (
     API_KEY_HEADER,
     API_PREFIX,
@@ -50,12 +65,16 @@ from mmembed.serve.models import (
     FieldProblem,
     Health,
     IndexInfo,
+    OpenAIEmbeddingRequest,
+    OpenAIEmbeddingResponse,
     Readiness,
+    RerankRequest,
+    RerankResponse,
     SearchQuery,
     SearchResponse,
     TaskInfo,
 )
-from mmembed.serve.settings import ServeSettings
+from mmembed.serve.settings import ServeSettings, accepted_hosts
 
 logger = logging.getLogger(__name__)
 
@@ -63,8 +82,8 @@ STATIC_DIR = Path(str(resources.files("mmembed.serve") / "static"))
 #: The page's Content-Security-Policy: its own scripts and styles only; thumbnails are blob: URLs.
 PAGE_CSP = ("default-src 'self'; img-src 'self' blob: data:; script-src 'self'; style-src 'self'; "
             "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'")
-_ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorResponse} for code in (400, 401, 404, 409, 413,
-                                                                                        415, 422, 503)}
+_ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorResponse} for code in (400, 401, 404, 408, 409,
+                                                                                        413, 415, 421, 422, 503)}
 
 
 # --------------------------------------------------------------------------- state
@@ -73,8 +92,11 @@ _ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorResponse} for c
 class ServiceState:
     """The service of an app, or why there is none yet (loading, or failed to load)."""
 
-    def __init__(self, source: Any, settings: ServeSettings, encoder_spec: str | None = None):
+    def __init__(self, source: Any, settings: ServeSettings, encoder_spec: str | None = None,
+                 load: Callable[[Path], Any] | None = None, on_load_error: Callable[[str], None] | None = None):
         self.settings = settings
+        self._load_retriever = load
+        self._on_load_error = on_load_error
         self.directory: Path | None = None
         self.service: SearchService | None = None
         self.error: str | None = None
@@ -97,18 +119,24 @@ class ServiceState:
         started = time.perf_counter()
         try:
             spec = read_retrieval_manifest(self.directory)["encoder"]
-            self.service = SearchService(Retriever.load(self.directory), self.settings, encoder_spec=spec)
+            retriever = (self._load_retriever or Retriever.load)(self.directory)
+            self.service = SearchService(retriever, self.settings, encoder_spec=spec)
         except Exception as e:  # reported by readiness; the details go to the log only
             logger.exception("cannot load the index %s", self.directory)
             self.error = f"the index could not be loaded ({type(e).__name__}); see the service log"
+            if self._on_load_error is not None:
+                self._on_load_error(f"{type(e).__name__}: {e}")
             return
         logger.info("index %s loaded in %.1f s", self.directory, time.perf_counter() - started)
 
     def readiness(self) -> Readiness:
-        in_flight, capacity = (0, self.settings.capacity) if self.service is None else \
-            (self.service.pool.in_flight, self.service.pool.capacity)
-        detail = None if self.service is not None else self.error or "the index is loading"
-        return Readiness(ready=self.service is not None, detail=detail, in_flight=in_flight, capacity=capacity)
+        service = self.service
+        if service is not None:
+            return Readiness(ready=True, status="ready", in_flight=service.admission.in_flight,
+                             capacity=service.admission.capacity)
+        status = "failed" if self.error else "loading"
+        return Readiness(ready=False, status=status, detail=self.error or "the index is loading",
+                         in_flight=0, capacity=self.settings.capacity)
 
     def close(self) -> None:
         if self.service is not None:
@@ -122,7 +150,9 @@ def _state(request: Request) -> ServiceState:
 def get_service(request: Request) -> SearchService:
     state = _state(request)
     if state.service is None:
-        raise ApiError(503, "not_ready", state.readiness().detail or "not ready", headers={"Retry-After": "1"})
+        readiness = state.readiness()
+        raise ApiError(503, "loading" if readiness.status == "loading" else "not_ready",
+                       readiness.detail or "not ready", headers={"Retry-After": "1"})
     return state.service
 
 
@@ -130,12 +160,18 @@ _api_key_header = APIKeyHeader(name=API_KEY_HEADER, auto_error=False,
                                description="required when the service was started with an API key")
 
 
-def require_api_key(request: Request, key: Annotated[str | None, Security(_api_key_header)] = None) -> None:
+_bearer = HTTPBearer(auto_error=False, description="the API key as a bearer token (what OpenAI clients send)")
+
+
+def require_api_key(request: Request, key: Annotated[str | None, Security(_api_key_header)] = None,
+                    bearer: Annotated[HTTPAuthorizationCredentials | None, Security(_bearer)] = None) -> None:
     expected = _state(request).settings.api_key
     if expected is None:
         return
-    if key is None or not hmac.compare_digest(key.encode("utf-8"), expected.encode("utf-8")):
-        raise ApiError(401, "unauthorized", f"missing or wrong API key; send it in the {API_KEY_HEADER} header",
+    given = key if key is not None else bearer.credentials if bearer is not None else None
+    if given is None or not hmac.compare_digest(given.encode("utf-8"), expected.encode("utf-8")):
+        raise ApiError(401, "unauthorized", f"missing or wrong API key; send it in the {API_KEY_HEADER} header "
+                                            "or as 'Authorization: Bearer KEY'",
                        headers={"WWW-Authenticate": f'ApiKey header="{API_KEY_HEADER}"'})
 
 
@@ -163,6 +199,15 @@ def _public_routes() -> APIRouter:
     return router
 
 
+def _form_only(request: Request) -> None:
+    """Search takes a form; a JSON body would otherwise parse as an empty form ("give text...")."""
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type and content_type not in ("multipart/form-data", "application/x-www-form-urlencoded"):
+        raise ApiError(415, "unsupported_media_type",
+                       f"search takes multipart/form-data (fields text, image, task or instruction, k, rerank), "
+                       f"not {content_type}; to embed JSON inputs use {API_PREFIX}/embed or /v1/embeddings")
+
+
 def _api_routes() -> APIRouter:
     router = APIRouter(prefix=API_PREFIX, dependencies=[Depends(require_api_key)], responses=_ERRORS)
 
@@ -174,7 +219,7 @@ def _api_routes() -> APIRouter:
     def tasks(service: Service) -> list[TaskInfo]:
         return service.tasks()
 
-    @router.post("/search", response_model=SearchResponse, tags=["search"],
+    @router.post("/search", response_model=SearchResponse, tags=["search"], dependencies=[Depends(_form_only)],
                  summary="Search with text, an image, or both (multipart/form-data)")
     async def search(request: Request, service: Service, query: Annotated[SearchQuery, Form()],
                      image: Annotated[UploadFile | None, File(description="query image (PNG, JPEG, WebP, GIF, BMP)")]
@@ -183,12 +228,14 @@ def _api_routes() -> APIRouter:
         check_search(query, upload is not None, service.settings)
         instruction = service.resolve_instruction(query.instruction, query.task)
         service.check_rerank(query.rerank)
-        return await service.pool.run(service.search, query, upload, instruction, _arrival(request))
+        job, result = await service.call(lambda: service.search_job(query, upload, instruction))
+        return service.search_response(query, job, result, _arrival(request))
 
     @router.post("/embed", response_model=EmbedResponse, tags=["search"], summary="Embed queries or candidates")
     async def embed(request: Request, service: Service, body: EmbedRequest) -> EmbedResponse:
         texts, uploads, instruction = _check_embed(body, service)
-        return await service.pool.run(service.embed, texts, uploads, body.kind, instruction, _arrival(request))
+        job, result = await service.call(lambda: service.embed_job(texts, uploads, body.kind, instruction))
+        return service.embed_response(job, result, _arrival(request))
 
     @router.get("/candidates/{candidate_id:path}/image", tags=["candidates"], summary="A candidate's image (PNG)",
                 response_class=Response, responses={200: {"content": {"image/png": {}}}})
@@ -207,13 +254,39 @@ def _api_routes() -> APIRouter:
     return router
 
 
+def _compat_routes() -> APIRouter:
+    router = APIRouter(prefix="/v1", dependencies=[Depends(require_api_key)], tags=["compatible"],
+                       responses=_ERRORS)
+
+    @router.post("/embeddings", response_model=OpenAIEmbeddingResponse,
+                 summary="OpenAI's embeddings API, with image inputs, input_type and instruction")
+    async def embeddings(service: Service, body: OpenAIEmbeddingRequest) -> OpenAIEmbeddingResponse:
+        request = compat.embedding_request(body, service)
+        job, result = await service.call(lambda: service.embed_job(request.texts, request.uploads, request.kind,
+                                                                    request.instruction))
+        return compat.embedding_response(body, result.value, request, service)
+
+    @router.post("/rerank", response_model=RerankResponse,
+                 summary="Rerank documents for a query (Cohere / Jina / TEI shape); needs a reranker")
+    async def rerank(service: Service, body: RerankRequest) -> RerankResponse:
+        documents = compat.rerank_documents(body, service)
+        with service.admission.admitted():
+            scores = await service.on_worker(service.rerank_scores, body.query, documents, body.instruction)
+        return compat.rerank_response(body, documents, scores, service)
+
+    return router
+
+
 async def _read_upload(image: UploadFile | None, settings: ServeSettings) -> Upload | None:
     if image is None:
         return None
     data = await image.read(settings.max_upload_bytes + 1)
     if not data and not image.filename:
         return None  # an empty file field of an HTML form
-    check_upload_size(len(data), settings)
+    if len(data) > settings.max_upload_bytes:
+        # the part's full size is known: it was spooled by the form parser
+        size = image.size if image.size is not None else len(data)
+        check_upload_size(size, settings)
     return Upload(data)
 
 
@@ -233,18 +306,9 @@ def _check_embed(body: EmbedRequest,
             raise ApiError(422, "empty_item", f"item {i} has neither text nor an image")
         check_text(item.text, f"the text of item {i}", settings)
         texts.append(item.text)
-        uploads.append(None if item.image_base64 is None else _b64_upload(item.image_base64, i, settings))
+        uploads.append(None if item.image_base64 is None else b64_upload(item.image_base64, f"image of item {i}",
+                                                                           settings))
     return texts, uploads, service.resolve_instruction(body.instruction, body.task)
-
-
-def _b64_upload(data: str, index: int, settings: ServeSettings) -> Upload:
-    what = f"image of item {index}"
-    check_upload_size(len(data) * 3 // 4, settings, what)  # before decoding
-    try:
-        raw = base64.b64decode(data, validate=True)
-    except (binascii.Error, ValueError):
-        raise ApiError(422, "invalid_base64", f"the {what} is not valid base64") from None
-    return Upload(raw, what)
 
 
 def _arrival(request: Request) -> float:
@@ -255,37 +319,70 @@ def _arrival(request: Request) -> float:
 
 
 def _error(status: int, error: str, detail: str, headers: dict[str, str] | None = None,
-           fields: list[FieldProblem] | None = None) -> JSONResponse:
-    body = ErrorResponse(error=error, detail=detail, fields=fields).model_dump(exclude_none=True)
+           fields: list[FieldProblem] | None = None, *, openai: bool = False) -> JSONResponse:
+    if openai:
+        param = fields[0].field if fields else None
+        kind = "invalid_request_error" if status < 500 else "server_error"
+        body: dict[str, Any] = {"error": {"message": detail, "type": kind, "param": param, "code": error}}
+    else:
+        body = ErrorResponse(error=error, detail=detail, fields=fields).model_dump(exclude_none=True)
     return JSONResponse(body, status_code=status, headers=headers)
+
+
+def _is_compat(scope: Scope) -> bool:
+    return str(scope.get("path", "")).startswith("/v1/")
+
+
+#: Starlette's message when a form field (not a file) is over its 1 MiB part limit.
+_PART_TOO_LARGE = "Part exceeded maximum size"
 
 
 def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
-    async def api_error(_request: Request, exc: ApiError) -> JSONResponse:
-        return _error(exc.status, exc.error, exc.detail, exc.headers)
+    async def api_error(request: Request, exc: ApiError) -> JSONResponse:
+        return _error(exc.status, exc.error, exc.detail, exc.headers, openai=_is_compat(request.scope))
 
     @app.exception_handler(RequestValidationError)
-    async def invalid_request(_request: Request, exc: RequestValidationError) -> JSONResponse:
+    async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
         fields = [FieldProblem(field=".".join(str(p) for p in e.get("loc", ()) if p not in ("body", "query", "path")),
                                message=str(e.get("msg", "invalid"))) for e in exc.errors()]
         detail = "; ".join(f"{f.field or 'request'}: {f.message}" for f in fields) or "invalid request"
-        return _error(422, "invalid_request", detail, fields=fields)
+        return _error(422, "invalid_request", detail, fields=fields, openai=_is_compat(request.scope))
 
     @app.exception_handler(StarletteHTTPException)
-    async def http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return _error(exc.status_code, f"http_{exc.status_code}", str(exc.detail), getattr(exc, "headers", None))
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return _http_error(request, exc)
 
     @app.exception_handler(MMEmbedError)
-    async def mmembed_error(_request: Request, exc: MMEmbedError) -> JSONResponse:
+    async def mmembed_error(request: Request, exc: MMEmbedError) -> JSONResponse:
         status = 422 if isinstance(exc, ConfigError) else 400
         logger.info("request refused: %s", exc)
-        return _error(status, "invalid_input", _public_message(exc))
+        return _error(status, "invalid_input", _public_message(exc), openai=_is_compat(request.scope))
 
     @app.exception_handler(Exception)
-    async def internal_error(_request: Request, exc: Exception) -> JSONResponse:
+    async def internal_error(request: Request, exc: Exception) -> JSONResponse:
         logger.error("internal error", exc_info=(type(exc), exc, exc.__traceback__))
-        return _error(500, "internal_error", "internal error; the service log has the details")
+        return _error(500, "internal_error", "internal error; the service log has the details",
+                      openai=_is_compat(request.scope))
+
+
+def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    """Framework errors, made precise: a body that stopped arriving, a form field over the part
+    limit, a body that cannot be parsed."""
+    openai = _is_compat(request.scope)
+    if request.scope.get("mmembed.body_timeout"):
+        return _error(408, "request_timeout", "the request body stopped arriving (fewer bytes than its "
+                                              "Content-Length?); the connection is closed",
+                      {"Connection": "close"}, openai=openai)
+    detail = str(exc.detail)
+    if exc.status_code == 400 and _PART_TOO_LARGE in detail:
+        limit = _state(request).settings.max_text_chars
+        return _error(422, "text_too_long", f"a form field is over 1 MiB; text and instruction may have at most "
+                                            f"{limit} characters", openai=openai)
+    if exc.status_code == 400 and "parsing the body" in detail:
+        return _error(400, "invalid_request", "the request body cannot be parsed as its Content-Type says "
+                                              f"({request.headers.get('content-type', 'none given')})", openai=openai)
+    return _error(exc.status_code, f"http_{exc.status_code}", detail, getattr(exc, "headers", None), openai=openai)
 
 
 def _public_message(exc: MMEmbedError) -> str:
@@ -300,12 +397,20 @@ def _public_message(exc: MMEmbedError) -> str:
 # --------------------------------------------------------------------------- middleware
 
 
-class RequestGuard:
-    """Stamps each request's arrival and refuses bodies over ``max_bytes`` before they are read."""
+class BodyTimeout(Exception):
+    """The client stopped sending a request body it announced."""
 
-    def __init__(self, app: ASGIApp, max_bytes: int):
+
+class RequestGuard:
+    """Stamps each request's arrival, refuses bodies over ``max_bytes`` before they are read, refuses
+    Host headers not in ``hosts`` (DNS rebinding: a page on another site resolving its own name to
+    this address), and bounds the wait for each part of a body."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int, hosts: frozenset[str] | None, body_timeout_s: float):
         self.app = app
         self.max_bytes = max_bytes
+        self.hosts = hosts
+        self.body_timeout_s = body_timeout_s
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -316,25 +421,50 @@ class RequestGuard:
         if refusal is not None:
             await refusal(scope, receive, send)
             return
-        await self.app(scope, receive, send)
+
+        async def bounded_receive() -> Message:
+            try:
+                return await asyncio.wait_for(receive(), self.body_timeout_s or None)
+            except asyncio.TimeoutError:
+                scope["mmembed.body_timeout"] = True  # read by the error handler: 408, not a parse error
+                raise BodyTimeout from None
+
+        await self.app(scope, bounded_receive, send)
 
     def _refusal(self, scope: Scope) -> JSONResponse | None:
         headers = dict(scope.get("headers") or [])
+        openai = _is_compat(scope)
+        host = _host_name(headers.get(b"host"))
+        if self.hosts is not None and host is not None and host not in self.hosts:
+            return _error(421, "host_not_allowed", f"this service does not answer for the host {host!r}; start it "
+                                                   f"with --allowed-host {host} to allow it", openai=openai)
         length = headers.get(b"content-length")
         if length is None:
             if b"chunked" in headers.get(b"transfer-encoding", b"").lower():
-                return _error(411, "length_required", "send the request body with a Content-Length header")
+                return _error(411, "length_required", "send the request body with a Content-Length header",
+                              openai=openai)
             return None
         if not length.isdigit():
-            return _error(400, "invalid_request", "malformed Content-Length header")
+            return _error(400, "invalid_request", "malformed Content-Length header", openai=openai)
         if int(length) > self.max_bytes:
-            return _error(413, "request_too_large", f"the request body is {int(length)} bytes; "
-                                                    f"the limit is {self.max_bytes} bytes")
+            return _error(413, "request_too_large", f"the request body is {megabytes(int(length))} ({int(length)} "
+                                                    f"bytes); the limit is {megabytes(self.max_bytes)} "
+                                                    f"({self.max_bytes} bytes)", {"Connection": "close"}, openai=openai)
         return None
 
 
+def _host_name(value: bytes | None) -> str | None:
+    """The host of a Host header, lower case, without the port or IPv6 brackets."""
+    if not value:
+        return None
+    host = value.decode("latin-1").strip().lower()
+    if host.startswith("["):
+        return host[1:].split("]", 1)[0]
+    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+
+
 class SecurityHeaders:
-    """Headers on every answer: no MIME sniffing, no referrer, no framing; the page gets a strict CSP."""
+    """Headers on every answer: no MIME sniffing, no referrer, no framing, and a strict CSP."""
 
     def __init__(self, app: ASGIApp):
         self.app = app
@@ -343,15 +473,12 @@ class SecurityHeaders:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        page = not scope["path"].startswith(("/docs", "/redoc"))
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
                 headers = list(message.get("headers", []))
                 headers += [(b"x-content-type-options", b"nosniff"), (b"referrer-policy", b"no-referrer"),
-                            (b"x-frame-options", b"DENY")]
-                if page:
-                    headers.append((b"content-security-policy", PAGE_CSP.encode()))
+                            (b"x-frame-options", b"DENY"), (b"content-security-policy", PAGE_CSP.encode())]
                 message = {**message, "headers": headers}
             await send(message)
 
@@ -362,12 +489,14 @@ class SecurityHeaders:
 
 
 def create_app(retriever_or_dir: Any, settings: ServeSettings | None = None, *,
-               encoder_spec: str | None = None) -> FastAPI:
+               encoder_spec: str | None = None, load: Callable[[Path], Any] | None = None,
+               on_load_error: Callable[[str], None] | None = None) -> FastAPI:
     """The service over a :class:`~mmembed.retrieval.Retriever` (served at once) or a retrieval
-    directory (loaded in the background when the app starts; its encoder spec is read from it).
-    ``encoder_spec`` names the encoder of a given retriever in the info route."""
+    directory (loaded in the background when the app starts, by ``load`` when given, e.g. to attach
+    a reranker; its encoder spec is read from it). ``encoder_spec`` names the encoder of a given
+    retriever in the info route; ``on_load_error`` is told when loading fails."""
     settings = settings or ServeSettings()
-    state = ServiceState(retriever_or_dir, settings, encoder_spec)
+    state = ServiceState(retriever_or_dir, settings, encoder_spec, load, on_load_error)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI):
@@ -375,21 +504,29 @@ def create_app(retriever_or_dir: Any, settings: ServeSettings | None = None, *,
         yield
         state.close()
 
-    app = FastAPI(title="mmembed search service", version=__version__, lifespan=lifespan,
+    # FastAPI's /docs loads Swagger UI from a CDN: replaced by a page of our own (works offline)
+    app = FastAPI(title="mmembed search service", version=__version__, lifespan=lifespan, docs_url=None,
+                  redoc_url=None,
                   description="Universal multimodal retrieval (MM-Embed): search with text, an image or both.")
     app.state.mmembed = state
     _install_error_handlers(app)
     app.include_router(_public_routes())
     app.include_router(_api_routes())
-    _add_page(app)
-    app.add_middleware(RequestGuard, max_bytes=settings.max_request_bytes)
+    app.include_router(_compat_routes())
+    _add_pages(app)
+    app.add_middleware(RequestGuard, max_bytes=settings.max_request_bytes, hosts=accepted_hosts(settings),
+                       body_timeout_s=settings.body_timeout_s)
     app.add_middleware(SecurityHeaders)
     return app
 
 
-def _add_page(app: FastAPI) -> None:
+def _add_pages(app: FastAPI) -> None:
     @app.get("/", include_in_schema=False)
     def page() -> FileResponse:
         return FileResponse(STATIC_DIR / "index.html", media_type="text/html")
+
+    @app.get("/docs", include_in_schema=False)
+    def docs() -> FileResponse:
+        return FileResponse(STATIC_DIR / "docs.html", media_type="text/html")
 
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")

@@ -1,15 +1,20 @@
-"""The service's side of a :class:`~mmembed.retrieval.Retriever`: a bounded worker pool, one encoder
-lock, per-phase timings, and the conversions between retrieval objects and API models.
+"""The service's side of a :class:`~mmembed.retrieval.Retriever`: admission control, dynamic
+batching, per-phase timings, and the conversions between retrieval objects and API models.
 
-Concurrency. Encoding is CPU-bound and the CPU encoder's feature cache is not thread-safe, so
-every encoder (and reranker) call holds one lock. Requests wait for a thread of a small pool
-(``workers``) in a bounded queue (``queue_size``); when ``workers + queue_size`` requests are
-already in, the next is refused at once (503 with ``Retry-After``) instead of queueing without
-bound. Image decoding runs in the pool too, outside the lock.
+Concurrency. A request on the encoder path (search, embeddings) is admitted while fewer than
+``capacity`` are in; the next is refused at once (503 with ``Retry-After``) instead of queueing
+without bound. Its image is decoded on a small thread pool (``workers``), then its job joins the
+:class:`Batcher`: one thread that runs queued jobs together, up to ``batch_max_items`` items per
+encoder call, waiting at most ``batch_max_wait_ms`` for requests already admitted. One encoder
+call for 32 queries costs far less than 32 calls (one matrix product instead of many small ones,
+and one vector-index search), so throughput grows with load instead of latency alone. The CPU
+encoder's feature cache is not thread-safe; the single batcher thread, and one lock shared with
+the rerank route, keep every encoder and reranker call serial.
 
 Timings. The encoder's, the index's and the reranker's methods are wrapped on their instances
 (identity and type are kept) so that the time of each phase of a request is measured where it
-is spent, whichever code path of the retriever calls them.
+is spent, whichever code path of the retriever calls them. In a batch, every member reports the
+batch's phases and its size (``batch_items``).
 """
 
 from __future__ import annotations
@@ -20,11 +25,11 @@ import io
 import logging
 import threading
 import time
-from collections import defaultdict
+from collections import defaultdict, deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import numpy as np
@@ -33,7 +38,7 @@ from PIL import Image
 from mmembed import __version__
 from mmembed.encoders.base import Item
 from mmembed.errors import ConfigError, MMEmbedError
-from mmembed.serve.limits import ApiError, decode_image
+from mmembed.serve.limits import ApiError, Upload, decode_image, decode_image_bytes
 from mmembed.serve.models import (
     CandidateInfo,
     EmbedResponse,
@@ -109,16 +114,15 @@ def instrument(obj: object, phase: str, methods: tuple[str, ...]) -> None:
             logger.debug("cannot time %s.%s; its phase reports 0 ms", type(obj).__name__, name)
 
 
-# --------------------------------------------------------------------------- the worker pool
+# --------------------------------------------------------------------------- admission and batching
 
 
-class WorkerPool:
-    """A thread pool with a bounded queue: :meth:`run` refuses work beyond ``workers + queue_size``."""
+class Admission:
+    """Counts requests in the encoder path; beyond ``capacity`` the next one is refused at once (503)."""
 
-    def __init__(self, workers: int, queue_size: int, retry_after_s: int = 1):
-        self.capacity = workers + queue_size
+    def __init__(self, capacity: int, retry_after_s: int = 1):
+        self.capacity = capacity
         self.retry_after_s = retry_after_s
-        self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="mmembed-worker")
         self._lock = threading.Lock()
         self._in_flight = 0
 
@@ -126,8 +130,8 @@ class WorkerPool:
     def in_flight(self) -> int:
         return self._in_flight
 
-    async def run(self, fn: Callable[..., T], *args: Any) -> T:
-        """``fn(*args)`` on a worker; :class:`ApiError` 503 at once when the pool is full."""
+    @contextmanager
+    def admitted(self) -> Iterator[None]:
         with self._lock:
             if self._in_flight >= self.capacity:
                 raise ApiError(503, "overloaded", f"the service is busy ({self.capacity} requests in progress); "
@@ -135,30 +139,111 @@ class WorkerPool:
                                headers={"Retry-After": str(self.retry_after_s)})
             self._in_flight += 1
         try:
-            future = self._executor.submit(fn, *args)
-        except RuntimeError:  # shut down
-            self._release(None)
-            raise ApiError(503, "shutting_down", "the service is shutting down") from None
-        future.add_done_callback(self._release)
-        return await asyncio.wrap_future(future)
-
-    def _release(self, _future: Future | None) -> None:
-        with self._lock:
-            self._in_flight -= 1
-
-    def shutdown(self) -> None:
-        self._executor.shutdown(wait=False, cancel_futures=True)
+            yield
+        finally:
+            with self._lock:
+                self._in_flight -= 1
 
 
-# --------------------------------------------------------------------------- the service
+@dataclass
+class Job:
+    """One request's share of an encoder call: a search (one query) or an embedding request (items)."""
+
+    kind: str  # "search", "query" or "candidate"
+    items: list[Item]
+    instructions: list[str | None]
+    k: int = 0
+    rerank: bool = False
+    future: Future = field(default_factory=Future)
+
+    @property
+    def size(self) -> int:
+        return len(self.items)
 
 
 @dataclass(frozen=True)
-class Upload:
-    """Image bytes from a request, decoded on a worker."""
+class JobResult:
+    """Hits (search) or vectors (embeddings) of one job, and the phases of the call it was part of."""
 
-    data: bytes
-    what: str = "image"
+    value: Any
+    ms: dict[str, float]
+    batch_items: int
+    started: float
+
+
+class Batcher:
+    """One thread that runs queued jobs in batches of at most ``max_items`` items.
+
+    A batch starts with the oldest job and takes queued ones while they fit. When requests are
+    admitted but still being read or decoded (``expect``), it waits up to ``max_wait_s`` for them:
+    under load the batch fills, while a lone request is never delayed.
+    """
+
+    def __init__(self, run: Callable[[list[Job]], None], max_items: int, max_wait_s: float):
+        self.max_items = max_items
+        self.max_wait_s = max_wait_s
+        self._run = run
+        self._queue: deque[Job] = deque()
+        self._expected = 0
+        self._closed = False
+        self._cond = threading.Condition()
+        self._thread = threading.Thread(target=self._loop, name="mmembed-batcher", daemon=True)
+        self._thread.start()
+
+    def expect(self, n: int = 1) -> None:
+        with self._cond:
+            self._expected += n
+            self._cond.notify_all()
+
+    def submit(self, job: Job, *, expected: bool = True) -> Future:
+        with self._cond:
+            if self._closed:
+                raise ApiError(503, "shutting_down", "the service is shutting down")
+            if expected:
+                self._expected -= 1
+            self._queue.append(job)
+            self._cond.notify_all()
+        return job.future
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+        self._thread.join(timeout=30)
+
+    def _loop(self) -> None:
+        while True:
+            batch = self._next_batch()
+            if batch is None:
+                return
+            batch = [job for job in batch if job.future.set_running_or_notify_cancel()]  # drop abandoned ones
+            if batch:
+                self._run(batch)
+
+    def _next_batch(self) -> list[Job] | None:
+        with self._cond:
+            while not self._queue:
+                if self._closed:
+                    return None
+                self._cond.wait()
+            batch = [self._queue.popleft()]
+            items = batch[0].size
+            deadline = time.monotonic() + self.max_wait_s
+            while items < self.max_items:
+                if self._queue:
+                    if items + self._queue[0].size > self.max_items:
+                        break
+                    batch.append(self._queue.popleft())
+                    items += batch[-1].size
+                    continue
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or self._expected <= 0:
+                    break
+                self._cond.wait(remaining)
+            return batch
+
+
+# --------------------------------------------------------------------------- the service
 
 
 class SearchService:
@@ -169,7 +254,9 @@ class SearchService:
         self.settings = settings
         self.encoder_spec = encoder_spec
         self.encoder_lock = threading.Lock()
-        self.pool = WorkerPool(settings.workers, settings.queue_size, settings.retry_after_s)
+        self.admission = Admission(settings.capacity, settings.retry_after_s)
+        self._workers = ThreadPoolExecutor(max_workers=settings.workers, thread_name_prefix="mmembed-worker")
+        self.batcher = Batcher(self._run_batch, settings.batch_max_items, settings.batch_max_wait_ms / 1000)
         instrument(retriever.encoder, "encode", ("encode_queries", "encode_candidates"))
         instrument(retriever.index, "search", ("search",))
         if self.reranker is not None:
@@ -195,14 +282,17 @@ class SearchService:
 
     def info(self) -> IndexInfo:
         encoder, s = self.retriever.encoder, self.settings
-        reranker = self.reranker
         return IndexInfo(
             count=len(self.retriever.index), dim=encoder.dim, encoder_id=encoder.encoder_id, encoder=self.encoder_spec,
-            reranker=None if not self.can_rerank else str(getattr(reranker, "reranker_id", type(reranker).__name__)),
-            tasks=self.tasks(), version=__version__,
+            reranker=self.reranker_id, tasks=self.tasks(), version=__version__,
             limits=Limits(max_upload_bytes=s.max_upload_bytes, max_request_bytes=s.max_request_bytes,
                           max_pixels=s.max_pixels, max_text_chars=s.max_text_chars, max_k=s.max_k,
                           max_embed_items=s.max_embed_items, image_formats=list(IMAGE_FORMATS)))
+
+    @property
+    def reranker_id(self) -> str | None:
+        reranker = self.reranker
+        return None if reranker is None else str(getattr(reranker, "reranker_id", type(reranker).__name__))
 
     def resolve_instruction(self, instruction: str | None, task: str | None) -> str | None:
         if task is None:
@@ -217,23 +307,97 @@ class SearchService:
             raise ApiError(409, "no_reranker", "this service has no reranker; start it with "
                                                "'mmembed serve INDEX --rerank CONFIG.yaml' to rerank")
 
-    # --- search (runs on a worker) -------------------------------------------------------------
+    # --- the encoder path ----------------------------------------------------------------------
 
-    def search(self, query: SearchQuery, upload: Upload | None, instruction: str | None,
-               submitted: float) -> SearchResponse:
+    async def call(self, prepare: Callable[[], Job]) -> tuple[Job, JobResult]:
+        """Admit a request (or 503), build its job on a worker thread (image decoding), then wait
+        for the batch it joins."""
+        with self.admission.admitted():
+            self.batcher.expect()
+            try:
+                job = await self.on_worker(prepare)
+            except BaseException:
+                self.batcher.expect(-1)
+                raise
+            return job, await asyncio.wrap_future(self.batcher.submit(job))
+
+    async def on_worker(self, fn: Callable[..., T], *args: Any) -> T:
+        try:
+            future = self._workers.submit(fn, *args)
+        except RuntimeError:  # shut down
+            raise ApiError(503, "shutting_down", "the service is shutting down") from None
+        return await asyncio.wrap_future(future)
+
+    def search_job(self, query: SearchQuery, upload: Upload | None, instruction: str | None) -> Job:
+        image = decode_image(upload.data, self.settings, upload.what) if upload is not None else None
+        rerank = self.can_rerank and query.rerank is not False
+        return Job("search", [Item("query", query.text, image)], [instruction], k=query.k, rerank=rerank)
+
+    def embed_job(self, texts: list[str | None], uploads: list[Upload | None], kind: str,
+                  instruction: str | None) -> Job:
+        items = [Item(f"item {i}", text, decode_image(u.data, self.settings, u.what) if u else None)
+                 for i, (text, u) in enumerate(zip(texts, uploads))]
+        return Job(kind, items, [instruction] * len(items))
+
+    def _run_batch(self, jobs: list[Job]) -> None:
+        """Run jobs together; when the batch fails, each job runs alone so that only the failing
+        requests get the error (one bad input must not fail its batch-mates)."""
+        try:
+            results = self._execute(jobs)
+        except Exception as e:
+            if len(jobs) == 1:
+                jobs[0].future.set_exception(e)
+                return
+            logger.info("a batch of %d requests failed (%s: %s); running them one by one", len(jobs),
+                        type(e).__name__, e)
+            for job in jobs:
+                self._run_batch([job])
+            return
+        for job, result in zip(jobs, results):
+            job.future.set_result(result)
+
+    def _execute(self, jobs: list[Job]) -> list[JobResult]:
         started = time.perf_counter()
-        with measuring(Stopwatch()) as stopwatch:
-            image = decode_image(upload.data, self.settings, upload.what) if upload is not None else None
-            item = Item("query", query.text, image)
-            with self.encoder_lock:
-                hits = self._search(query, image, instruction)
-        return SearchResponse(
-            hits=[self._hit(h) for h in hits], query_modality=item.modality.value, instruction=instruction,
-            k=query.k, reranked=stopwatch.ran("rerank"), timings_ms=self._timings(stopwatch, submitted, started))
+        values: list[Any] = [None] * len(jobs)
+        groups: dict[tuple[str, bool], list[int]] = defaultdict(list)
+        for i, job in enumerate(jobs):
+            groups[(job.kind, job.rerank)].append(i)
+        with measuring(Stopwatch()) as stopwatch, self.encoder_lock:
+            for (kind, rerank), members in groups.items():
+                group = [jobs[i] for i in members]
+                for i, value in zip(members, self._execute_group(kind, rerank, group)):
+                    values[i] = value
+        items = sum(job.size for job in jobs)
+        return [JobResult(value, dict(stopwatch.ms), items, started) for value in values]
 
-    def _search(self, query: SearchQuery, image: Image.Image | None, instruction: str | None) -> list[Any]:
-        rerank = query.rerank if self.can_rerank else False
-        return self.retriever.search(query.text, image, instruction=instruction, k=query.k, rerank=rerank)
+    def _execute_group(self, kind: str, rerank: bool, jobs: list[Job]) -> list[Any]:
+        items = [item for job in jobs for item in job.items]
+        instructions = [instruction for job in jobs for instruction in job.instructions]
+        if kind == "search":
+            rows = self.retriever.search_items(items, instructions, k=max(job.k for job in jobs), rerank=rerank)
+            return [row[:job.k] for row, job in zip(rows, jobs)]
+        encoder = self.retriever.encoder
+        if kind == "query":
+            vectors = encoder.encode_queries(items, instructions, batch_size=len(items))
+        else:
+            vectors = encoder.encode_candidates(items, batch_size=len(items))
+        rows = np.asarray(vectors, dtype=np.float32)
+        bounds = np.cumsum([0] + [job.size for job in jobs])
+        return [rows[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
+
+    # --- answers -------------------------------------------------------------------------------
+
+    def search_response(self, query: SearchQuery, job: Job, result: JobResult, submitted: float) -> SearchResponse:
+        return SearchResponse(
+            hits=[self._hit(h) for h in result.value], query_modality=job.items[0].modality.value,
+            instruction=job.instructions[0], k=query.k, reranked="rerank" in result.ms and job.rerank,
+            timings_ms=self.timings(result, submitted))
+
+    def embed_response(self, job: Job, result: JobResult, submitted: float) -> EmbedResponse:
+        rows = result.value
+        return EmbedResponse(encoder_id=self.retriever.encoder.encoder_id, dim=int(rows.shape[1]),
+                             kind=job.kind, instruction=job.instructions[0] if job.items else None,  # type: ignore[arg-type]
+                             vectors=rows.tolist(), timings_ms=self.timings(result, submitted))
 
     @staticmethod
     def _hit(hit: Any) -> SearchHit:
@@ -244,31 +408,25 @@ class SearchService:
                          image_url=candidate_image_path(hit.id) if c.image else None)
 
     @staticmethod
-    def _timings(stopwatch: Stopwatch, submitted: float, started: float) -> Timings:
-        now = time.perf_counter()
-        return Timings(queue=_ms(started - submitted), encode=round(stopwatch.ms.get("encode", 0.0), 3),
-                       search=round(stopwatch.ms.get("search", 0.0), 3),
-                       rerank=round(stopwatch.ms["rerank"], 3) if stopwatch.ran("rerank") else None,
-                       total=_ms(now - submitted))
+    def timings(result: JobResult, submitted: float) -> Timings:
+        ms = result.ms
+        return Timings(queue=_ms(result.started - submitted), encode=round(ms.get("encode", 0.0), 3),
+                       search=round(ms.get("search", 0.0), 3),
+                       rerank=round(ms["rerank"], 3) if "rerank" in ms else None,
+                       total=_ms(time.perf_counter() - submitted), batch_items=result.batch_items)
 
-    # --- embed (runs on a worker) --------------------------------------------------------------
+    # --- reranking without retrieval (runs on a worker) ----------------------------------------
 
-    def embed(self, texts: list[str | None], uploads: list[Upload | None], kind: str, instruction: str | None,
-              submitted: float) -> EmbedResponse:
-        started = time.perf_counter()
-        with measuring(Stopwatch()) as stopwatch:
-            items = [Item(f"item {i}", text, decode_image(u.data, self.settings, u.what) if u else None)
-                     for i, (text, u) in enumerate(zip(texts, uploads))]
-            encoder = self.retriever.encoder
-            with self.encoder_lock:
-                if kind == "query":
-                    vectors = encoder.encode_queries(items, instruction, batch_size=len(items))
-                else:
-                    vectors = encoder.encode_candidates(items, batch_size=len(items))
-        rows = np.asarray(vectors, dtype=np.float32)
-        return EmbedResponse(encoder_id=encoder.encoder_id, dim=int(rows.shape[1]), kind=kind,  # type: ignore[arg-type]
-                             instruction=instruction, vectors=rows.tolist(),
-                             timings_ms=self._timings(stopwatch, submitted, started))
+    def rerank_scores(self, query: str, documents: list[str], instruction: str | None) -> np.ndarray:
+        reranker = self.reranker
+        if reranker is None:
+            raise ApiError(409, "no_reranker", "this service has no reranker; start it with "
+                                               "'mmembed serve INDEX --rerank CONFIG.yaml' to rerank")
+        queries = [Item("query", query)] * len(documents)
+        candidates = [Item(f"document {i}", text) for i, text in enumerate(documents)]
+        with self.encoder_lock:
+            scores = reranker.score_pairs(queries, candidates, [instruction] * len(documents))
+        return np.asarray(scores, dtype=np.float64)
 
     # --- candidates ----------------------------------------------------------------------------
 
@@ -291,12 +449,9 @@ class SearchService:
         return self._thumbnail(c.did, c.image, size)
 
     def _make_thumbnail(self, candidate_id: str, rel_path: str, size: int) -> bytes:
-        images = getattr(self.retriever, "images", None)
         try:
-            if images is None:
-                raise ConfigError("this index has no image root")
-            image = images.load(rel_path, candidate_id)
-        except MMEmbedError as e:
+            image = self._candidate_image(candidate_id, rel_path)
+        except (MMEmbedError, OSError, ApiError) as e:
             logger.warning("cannot serve the image of candidate %s: %s", candidate_id, e)
             raise ApiError(500, "image_unreadable", f"the image of candidate {candidate_id!r} cannot be read "
                                                     "on the server") from None
@@ -305,8 +460,18 @@ class SearchService:
         image.save(out, format="PNG", optimize=False)
         return out.getvalue()
 
+    def _candidate_image(self, candidate_id: str, rel_path: str) -> Image.Image:
+        """Decoded like an upload (header size check, no warnings filters: this runs on many threads);
+        the path is checked by the index's image store, which refuses paths leaving its root."""
+        images = getattr(self.retriever, "images", None)
+        if images is None:
+            raise ConfigError("this index has no image root")
+        path = images.resolve(rel_path, candidate_id)
+        return decode_image_bytes(path.read_bytes(), images.max_pixels, f"image of candidate {candidate_id}")
+
     def close(self) -> None:
-        self.pool.shutdown()
+        self.batcher.close()
+        self._workers.shutdown(wait=False, cancel_futures=True)
 
 
 def _ms(seconds: float) -> float:

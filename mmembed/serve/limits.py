@@ -9,15 +9,25 @@ opened at all.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import io
-import warnings
+import struct
+from dataclasses import dataclass
 
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
-from mmembed.data.images import check_pixels, to_rgb
-from mmembed.errors import ImageError
+from mmembed.data.images import to_rgb
 from mmembed.serve.models import SearchQuery
 from mmembed.serve.settings import IMAGE_FORMATS, ServeSettings
+
+
+@dataclass(frozen=True)
+class Upload:
+    """Image bytes from a request, decoded on a worker."""
+
+    data: bytes
+    what: str = "image"
 
 
 class ApiError(Exception):
@@ -35,38 +45,64 @@ def _formats_text() -> str:
     return ", ".join(IMAGE_FORMATS)
 
 
+def megabytes(size: int) -> str:
+    """A byte count for people: '9.7 MB' (decimal megabytes, what file managers show)."""
+    return f"{size / 1_000_000:.1f} MB" if size >= 100_000 else f"{size / 1000:.1f} kB"
+
+
 def check_upload_size(size: int, settings: ServeSettings, what: str = "image") -> None:
-    if size > settings.max_upload_bytes:
-        raise ApiError(413, "image_too_large",
-                       f"the {what} is {size} bytes; the limit is {settings.max_upload_bytes} bytes")
+    limit = settings.max_upload_bytes
+    if size > limit:
+        raise ApiError(413, "image_too_large", f"the {what} is {megabytes(size)} ({size} bytes); the limit is "
+                                               f"{megabytes(limit)} ({limit} bytes) per image")
 
 
 def decode_image(data: bytes, settings: ServeSettings, what: str = "image") -> Image.Image:
     """RGB pixels of an uploaded image file, or an :class:`ApiError` (413, 415 or 400)."""
     check_upload_size(len(data), settings, what)
+    return decode_image_bytes(data, settings.max_pixels, what)
+
+
+def decode_image_bytes(data: bytes, max_pixels: int, what: str = "image") -> Image.Image:
+    """RGB pixels of image file bytes whose header declares at most ``max_pixels`` pixels.
+
+    The header is parsed by the format's own Pillow plugin, constructed directly rather than through
+    ``Image.open``: ``Image.open`` applies Pillow's process-wide decompression-bomb policy, which
+    raises or warns depending on the global warnings filters. Changing those filters per call
+    (``warnings.catch_warnings``) is not thread-safe, and concurrent requests once left an "error"
+    filter installed for good. Here the limit is compared with the declared size, and nothing
+    depends on warnings state.
+    """
     if not data:
         raise ApiError(400, "empty_image", f"the {what} is empty")
-    try:
-        image = Image.open(io.BytesIO(data), formats=IMAGE_FORMATS)
-    except UnidentifiedImageError:
-        claimed = claimed_format(data)
-        if claimed is not None:
-            raise ApiError(400, "corrupt_image",
-                           f"the {what} starts like a {claimed} file but cannot be read") from None
-        raise ApiError(415, "unsupported_image_type",
-                       f"the {what} is not an image of a supported type ({_formats_text()})") from None
-    except (OSError, SyntaxError, ValueError) as e:
-        raise ApiError(400, "corrupt_image", f"the {what} cannot be read: {e}") from None
+    image = _open_header(data, what)
+    width, height = image.size
+    if width * height > max_pixels:
+        image.close()
+        raise ApiError(413, "too_many_pixels", f"the {what} is {width}x{height} = {width * height:,} pixels; "
+                                               f"the limit is {max_pixels:,} pixels")
     with image:
-        try:
-            check_pixels(image.size, what, settings.max_pixels)
-        except ImageError:
-            width, height = image.size
-            raise ApiError(413, "too_many_pixels", f"the {what} has {width}x{height} = {width * height} pixels; "
-                                                   f"the limit is {settings.max_pixels} pixels") from None
         return _decode_pixels(image, what)
 
 
+def _open_header(data: bytes, what: str) -> Image.Image:
+    claimed = claimed_format(data)
+    if claimed is None:
+        raise ApiError(415, "unsupported_image_type",
+                       f"the {what} is not an image of a supported type ({_formats_text()})")
+    Image.init()
+    factory = Image.OPEN[claimed][0]
+    try:
+        return factory(io.BytesIO(data), "")
+    except (OSError, SyntaxError, ValueError, IndexError, TypeError, struct.error, EOFError) as e:
+        raise ApiError(400, "corrupt_image", f"the {what} starts like a {claimed} file but cannot be read "
+                                             f"({_reason(e)})") from None
+    except Image.DecompressionBombError:  # a plugin's own check (GIF frames)
+        raise ApiError(413, "too_many_pixels", f"the {what} declares too many pixels") from None
+
+
+def _reason(e: Exception) -> str:
+    return str(e) or type(e).__name__
 def claimed_format(data: bytes) -> str | None:
     """The supported format whose signature ``data`` starts with, if any."""
     for signature, name in _SIGNATURES:
@@ -83,14 +119,14 @@ _SIGNATURES = ((b"\x89PNG\r\n\x1a\n", "PNG"), (b"\xff\xd8\xff", "JPEG"), (b"GIF8
 
 def _decode_pixels(image: Image.Image, what: str) -> Image.Image:
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image.load()
-            return to_rgb(image)
+        image.load()
+        return to_rgb(image)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise ApiError(413, "too_many_pixels", f"the {what} was refused as a decompression bomb") from None
-    except (OSError, SyntaxError, ValueError) as e:
-        raise ApiError(400, "corrupt_image", f"the {what} is corrupt or truncated: {e}") from None
+        # a frame larger than the declared canvas (GIF); the warning is caught in case another
+        # library turned warnings into errors: this code never changes the filters itself
+        raise ApiError(413, "too_many_pixels", f"the {what} has a frame over the pixel limit") from None
+    except (OSError, SyntaxError, ValueError, IndexError, struct.error, EOFError) as e:
+        raise ApiError(400, "corrupt_image", f"the {what} is corrupt or truncated ({_reason(e)})") from None
 
 
 def check_text(value: str | None, name: str, settings: ServeSettings) -> None:
@@ -113,3 +149,20 @@ def check_search(query: SearchQuery, has_image: bool, settings: ServeSettings) -
     check_text(query.text, "text", settings)
     check_text(query.instruction, "instruction", settings)
     check_k(query.k, settings)
+
+
+def b64_upload(data: str, what: str, settings: ServeSettings) -> Upload:
+    """An image sent as base64 or as a ``data:`` URL; never a URL to fetch."""
+    if data.startswith(("http://", "https://", "ftp://", "file:")):
+        raise ApiError(422, "image_url_not_allowed", f"the {what} is a URL; this service never fetches URLs: "
+                                                     "send a data URL (data:image/png;base64,...) or base64")
+    if data.startswith("data:"):
+        header, sep, data = data.partition(",")
+        if not sep or not header.endswith(";base64"):
+            raise ApiError(422, "invalid_base64", f"the {what} is a data URL without ';base64,' data")
+    check_upload_size(len(data) * 3 // 4, settings, what)  # before decoding
+    try:
+        raw = base64.b64decode(data, validate=True)
+    except (binascii.Error, ValueError):
+        raise ApiError(422, "invalid_base64", f"the {what} is not valid base64") from None
+    return Upload(raw, what)

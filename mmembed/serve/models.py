@@ -59,6 +59,7 @@ class Health(_Model):
 
 class Readiness(_Model):
     ready: bool
+    status: Literal["ready", "loading", "failed"] = Field(description="'loading' until the index is loaded")
     detail: str | None = Field(None, description="why the service is not ready")
     in_flight: int = Field(description="searches and embeddings running or waiting")
     capacity: int = Field(description="in_flight beyond which requests get 503")
@@ -126,6 +127,8 @@ class Timings(_Model):
     search: float = Field(0.0, description="the vector index")
     rerank: float | None = Field(None, description="the reranker, when it ran")
     total: float = Field(description="from the request's arrival to the answer")
+    batch_items: int | None = Field(None, description="items encoded in the same encoder call as this request's "
+                                                      "(the phases above are that call's)")
 
 
 class SearchHit(_Model):
@@ -175,6 +178,85 @@ class EmbedResponse(_Model):
     instruction: str | None = None
     vectors: list[list[float]] = Field(description="one L2-normalised row per item, in request order")
     timings_ms: Timings
+
+
+# --------------------------------------------------------------------------- OpenAI-compatible routes
+
+
+class OpenAIInputItem(_Model):
+    """An input with an image (the multimodal extension): text, an image, or both."""
+
+    text: str | None = Field(None, max_length=HARD_MAX_TEXT)
+    image: str | None = Field(None, description="a data URL (data:image/png;base64,...) or base64 image file "
+                                                "bytes; URLs are never fetched")
+
+    _blank = field_validator("text", "image", mode="before")(_blank_to_none)
+
+
+class OpenAIEmbeddingRequest(BaseModel):
+    """``POST /v1/embeddings``: OpenAI's request, plus image inputs, ``input_type`` and ``instruction``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    input: str | list[str | OpenAIInputItem] | list[int] | list[list[int]] = Field(
+        description="a string, or a list of strings and {text, image} objects (token arrays are refused)")
+    model: str = Field(description="the served encoder (its id or spec, or 'mmembed')")
+    encoding_format: Literal["float", "base64"] = "float"
+    dimensions: int | None = Field(None, ge=1, description="accepted only when equal to the model's dimension: "
+                                                          "its embeddings are not trained for truncation")
+    user: str | None = Field(None, max_length=256, description="ignored")
+    input_type: Literal["query", "document"] = Field(
+        "document", description="'document' embeds candidates (no instruction); 'query' embeds queries, "
+                                "optionally with an instruction or task")
+    instruction: str | None = Field(None, max_length=HARD_MAX_TEXT)
+    task: str | None = Field(None, max_length=200)
+
+
+class OpenAIEmbedding(_Model):
+    object: Literal["embedding"] = "embedding"
+    index: int
+    embedding: list[float] | str = Field(description="floats, or base64 of little-endian float32")
+
+
+class OpenAIUsage(_Model):
+    prompt_tokens: int
+    total_tokens: int
+
+
+class OpenAIEmbeddingResponse(_Model):
+    object: Literal["list"] = "list"
+    data: list[OpenAIEmbedding]
+    model: str
+    usage: OpenAIUsage
+
+
+class RerankDocument(_Model):
+    text: str = Field(max_length=HARD_MAX_TEXT)
+
+
+class RerankRequest(BaseModel):
+    """``POST /v1/rerank``, the request shape of Cohere, Jina and text-embeddings-inference."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    query: str = Field(min_length=1, max_length=HARD_MAX_TEXT)
+    documents: list[str | RerankDocument] = Field(min_length=1, max_length=HARD_MAX_ITEMS)
+    top_n: int | None = Field(None, ge=1, description="return the best top_n (default: all)")
+    model: str | None = None
+    return_documents: bool = False
+    instruction: str | None = Field(None, max_length=HARD_MAX_TEXT)
+
+
+class RerankResultItem(_Model):
+    index: int = Field(description="position of the document in the request")
+    relevance_score: float = Field(description="the reranker's raw score; higher is more relevant")
+    document: RerankDocument | None = None
+
+
+class RerankResponse(_Model):
+    model: str
+    results: list[RerankResultItem]
+    usage: OpenAIUsage
 
 
 # --------------------------------------------------------------------------- candidates

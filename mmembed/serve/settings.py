@@ -8,7 +8,7 @@ bounded uploads, pixels, text, ``k``, and a bounded queue in front of the encode
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from mmembed.data.images import DEFAULT_MAX_PIXELS
 from mmembed.errors import ConfigError
@@ -40,26 +40,48 @@ class ServeSettings:
     max_k: int = 100
     #: Most items of one embed request.
     max_embed_items: int = 32
-    #: Threads that run encoder calls. Encoder calls are serialised by one lock (the CPU encoder's
-    #: feature cache is not thread-safe), so more workers only overlap the non-encoder work.
-    workers: int = 1
-    #: Requests allowed to wait for a worker; beyond ``workers + queue_size`` the answer is 503.
-    queue_size: int = 16
+    #: Threads that decode uploaded images and run reranking requests. Encoder calls run on one
+    #: batching thread (see ``batch_max_items``) whatever this is.
+    workers: int = 2
+    #: Requests allowed in the encoder path beyond ``workers``; past ``workers + queue_size`` the
+    #: answer is 503 at once.
+    queue_size: int = 64
+    #: Most items (queries, or embedding inputs) encoded in one call. 1 turns batching off.
+    batch_max_items: int = 32
+    #: Longest wait, in milliseconds, for admitted requests to join a batch. A request alone in
+    #: the service never waits.
+    batch_max_wait_ms: float = 5.0
     #: Seconds a client is told to wait (``Retry-After``) when the queue is full.
     retry_after_s: int = 1
     #: Largest side of a served candidate thumbnail, in pixels.
     max_thumbnail_side: int = 1024
-    #: Open connections uvicorn accepts before answering 503 itself (a backstop for floods).
+    #: Open connections; past it the oldest connections without a request in progress are closed
+    #: to make room, so a flood of idle sockets cannot lock out health checks or searches.
     max_connections: int = 256
+    #: Seconds a connection may take to send a complete request head (and an idle keep-alive
+    #: connection may stay open); then it is closed.
+    header_timeout_s: float = 10.0
+    #: Seconds the service waits for each part of a request body; then it answers 408 and closes.
+    body_timeout_s: float = 30.0
+    #: Host header values accepted besides localhost names and ``host`` (DNS-rebinding guard);
+    #: ``["*"]`` accepts any.
+    allowed_hosts: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         for name in ("port", "max_upload_bytes", "max_request_bytes", "max_pixels", "max_text_chars", "max_k",
-                     "max_embed_items", "workers", "retry_after_s", "max_thumbnail_side", "max_connections"):
+                     "max_embed_items", "workers", "retry_after_s", "max_thumbnail_side", "max_connections",
+                     "batch_max_items"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ConfigError(f"serve setting {name} must be a positive integer, got {value!r}")
         if not isinstance(self.queue_size, int) or self.queue_size < 0:
             raise ConfigError(f"serve setting queue_size must be an integer >= 0, got {self.queue_size!r}")
+        for name in ("batch_max_wait_ms", "header_timeout_s", "body_timeout_s"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+                raise ConfigError(f"serve setting {name} must be a number >= 0, got {value!r}")
+        if not all(isinstance(h, str) and h.strip() for h in self.allowed_hosts):
+            raise ConfigError(f"serve setting allowed_hosts must be a list of host names, got {self.allowed_hosts!r}")
         if self.port > 65535:
             raise ConfigError(f"serve setting port must be at most 65535, got {self.port}")
         if self.max_request_bytes < self.max_upload_bytes:
@@ -83,3 +105,16 @@ def api_key_from_env(explicit: str | None) -> str | None:
 
 def is_loopback(host: str) -> bool:
     return host in ("127.0.0.1", "localhost", "::1") or host.startswith("127.")
+
+
+LOCAL_HOST_NAMES = ("localhost", "127.0.0.1", "::1")
+
+
+def accepted_hosts(settings: ServeSettings) -> frozenset[str] | None:
+    """Host header names (lower case, no port) the service answers; ``None``: any."""
+    if "*" in settings.allowed_hosts:
+        return None
+    names = {*LOCAL_HOST_NAMES, *(h.lower().strip("[]") for h in settings.allowed_hosts)}
+    if settings.host not in ("0.0.0.0", "::", ""):
+        names.add(settings.host.lower().strip("[]"))
+    return frozenset(names)
