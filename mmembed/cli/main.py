@@ -25,9 +25,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show tracebacks of errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
-    from mmembed.cli import data, evaluate, index, mine, recipe, search, serve, train
+    from mmembed.cli import data, encode, evaluate, index, mine, recipe, search, serve, train
 
-    for module in (data, index, search, evaluate, train, mine, recipe, serve):
+    for module in (data, encode, index, search, evaluate, train, mine, recipe, serve):
         module.add_parser(sub)
     return parser
 

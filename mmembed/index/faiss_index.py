@@ -153,6 +153,11 @@ class FaissIndex:
         return bool(self._index.is_trained)
 
     @property
+    def train_sample_size(self) -> int:
+        """How many rows :meth:`train` uses at most (a seeded sample of anything larger)."""
+        return max(TRAIN_SAMPLE, 256 * _nlist(self._index))
+
+    @property
     def search_params(self) -> dict[str, float]:
         return dict(self._search_params)
 
@@ -178,7 +183,7 @@ class FaissIndex:
     def train(self, vectors: np.ndarray) -> None:
         """Train the coarse quantizer / codebooks on (a seeded sample of) ``vectors``."""
         x = _matrix(vectors, self.dim, "training vectors")
-        limit = max(TRAIN_SAMPLE, 256 * _nlist(self._index))
+        limit = self.train_sample_size
         if x.shape[0] > limit:
             rows = np.sort(np.random.default_rng(0).choice(x.shape[0], limit, replace=False))
             x = x[rows]

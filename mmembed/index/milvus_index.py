@@ -119,10 +119,19 @@ class MilvusIndex:
         self._indexed = False
         self._ids: list[str] = []
         self._id_set: set[str] = set()
-        self._client = self._connect(uri)
+        self._client_handle: Any = None
         self._create_collection()
 
     # --- connection and collection ----------------------------------------------------------
+
+    @property
+    def _client(self) -> Any:
+        """The Milvus client, (re)connected on first use (a saved Lite index reconnects where it now lies)."""
+        if self._client_handle is None:
+            self._client_handle = self._connect(self.uri)
+            if self._indexed:
+                self._client_handle.load_collection(self.collection)
+        return self._client_handle
 
     def _connect(self, uri: str) -> Any:
         pymilvus = _pymilvus()
@@ -144,7 +153,16 @@ class MilvusIndex:
         self._client.create_collection(self.collection, schema=schema)
 
     def close(self) -> None:
-        self._client.close()
+        """Release the connection (Milvus Lite: the database files); the next call reconnects."""
+        if self._client_handle is not None:
+            self._client_handle.close()
+            self._client_handle = None
+
+    def reopen(self, directory: str | os.PathLike) -> None:
+        """Follow a saved Milvus Lite index whose directory was moved to ``directory``."""
+        if self._lite:
+            self.close()
+            self.uri = str(Path(directory) / LITE_DB)
 
     def __len__(self) -> int:
         return len(self._ids)
@@ -259,20 +277,17 @@ class MilvusIndex:
                 _write_ids(staging / IDS_FILE, self._ids)
                 self._manifest().write(staging)
             return
-        # Milvus Lite keeps its files open: close, copy the database into the new directory,
-        # reopen from there (a private temporary database is then removed).
-        self._client.close()
+        # Milvus Lite keeps its files open: close, copy the database into the new directory; the
+        # next use reconnects there (a private temporary database is then removed). Closed while
+        # saved, so a staging directory holding it can be renamed (see reopen()).
+        manifest = self._manifest()
+        self.close()
         source = Path(self.uri)
-        try:
-            with atomic_directory(directory) as staging:
-                shutil.copytree(source, staging / LITE_DB)
-                _write_ids(staging / IDS_FILE, self._ids)
-                self._manifest().write(staging)
-        finally:
-            saved = directory / LITE_DB
-            self.uri = str(saved if saved.is_dir() else source)
-            self._client = self._connect(self.uri)
-            self._client.load_collection(self.collection)
+        with atomic_directory(directory) as staging:
+            shutil.copytree(source, staging / LITE_DB)
+            _write_ids(staging / IDS_FILE, self._ids)
+            manifest.write(staging)
+        self.uri = str(directory / LITE_DB)
         if self._private_dir is not None:
             shutil.rmtree(self._private_dir, ignore_errors=True)
             self._private_dir = None
@@ -304,10 +319,11 @@ class MilvusIndex:
         index._lite, index._private_dir, index.collection = is_lite(uri), None, collection
         index._index_type, index._index_params = extra.get("index_type"), dict(extra.get("index_params") or {})
         index._search_params = dict(extra.get("search_params") or {})
-        index._ids, index._id_set, index._indexed = ids, set(ids), True
-        index._client = index._connect(uri)
+        index._ids, index._id_set, index._indexed = ids, set(ids), False
+        index._client_handle = None
         index._check_collection(directory, manifest)
         index._client.load_collection(collection)
+        index._indexed = True
         return index
 
     def _check_collection(self, directory: Path, manifest: IndexManifest) -> None:
@@ -322,7 +338,10 @@ class MilvusIndex:
         rows = int(self._client.get_collection_stats(self.collection)["row_count"])
         if rows != manifest.count:
             raise IndexMismatchError(f"{where} holds {rows} vectors, the manifest says {manifest.count}")
-        metric = self._client.describe_index(self.collection, VECTOR_FIELD).get("metric_type")
+        try:
+            metric = self._client.describe_index(self.collection, VECTOR_FIELD).get("metric_type")
+        except Exception as e:  # pymilvus: no index on the field
+            raise IndexMismatchError(f"{where} has no vector index ({e})") from None
         if metric != "IP":
             raise IndexMismatchError(f"{where} uses metric {metric!r}; mmembed indexes use inner product ('IP')")
 
