@@ -195,3 +195,113 @@ def test_text_mining_and_cli(tmp_path, monkeypatch, capsys):
     assert "type2" in capsys.readouterr().out
     assert main(["mine", str(root), "--encoder", "toy", "--out", str(tmp_path / "x"), "--shard", "3/2"]) == 2
     assert "shard" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- reuse keyed by the inputs
+
+
+def task_file(root, split="train"):
+    return next((root / "query" / split).glob("*task0*.jsonl"))
+
+
+def test_a_query_file_cut_in_half_is_mined_again_not_reused(toy_root, tmp_path, caplog):
+    out = tmp_path / "mined"
+    mine_mbeir(ToyEncoder(), toy_root, out, small_config(), show_progress=False)
+    path = task_file(toy_root)
+    lines = path.read_text().splitlines(keepends=True)
+    path.write_text("".join(lines[:3]))
+    again = mine_mbeir(ToyEncoder(), toy_root, out, small_config(), show_progress=False)
+    assert not again.reused and again.stats["toy_task0"].queries == 3
+    assert len(read_rows(out / "toy_task0.jsonl")) == 3
+    assert "differs in inputs.files" in caplog.text
+
+
+def test_an_image_replaced_behind_the_same_path_is_mined_again(toy_root, tmp_path):
+    from PIL import Image
+
+    out = tmp_path / "mined"
+    mine_mbeir(ToyEncoder(), toy_root, out, small_config(), show_progress=False)
+    assert mine_mbeir(ToyEncoder(), toy_root, out, small_config(), show_progress=False).reused
+    image = next((toy_root / "images").glob("*.png"))
+    Image.new("RGB", (32, 32), (1, 2, 3)).save(image)
+    assert not mine_mbeir(ToyEncoder(), toy_root, out, small_config(), show_progress=False).reused
+
+
+def test_a_finished_run_is_redone_with_other_settings_and_leaves_no_stale_file(toy_root, tmp_path, caplog):
+    out = tmp_path / "mined"
+    mine_mbeir(ToyEncoder(), toy_root, out, small_config(), show_progress=False)
+    assert mine_mbeir(ToyEncoder(), toy_root, out, small_config(), show_progress=False).reused
+    assert not (out / ".parts").exists()  # a reuse claims nothing
+    redone = mine_mbeir(ToyEncoder(), toy_root, out, small_config(num_type2=2, tasks=["toy_task0"]),
+                        show_progress=False)
+    assert not redone.reused and set(redone.stats) == {"toy_task0"}
+    assert "differs in config.num_type2, config.tasks, inputs.files" in caplog.text and "mining again" in caplog.text
+    assert sorted(p.name for p in out.glob("*.jsonl")) == ["toy_task0.jsonl"]  # the other tasks' files went
+    assert all(len(r["neg_cand_list"]) == 3 for r in read_rows(out / "toy_task0.jsonl"))
+
+
+def test_leftovers_of_a_killed_run_are_removed(toy_root, tmp_path):
+    out = tmp_path / "mined"
+    (out / ".parts" / "toy_task0").mkdir(parents=True)
+    leftovers = [out / ".toy_task0.jsonl.abc123.tmp", out / ".parts" / "toy_task0" / ".000001.jsonl.x.tmp"]
+    for path in leftovers:
+        path.write_text("half")
+    (out / ".model.q1w2.staging").mkdir()
+    result = mine_mbeir(ToyEncoder(), toy_root, out, small_config(), show_progress=False)
+    assert result.complete
+    assert not any(p.exists() for p in leftovers) and not (out / ".model.q1w2.staging").exists()
+
+
+def test_a_run_whose_chunks_are_all_done_does_not_embed_the_pool_again(toy_root, tmp_path, monkeypatch):
+    import mmembed.mining.jobs as jobs
+
+    out = tmp_path / "mined"
+    reference = mine_mbeir(ToyEncoder(), toy_root, tmp_path / "ref", small_config(), show_progress=False)
+    # every chunk done, the merge not: a run killed between its last chunk and the manifest
+    real_finish = jobs.ChunkedJob.finish
+    monkeypatch.setattr(jobs.ChunkedJob, "finish", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt))
+    with pytest.raises(KeyboardInterrupt):
+        mine_mbeir(ToyEncoder(), toy_root, out, small_config(), show_progress=False)
+    monkeypatch.setattr(jobs.ChunkedJob, "finish", real_finish)
+    encoder = ToyEncoder()
+    result = mine_mbeir(encoder, toy_root, out, small_config(), show_progress=False)
+    assert result.complete and not result.reused and encoder.calls == 0
+    for task in reference.stats:
+        assert (out / f"{task}.jsonl").read_text() == (tmp_path / "ref" / f"{task}.jsonl").read_text()
+
+
+def test_partial_results_of_other_data_are_refused_naming_what_differs(toy_root, tmp_path, monkeypatch):
+    monkeypatch.setattr(miner_module, "_mine_chunk", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt))
+    with pytest.raises(KeyboardInterrupt):
+        mine_mbeir(ToyEncoder(), toy_root, tmp_path / "run", small_config(), show_progress=False)
+    path = task_file(toy_root)
+    path.write_text("".join(path.read_text().splitlines(keepends=True)[:2]))
+    with pytest.raises(ConfigError, match=r"differs in inputs\.files\..*task0.*remove .*\.parts"):
+        mine_mbeir(ToyEncoder(), toy_root, tmp_path / "run", small_config(), show_progress=False)
+
+
+def test_the_pool_cache_is_keyed_by_image_content(toy_root, tmp_path):
+    import os
+
+    from PIL import Image
+
+    from mmembed.data.images import ImageStore
+    from mmembed.eval.pool_cache import PoolEmbeddingCache
+
+    pool = toy_root / "cand_pool" / "global" / "mbeir_union_train_cand_pool.jsonl"
+    pool = pool if pool.is_file() else next(toy_root.rglob("*union*train*.jsonl"))
+    cache_dir = tmp_path / "cache"
+
+    def embed() -> tuple[int, object]:
+        encoder = ToyEncoder()
+        vectors = PoolEmbeddingCache(encoder, ImageStore(toy_root), cache_dir, show_progress=False).embed_file(pool)
+        return encoder.calls, vectors.vectors
+
+    calls, first = embed()
+    assert calls == 1 and embed()[0] == 0  # cached
+    image = next((toy_root / "images").glob("*.png"))
+    os.utime(image, ns=(1, 1))  # a touched but identical image: rehashed, still the same
+    assert embed()[0] == 0
+    Image.new("RGB", (32, 32), (3, 2, 1)).save(image)
+    calls, changed = embed()
+    assert calls == 1 and not (changed == first).all()

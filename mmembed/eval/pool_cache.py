@@ -1,8 +1,10 @@
-"""Candidate-pool embeddings, computed once per (encoder, pool content) and cached on disk.
+"""Candidate-pool embeddings, computed once per (encoder, pool content, image content) and cached on disk.
 
-The cache key is the encoder id plus the sha256 of the pool file, so editing a pool or changing
-the weights (a new encoder id) never serves stale vectors. Files are written atomically and read
-without pickle.
+The cache key is the encoder id, the sha256 of the pool file and a digest of the content of every
+image the pool names, so editing a pool, replacing an image behind the same path or changing the
+weights (a new encoder id) never serves stale vectors. Image content is hashed once and then
+trusted while the file's size, modification time and inode stay the same
+(:class:`ImageFingerprints`). Files are written atomically and read without pickle.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import numpy as np
 from mmembed.data.images import ImageStore
 from mmembed.data.mbeir import read_candidates
 from mmembed.encoders.base import Encoder, as_items
+from mmembed.errors import ImageError
 from mmembed.fileio import atomic_open, write_json
 from mmembed.types import Candidate, Modality
 
@@ -46,6 +49,8 @@ class EmbeddedPool:
 
 
 MODALITY_CODES = {m: i for i, m in enumerate(Modality)}
+#: The stat + content-hash record of images, in the cache directory.
+IMAGE_FINGERPRINTS = "image-fingerprints.json"
 
 
 def file_sha256(path: str | os.PathLike) -> str:
@@ -54,6 +59,71 @@ def file_sha256(path: str | os.PathLike) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
+
+
+class ImageFingerprints:
+    """Content hashes of image files, recomputed only for files whose stat changed.
+
+    Hashing every image on every run would cost as much reading as embedding them; a stat record
+    (size, mtime in ns, inode) per file, kept in ``store`` (JSON), lets unchanged files reuse their
+    hash. A file whose stat changed is hashed again, so a touched but identical image still matches.
+    """
+
+    def __init__(self, store: str | os.PathLike | None = None):
+        self.store = Path(store) if store else None
+        self._known: dict[str, list] = self._read()
+        self._dirty = False
+
+    def _read(self) -> dict[str, list]:
+        if self.store is None or not self.store.is_file():
+            return {}
+        try:
+            known = json.loads(self.store.read_bytes().decode("utf-8"))["files"]
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            logger.warning("ignoring unreadable image fingerprint store %s: %s", self.store, e)
+            return {}
+        return known if isinstance(known, dict) else {}
+
+    def file(self, path: Path) -> str:
+        """The content hash of ``path`` (``"missing"`` when it is not a file)."""
+        try:
+            st = path.stat()
+        except OSError:
+            return "missing"
+        stat = [st.st_size, st.st_mtime_ns, st.st_ino]
+        key = str(path)
+        known = self._known.get(key)
+        if known is not None and known[:3] == stat:
+            return known[3]
+        digest = file_sha256(path)
+        self._known[key] = [*stat, digest]
+        self._dirty = True
+        return digest
+
+    def digest(self, paths: list[Path]) -> str:
+        """One hash over every file's path and content hash (order-independent)."""
+        h = hashlib.sha256()
+        for path in sorted(set(paths)):
+            h.update(f"{path}\0{self.file(path)}\n".encode())
+        self.save()
+        return h.hexdigest()
+
+    def save(self) -> None:
+        if self.store is not None and self._dirty:
+            write_json(self.store, {"files": self._known})
+            self._dirty = False
+
+
+def candidate_image_paths(candidates: list[Candidate], images: ImageStore) -> list[Path]:
+    """The files behind the candidates' images (unsafe paths are left to the loader to refuse)."""
+    paths = []
+    for c in candidates:
+        if c.image:
+            try:
+                paths.append(images.resolve(c.image, c.did))
+            except ImageError:
+                continue
+    return paths
 
 
 def _slug(text: str) -> str:
@@ -71,14 +141,27 @@ class PoolEmbeddingCache:
         self.batch_size = batch_size
         self.show_progress = show_progress
         self._memory: dict[str, EmbeddedPool] = {}
+        # shared by every encoder's cache under cache_dir: image content does not depend on the encoder
+        self.fingerprints = ImageFingerprints(Path(cache_dir) / IMAGE_FINGERPRINTS if cache_dir else None)
+
+    def key(self, pool_path: str | os.PathLike, candidates: list[Candidate]) -> str:
+        """The cache key of a pool: its file's hash and (with a cache directory) the content of its images.
+
+        Without a cache directory vectors live only as long as this process, so the images are not
+        read an extra time to fingerprint them.
+        """
+        if self.cache_dir is None:
+            return file_sha256(pool_path)
+        images = self.fingerprints.digest(candidate_image_paths(candidates, self.images))
+        return hashlib.sha256(f"{file_sha256(pool_path)}\0{images}".encode()).hexdigest()
 
     def embed_file(self, pool_path: str | os.PathLike) -> EmbeddedPool:
-        key = file_sha256(pool_path)
+        candidates = read_candidates(pool_path)
+        key = self.key(pool_path, candidates)
         if key in self._memory:
             return self._memory[key]
         pool = self._load(key)
         if pool is None:
-            candidates = read_candidates(pool_path)
             logger.info("embedding %d candidates of %s", len(candidates), Path(pool_path).name)
             pool = self.embed_candidates(candidates)
             self._store(key, pool, Path(pool_path).name)

@@ -17,6 +17,7 @@ import shutil
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 from mmembed import __version__
 from mmembed.errors import ConfigError
@@ -78,37 +79,55 @@ def default_shard() -> tuple[int, int]:
 
 
 class ChunkedJob:
-    """Resumable, shardable chunks of per-query work under ``out/.parts/<unit>/``."""
+    """Resumable, shardable chunks of per-query work under ``out/.parts/<unit>/``.
 
-    def __init__(self, out: Path, config: dict, encoder_id: str, shard: tuple[int, int]):
+    Its identity (configuration, encoder and ``inputs``: a hash of every input file's content) keys
+    every reuse: a finished run is reused only when all of it matches, and partial results only
+    join a run of the same identity.
+    """
+
+    def __init__(self, out: Path, config: dict, encoder_id: str, shard: tuple[int, int],
+                 inputs: dict | None = None):
         index, count = shard
         if count < 1 or not 0 <= index < count:
             raise ConfigError(f"shard must be i/n with 0 <= i < n, got {index}/{count}")
         self.out, self.shard = out, (index, count)
-        self.identity = {"config": config, "encoder_id": encoder_id, "format_version": FORMAT_VERSION}
-        self._check_parts()
+        self.identity = {"config": config, "encoder_id": encoder_id, "format_version": FORMAT_VERSION,
+                         "inputs": inputs or {}}
+        if count == 1:  # alone: nobody else can be writing here, so temporary files are leftovers
+            remove_leftovers(out)
 
-    def _check_parts(self) -> None:
-        """Parts of a run with other settings or another encoder must not be mixed into this one."""
+    def start(self) -> None:
+        """Claim the parts directory: parts of another identity must not be mixed into this run."""
         stamp = self.out / PARTS / "identity.json"
         if stamp.is_file():
-            if json.loads(stamp.read_text(encoding="utf-8")) != self.identity:
-                raise ConfigError(f"{self.out} holds partial mining results of another configuration or encoder; "
-                                  "remove its .parts directory or choose another output directory")
+            saved = _read_json(stamp)
+            differ = differences(saved, self.identity) if saved is not None else ["(unreadable identity.json)"]
+            if differ:
+                raise ConfigError(f"{self.out} holds partial mining results of another configuration, encoder or "
+                                  f"input data (differs in {', '.join(differ[:6])}); remove {self.out / PARTS} to "
+                                  "discard them, or choose another output directory")
         else:
             write_json(stamp, self.identity)
 
     def finished(self) -> MiningResult | None:
-        """The result of a finished run with the same settings and encoder, if there is one."""
+        """The result of a finished run with the same settings, encoder and inputs, if there is one."""
         path = self.out / MANIFEST
-        if not path.is_file():
+        manifest = _read_json(path) if path.is_file() else None
+        if manifest is None:
             return None
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-        if any(manifest.get(k) != v for k, v in self.identity.items()):
+        differ = differences({k: manifest.get(k) for k in self.identity}, self.identity)
+        if differ:
+            logger.warning("%s holds a finished mining run that differs in %s: mining again (its files are "
+                           "replaced when this run finishes)", self.out, ", ".join(differ[:6]))
             return None
         logger.info("reusing finished mining run at %s", self.out)
         stats = {k: MiningStats.from_dict(v) for k, v in manifest["stats"].items()}
         return MiningResult(self.out, stats, complete=True, reused=True)
+
+    def done(self, units: dict[str, tuple[str, int]], chunk_size: int) -> bool:
+        """Whether every chunk of every unit is already written (nothing left to embed)."""
+        return all(self.collect(unit, total, chunk_size) is not None for unit, (_, total) in units.items())
 
     def run(self, unit: str, total: int, chunk_size: int, work: Callable[[int, int], tuple[list, MiningStats]]) -> None:
         """Do this shard's missing chunks of ``unit`` (``work(start, stop)`` -> rows, stats)."""
@@ -134,13 +153,60 @@ class ChunkedJob:
         return files, stats
 
     def finish(self, outputs: dict[str, list[Path]], stats: dict[str, MiningStats], extra: dict) -> None:
+        """Write the outputs, then the manifest; a previous run's manifest goes first, its stale files last.
+
+        Between the two, the directory has no manifest: a reader never takes a mixture of two runs
+        for a finished one.
+        """
+        manifest = self.out / MANIFEST
+        previous = _read_json(manifest) if manifest.is_file() else None
+        manifest.unlink(missing_ok=True)
         for target, parts in outputs.items():
             with atomic_open(self.out / target, "w") as f:
                 for part in parts:
                     f.write(part.read_text(encoding="utf-8"))
-        write_json(self.out / MANIFEST, {**self.identity, **extra, "mmembed_version": __version__,
-                                         "stats": {k: asdict(v) for k, v in stats.items()}})
+        write_json(manifest, {**self.identity, **extra, "mmembed_version": __version__, "outputs": sorted(outputs),
+                              "stats": {k: asdict(v) for k, v in stats.items()}})
+        for stale in set((previous or {}).get("outputs") or ()) - set(outputs):
+            if "/" not in stale and stale != MANIFEST:  # a previous run's file this run does not rewrite
+                (self.out / stale).unlink(missing_ok=True)
         shutil.rmtree(self.out / PARTS, ignore_errors=True)
+
+
+def differences(saved: Any, current: Any, prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two JSON-like mappings (tuples compare as lists)."""
+    saved, current = json.loads(json.dumps(saved)), json.loads(json.dumps(current))
+    if isinstance(saved, dict) and isinstance(current, dict):
+        out = []
+        for key in sorted(set(saved) | set(current), key=str):
+            out += differences(saved.get(key), current.get(key), f"{prefix}.{key}" if prefix else str(key))
+        return out
+    return [] if saved == current else [prefix or "(everything)"]
+
+
+def _read_json(path: Path) -> dict | None:
+    try:
+        data = json.loads(path.read_bytes().decode("utf-8"))
+    except (OSError, ValueError) as e:
+        logger.warning("ignoring unreadable %s: %s", path, e)
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def remove_leftovers(out: Path) -> None:
+    """Delete what a killed run left: temporary files of atomic writes and staging directories."""
+    for folder in (out, out / PARTS, *((out / PARTS).iterdir() if (out / PARTS).is_dir() else ())):
+        if not folder.is_dir():
+            continue
+        for path in folder.iterdir():
+            if not path.name.startswith("."):
+                continue
+            if path.is_file() and path.name.endswith(".tmp"):
+                logger.info("removing leftover temporary file %s", path)
+                path.unlink(missing_ok=True)
+            elif path.is_dir() and path.name.endswith((".staging", ".old")):
+                logger.info("removing leftover staging directory %s", path)
+                shutil.rmtree(path, ignore_errors=True)
 
 
 def merge(job: ChunkedJob, units: dict[str, tuple[str, int]], chunk_size: int, extra: dict) -> MiningResult:

@@ -26,10 +26,17 @@ from pathlib import Path
 import numpy as np
 
 from mmembed.data.layout import MBEIRDirectory
-from mmembed.data.mbeir import query_to_dict, read_queries
+from mmembed.data.mbeir import query_to_dict, read_candidates, read_queries
 from mmembed.encoders.base import Encoder, Item, as_items
 from mmembed.errors import ConfigError, DataError, Location
-from mmembed.eval.pool_cache import MODALITY_CODES, PoolEmbeddingCache
+from mmembed.eval.pool_cache import (
+    IMAGE_FINGERPRINTS,
+    MODALITY_CODES,
+    ImageFingerprints,
+    PoolEmbeddingCache,
+    candidate_image_paths,
+    file_sha256,
+)
 from mmembed.index.faiss_index import FaissIndex
 from mmembed.instructions import INSTRUCTION_MODES
 from mmembed.mining.jobs import ChunkedJob, MiningResult, MiningStats, default_shard, merge
@@ -108,13 +115,20 @@ def mine_mbeir(encoder: Encoder, data_dir: str | os.PathLike, output_dir: str | 
     rule = config.rule()
     directory = MBEIRDirectory(data_dir)
     out = Path(output_dir)
-    job = ChunkedJob(out, asdict(config), encoder.encoder_id, shard or default_shard())
     tasks = directory.select_tasks(config.split, config.tasks)
-    if (done := job.finished()) is not None:
-        return done
     pool_path = directory.global_pool(config.split)
     if not pool_path.is_file():
         raise DataError("the split's global candidate pool is needed for mining", Location(str(pool_path)))
+    queries_of = {task.name: read_queries(task.queries) for task in tasks}
+    inputs = _mbeir_inputs(directory, tasks, pool_path, queries_of, config, out)
+    job = ChunkedJob(out, asdict(config), encoder.encoder_id, shard or default_shard(), inputs)
+    if (done := job.finished()) is not None:
+        return done
+    job.start()
+    units = {t.name: (f"{t.name}.jsonl", len(queries_of[t.name])) for t in tasks}
+    extra = {"data_dir": str(data_dir), "pool": str(pool_path)}
+    if job.done(units, config.chunk_size):  # e.g. killed while merging: nothing to embed again
+        return merge(job, units, config.chunk_size, extra)
     cache = PoolEmbeddingCache(encoder, directory.images, config.cache_dir, config.batch_size, show_progress)
     pool = cache.embed_file(pool_path)
     index = _index(pool.ids, pool.vectors)
@@ -122,7 +136,6 @@ def mine_mbeir(encoder: Encoder, data_dir: str | os.PathLike, output_dir: str | 
     pool_modality = {did: names[code].value for did, code in zip(pool.ids, pool.modalities)}
     fallbacks = _fallback_groups(pool_modality)
     registry = directory.instructions() if config.instruction_mode != "none" else None
-    queries_of = {task.name: read_queries(task.queries) for task in tasks}
 
     for task in tasks:
         queries = queries_of[task.name]
@@ -137,8 +150,33 @@ def mine_mbeir(encoder: Encoder, data_dir: str | os.PathLike, output_dir: str | 
             return _mine_chunk(chunk, ids, pool_modality, fallbacks, target, rule, config.seed)
 
         job.run(task.name, len(queries), config.chunk_size, work)
-    return merge(job, {t.name: (f"{t.name}.jsonl", len(queries_of[t.name])) for t in tasks}, config.chunk_size,
-                  {"data_dir": str(data_dir), "pool": str(pool_path)})
+    return merge(job, units, config.chunk_size, extra)
+
+
+def _mbeir_inputs(directory: MBEIRDirectory, tasks: Sequence, pool_path: Path, queries_of: dict[str, list[Query]],
+                  config: MiningConfig, out: Path) -> dict:
+    """What a mining run reads, by content: every query file, the pool, the instructions, the images.
+
+    A reuse keyed by settings alone would hand back old negatives after the data changed (a query
+    file cut in half, an image replaced behind the same path).
+    """
+    files = [*(t.queries for t in tasks), pool_path]
+    if config.instruction_mode != "none":
+        files.append(directory.instructions_path)
+    root = Path(directory.root)
+    hashes = {_relative(path, root): file_sha256(path) if path.is_file() else "missing" for path in files}
+    paths = candidate_image_paths(read_candidates(pool_path), directory.images)
+    for queries in queries_of.values():
+        paths += [directory.images.resolve(q.image, q.qid) for q in queries if q.image]
+    store = Path(config.cache_dir) / IMAGE_FINGERPRINTS if config.cache_dir else out / f".{IMAGE_FINGERPRINTS}"
+    return {"files": hashes, "images": ImageFingerprints(store).digest(paths)}
+
+
+def _relative(path: Path, root: Path) -> str:
+    try:
+        return str(Path(path).relative_to(root))
+    except ValueError:
+        return str(path)
 
 
 def _fallback_groups(pool_modality: dict[str, str]) -> dict[tuple[int, str], list[str]]:
@@ -181,12 +219,20 @@ def mine_beir(encoder: Encoder, beir_dir: str | os.PathLike, output_dir: str | o
     config = config or MiningConfig()
     rule = config.rule()
     out = Path(output_dir)
-    job = ChunkedJob(out, asdict(config), encoder.encoder_id, shard or default_shard())
+    root = Path(beir_dir)
+    files = (root / "corpus.jsonl", root / "queries.jsonl", root / "qrels" / f"{config.split}.tsv")
+    beir = load_beir(beir_dir, config.split)  # every file checked before its hash keys the reuse
+    inputs = {"files": {_relative(path, root): file_sha256(path) for path in files}}
+    job = ChunkedJob(out, asdict(config), encoder.encoder_id, shard or default_shard(), inputs)
     if (done := job.finished()) is not None:
         return done
-    beir = load_beir(beir_dir, config.split)
+    job.start()
     doc_ids = sorted(beir.corpus)
     qids = [q for q in sorted(beir.queries) if any(s > 0 for s in beir.qrels.get(q, {}).values())]
+    units = {"beir": (BEIR_OUTPUT, len(qids))}
+    extra = {"beir_dir": str(beir_dir)}
+    if job.done(units, config.chunk_size):
+        return merge(job, units, config.chunk_size, extra)
     logger.info("embedding %d corpus documents of %s", len(doc_ids), beir_dir)
     docs = [Item(d, beir.corpus[d].full_text, None) for d in doc_ids]
     vectors = encoder.encode_candidates(docs, batch_size=config.batch_size, show_progress=show_progress)
@@ -209,7 +255,7 @@ def mine_beir(encoder: Encoder, beir_dir: str | os.PathLike, output_dir: str | o
         return rows, stats
 
     job.run("beir", len(qids), config.chunk_size, work)
-    return merge(job, {"beir": (BEIR_OUTPUT, len(qids))}, config.chunk_size, {"beir_dir": str(beir_dir)})
+    return merge(job, units, config.chunk_size, extra)
 
 
 def stats_table(result: MiningResult) -> str:
