@@ -20,14 +20,21 @@ same files without that code and without pinning an old transformers:
   tokens followed by the ``image_newline`` vector; latent-attention pooling over a mask that hides
   the instruction; L2 normalisation.
 
-What is inferred rather than read from the release (see docs): the LLM's config. The release
-builds its LLM from NV-Embed-v1's config (``config.retriever``), which is not in the MM-Embed
-directory; without ``nvembed_config=`` we use config.json's ``text_config`` with the vocabulary
-size taken from the ``embed_tokens`` weight (32000 rows, while LLaVA's text_config says 32064).
-The latent pooler's head count is not stored in the weights: NV-Embed's default of 8 is used
-(``latent_heads=``), and the head width is derived from the weight shapes (4096 in NV-Embed).
-One deliberate difference: the instruction mask comes from :mod:`.prompts` (it hides
-``Instruct: ...\\nQuery:``), whereas the release hid BOS + ``Instruct: ...`` plus one token.
+The LLM's config: the release builds its LLM from the config of the repository its
+``config.retriever`` names (nvidia/NV-Embed-v1), not from config.json's ``text_config`` (which
+holds Mistral-7B-Instruct-v0.2's values: rope_theta 1e6, no sliding window). That config is not
+in the MM-Embed folder, so it is resolved in this order (:func:`llm_config_source`):
+``nvembed_config=PATH`` (a local copy of NV-Embed's config.json or its folder); the NV-Embed-v1
+values shipped with mmembed (``nv_embed_v1.json``: Mistral-7B-v0.1's, inferred rather than read,
+see docs/mmembed-release.md) when ``retriever`` names NV-Embed-v1; ``retriever`` itself when it is
+a local folder; ``nvembed_config="text_config"`` only when asked for. The vocabulary size is
+always taken from the ``embed_tokens`` weight (32000 rows, while LLaVA's text_config says 32064).
+The latent pooler's head count comes from the NV-Embed config (8 in NV-Embed-v1; ``latent_heads=``
+overrides it); its widths from the weight shapes.
+
+The instruction mask is the release's by default (``instruction_mask="release"``: BOS + the
+``Instruct: ...`` tokens + one position are hidden, ``Query: `` stays in the mean; see
+:mod:`.prompts`); pass ``instruction_mask="prefix"`` for the NV-Embed convention.
 """
 
 from __future__ import annotations
@@ -46,20 +53,20 @@ from mmembed.errors import ModelError
 logger = logging.getLogger(__name__)
 
 LATENT_PREFIX = "latent_attention_model."
+#: ``config.retriever`` values whose LLM config ships with mmembed (``nv_embed_v1.json``).
+NV_EMBED_V1 = ("nvidia/NV-Embed-v1",)
+SHIPPED_NV_EMBED_V1 = Path(__file__).with_name("nv_embed_v1.json")
+#: ``nvembed_config=TEXT_CONFIG`` asks for config.json's own text_config (not what the release does).
+TEXT_CONFIG = "text_config"
 RELEASE_FIELDS = ("retriever", "padding_side", "add_eos_token", "global_image_patch_only")
 INDEX_FILE = "model.safetensors.index.json"
 
 
 def is_mmembed_release(path: str | Path) -> bool:
-    """Whether ``path`` looks like the released MM-Embed directory (its config.json says so)."""
-    config = Path(path) / "config.json"
-    if not config.is_file():
-        return False
-    try:
-        data = json.loads(config.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
-        return False
-    return data.get("model_type") == "llava_next" and "retriever" in data and "global_image_patch_only" in data
+    """Whether ``path`` is the released MM-Embed folder (see :mod:`.folders`)."""
+    from mmembed.encoders.folders import is_kind
+
+    return is_kind(path, "mmembed_release")
 
 
 def weight_files(path: Path) -> dict[str, Path]:
@@ -103,31 +110,64 @@ def tensor_shape(files: dict[str, Path], name: str) -> list[int]:
         return list(f.get_slice(name).get_shape())
 
 
+def llm_config_source(raw: dict[str, Any], nvembed_config: str | Path | None) -> Path | str:
+    """Where the LLM's config comes from: an NV-Embed config file, or :data:`TEXT_CONFIG`."""
+    if nvembed_config is not None:
+        return TEXT_CONFIG if str(nvembed_config) == TEXT_CONFIG else Path(nvembed_config)
+    retriever = str(raw.get("retriever") or "")
+    if retriever in NV_EMBED_V1:
+        return SHIPPED_NV_EMBED_V1
+    if retriever and (Path(retriever) / "config.json").is_file():
+        return Path(retriever)
+    raise ModelError(f"config.json names retriever {retriever!r}, whose LLM config mmembed does not ship; pass "
+                     f"nvembed_config=PATH (a local copy of its config.json), or nvembed_config={TEXT_CONFIG!r} to use "
+                     "config.json's text_config (which the release does not use)")
+
+
 def release_config(path: Path, files: dict[str, Path], nvembed_config: str | Path | None = None):
-    """A transformers LlavaNextConfig for the composed model (LLM config as the release built it)."""
+    """(LlavaNextConfig with the LLM config as the release built it, raw config.json, NV-Embed config)."""
     from transformers import LlavaNextConfig
 
     raw = json.loads((path / "config.json").read_text(encoding="utf-8"))
     data = {k: v for k, v in raw.items() if k not in RELEASE_FIELDS + ("auto_map", "architectures", "_name_or_path")}
-    text = dict(data.get("text_config") or {})
-    if nvembed_config is not None:
-        text = _nvembed_text_config(Path(nvembed_config))
+    source = llm_config_source(raw, nvembed_config)
+    nvembed: dict[str, Any] = {}
+    if source == TEXT_CONFIG:
+        text = dict(data.get("text_config") or {})
+    else:
+        nvembed = _read_nvembed_config(Path(source))
+        drop = ("architectures", "_name_or_path", "auto_map")
+        text = {k: v for k, v in nvembed["text_config"].items() if k not in drop}
     text["model_type"] = "mistral"
-    text["vocab_size"] = tensor_shape(files, "language_model.embed_tokens.weight")[0]
+    rows, width = tensor_shape(files, "language_model.embed_tokens.weight")
+    if text.get("hidden_size", width) != width:
+        raise ModelError(f"{path}: the LLM config from {source} has hidden_size {text['hidden_size']}, the weights "
+                         f"{width}; pass nvembed_config= pointing at the config this checkpoint was built with")
+    text["vocab_size"] = rows
     data["text_config"] = text
-    return LlavaNextConfig(**data), raw
+    logger.info("MM-Embed: LLM config from %s (rope_theta %s, sliding_window %s)", source, text.get("rope_theta"),
+                text.get("sliding_window"))
+    return LlavaNextConfig(**data), raw, nvembed
 
 
-def _nvembed_text_config(path: Path) -> dict[str, Any]:
+def _read_nvembed_config(path: Path) -> dict[str, Any]:
     file = path / "config.json" if path.is_dir() else path
     try:
         data = json.loads(file.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as e:
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ModelError(f"{file}: cannot read the NV-Embed config: {e}") from None
-    text = data.get("text_config")
-    if not isinstance(text, dict):
+    if not isinstance(data, dict) or not isinstance(data.get("text_config"), dict):
         raise ModelError(f"{file}: no text_config (expected NV-Embed's config.json)")
-    return {k: v for k, v in text.items() if k not in ("architectures", "_name_or_path", "auto_map")}
+    return data
+
+
+def _latent_heads(nvembed: dict[str, Any], override: int | None) -> int:
+    if override is not None:
+        return override
+    heads = (nvembed.get("latent_attention_config") or {}).get("num_cross_heads", 8)
+    if not isinstance(heads, int) or heads < 1:
+        raise ModelError(f"latent_attention_config.num_cross_heads must be a positive integer, got {heads!r}")
+    return heads
 
 
 def build_latent_pooler(files: dict[str, Path], hidden_size: int, heads: int) -> LatentAttentionPooler:
@@ -171,13 +211,15 @@ def load_release_backbone(path: Path, config, files: dict[str, Path], dtype: tor
     return model
 
 
-def load_mmembed_release(path: str | Path, *, nvembed_config: str | Path | None = None, latent_heads: int = 8,
+def load_mmembed_release(path: str | Path, *, nvembed_config: str | Path | None = None,
+                         latent_heads: int | None = None, instruction_mask: str = "release",
                          device: str | torch.device | None = None, dtype: str | torch.dtype | None = None,
                          attn_implementation: str = "sdpa", max_length: int = 512, **settings: Any):
     """A :class:`~mmembed.encoders.vlm.VLMEncoder` reproducing the released MM-Embed model.
 
     ``settings`` go to the encoder (e.g. ``image_size``); pooling, bidirectional attention, EOS,
-    the PAD quirk and the padding side are the release's.
+    the PAD quirk and the padding side are the release's. See the module docstring for
+    ``nvembed_config`` and ``instruction_mask``.
     """
     from transformers import AutoProcessor
 
@@ -188,13 +230,10 @@ def load_mmembed_release(path: str | Path, *, nvembed_config: str | Path | None 
         raise ModelError(f"{str(path)!r} is not an MM-Embed release directory (config.json lacks 'retriever' / "
                          "'global_image_patch_only')")
     files = weight_files(path)
-    config, raw = release_config(path, files, nvembed_config)
-    if nvembed_config is None:
-        logger.info("MM-Embed: LLM config taken from config.json's text_config (vocab %d from the weights); pass "
-                    "nvembed_config= to use NV-Embed-v1's", config.text_config.vocab_size)
+    config, raw, nvembed = release_config(path, files, nvembed_config)
     torch_dtype = resolve_dtype(dtype, resolve_device(device))
     model = load_release_backbone(path, config, files, torch_dtype, attn_implementation)
-    pooler = build_latent_pooler(files, config.text_config.hidden_size, latent_heads)
+    pooler = build_latent_pooler(files, config.text_config.hidden_size, _latent_heads(nvembed, latent_heads))
     processor = AutoProcessor.from_pretrained(path, local_files_only=True)
     if not raw.get("global_image_patch_only", True):
         logger.warning("%s: global_image_patch_only is false; only the global view is supported", path)
@@ -204,4 +243,7 @@ def load_mmembed_release(path: str | Path, *, nvembed_config: str | Path | None 
         model, processor, pooling="latent_attention", bidirectional=True, max_length=max_length,
         append_eos=bool(raw.get("add_eos_token", True)), padding_side=raw.get("padding_side", "right"),
         latent_pooler=pooler, adapter_kwargs={"pad_as_eos": True}, device=device, dtype=torch_dtype,
-        source={"format": "mmembed_release", "path": str(path.resolve())}, **settings)
+        instruction_mask=instruction_mask,
+        source={"format": "mmembed_release", "path": str(path.resolve()),
+                **({"nvembed_config": str(nvembed_config)} if nvembed_config is not None else {})},
+        **settings)

@@ -5,9 +5,20 @@
 - candidate (never an instruction): ``<image>\\n{text}``
 
 ``<image>\\n`` is left out when the item has no image; the text part is empty when it has no text.
-The leading part that pooling excludes (the instruction prefix, as NV-Embed/MM-Embed do) is
-tracked as :attr:`Prompt.prefix`; encoders turn it into a token count with
-:func:`count_prefix_tokens` and pooling masks those tokens out (see :mod:`.pooling`).
+
+Which leading tokens of a query pooling excludes is an *instruction mask convention*; there are
+two, and they give different vectors for queries with an instruction (:func:`excluded_tokens`):
+
+- ``"prefix"`` (the convention NV-Embed's paper describes; the default, and what mmembed's own
+  models are trained with): BOS and the whole ``Instruct: {instruction}\\nQuery: `` prefix
+  (:attr:`Prompt.prefix`, counted by :func:`count_prefix_tokens`).
+- ``"release"`` (what the released nvidia/MM-Embed code does, and the default when a release
+  folder is loaded): the prompt is split at its first ``"\\nQuery: "``; the part before it is
+  tokenized on its own *with* BOS and EOS (the release's tokenizer appends EOS), and that many
+  leading positions are excluded: BOS, the ``Instruct: {instruction}`` tokens and one more
+  position, while ``Query: `` stays in the mean. Prompts without ``"\\nQuery: "`` (queries without
+  an instruction, candidates) exclude nothing — unless their own text contains it, which the
+  release treats the same way (a quirk reproduced on purpose).
 """
 
 from __future__ import annotations
@@ -19,6 +30,13 @@ from typing import Literal
 IMAGE_PLACEHOLDER = "<image>"
 
 Role = Literal["query", "candidate"]
+InstructionMask = Literal["prefix", "release"]
+INSTRUCTION_MASKS = ("prefix", "release")
+#: Where the release splits a prompt to find its instruction.
+RELEASE_SPLIT = "\nQuery: "
+#: The release adds ``576 - 1`` when the split-off part holds an image (LLaVA-NeXT's 336-px view
+#: has 576 patch tokens); the number is the release's, whatever the backbone.
+RELEASE_IMAGE_TOKENS = 576
 
 
 @dataclass(frozen=True)
@@ -81,6 +99,34 @@ def count_prefix_tokens(tokenizer, prefix: str, add_special_tokens: bool = True)
         return 0  # nothing to exclude: BOS/CLS stay in the mean, as in sentence-transformers
     ids = tokenizer(prefix.rstrip(), add_special_tokens=False)["input_ids"]
     return len(ids) + (_leading_special_tokens(tokenizer) if add_special_tokens else 0)
+
+
+def release_instruction_part(prompt_text: str) -> str | None:
+    """The part of a prompt the release's mask counts (before the first ``"\\nQuery: "``), if any."""
+    if RELEASE_SPLIT not in prompt_text:
+        return None
+    return prompt_text.split(RELEASE_SPLIT)[0]
+
+
+def excluded_tokens(tokenizer, prompt: Prompt, convention: InstructionMask, *, appends_eos: bool = True,
+                    image_token: str = IMAGE_PLACEHOLDER) -> int:
+    """How many leading positions of ``prompt`` pooling excludes under ``convention``.
+
+    ``prompt.text`` must be the rendered prompt before any EOS is appended. ``appends_eos`` says
+    whether the tokenizer the convention was defined with appended EOS (the release's did).
+    """
+    if convention == "prefix":
+        return count_prefix_tokens(tokenizer, prompt.prefix)
+    if convention != "release":
+        raise ValueError(f"instruction mask must be one of {', '.join(INSTRUCTION_MASKS)}, got {convention!r}")
+    part = release_instruction_part(prompt.text)
+    if part is None:
+        return 0
+    count = _leading_special_tokens(tokenizer) + len(tokenizer(part, add_special_tokens=False)["input_ids"])
+    count += int(appends_eos)
+    if image_token in part:
+        count += RELEASE_IMAGE_TOKENS - 1
+    return count
 
 
 def _leading_special_tokens(tokenizer) -> int:

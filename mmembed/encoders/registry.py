@@ -8,10 +8,10 @@ Stable API:
   (``factory(**overrides) -> Encoder``), e.g. ``"cpu-default"``: the untrained CPU default model
   assembled from the pretrained parts shipped in registry packages.
 - ``load_encoder(path_or_name, **overrides)``: a named model if the argument is one of those
-  names, the released nvidia/MM-Embed folder (``load_mmembed_release``), otherwise a checkpoint
-  directory whose ``config.json`` says its ``encoder_type``; the registered class's
-  ``from_pretrained`` loads it. Named models take precedence over a directory
-  of the same name; write ``./cpu-default`` to mean the directory.
+  names, otherwise a folder of any kind :func:`~mmembed.encoders.folders.classify_folder` knows:
+  an mmembed checkpoint (the class registered for its ``encoder_type`` loads it), the released
+  nvidia/MM-Embed folder, a plain transformers VLM or a CLIP/SigLIP folder. Named models take
+  precedence over a directory of the same name; write ``./cpu-default`` to mean the directory.
 - ``registered_types()`` / ``named_models()`` / ``encoder_class(type)``.
 
 Encoder modules register themselves when imported; the built-in ones are imported on first use
@@ -27,7 +27,6 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from mmembed.encoders.base import Encoder
-from mmembed.encoders.common import read_config
 from mmembed.errors import ModelError
 
 T = TypeVar("T", bound=type)
@@ -109,10 +108,15 @@ def load_encoder(path_or_name: str | os.PathLike, **overrides: Any) -> Encoder:
     if not os.path.isdir(key):
         raise ModelError(f"model directory {key!r} does not exist (and it is not a named model: "
                          f"{', '.join(sorted(_NAMED)) or 'none'})")
-    from mmembed.encoders.mmembed_native import is_mmembed_release, load_mmembed_release
+    from mmembed.encoders.folders import classify_folder
 
-    if is_mmembed_release(key):  # the released nvidia/MM-Embed folder (its own layout, no encoder_type)
+    folder = classify_folder(key)
+    if folder.kind == "mmembed_release":
+        from mmembed.encoders.mmembed_native import load_mmembed_release
+
         return load_mmembed_release(key, **overrides)
-    config = read_config(key)
-    cls = encoder_class(config["encoder_type"])
-    return cls.from_pretrained(key, **overrides)
+    if folder.kind == "vlm":
+        return encoder_class("vlm").from_hf(key, **overrides)
+    if folder.kind == "clip":
+        return encoder_class("clip").from_hf(key, **overrides)
+    return encoder_class(folder.config["encoder_type"]).from_pretrained(key, **overrides)

@@ -3,14 +3,17 @@
 One class serves every supported family (LLaVA-NeXT, Qwen2-VL, Qwen2.5-VL, Idefics3, SmolVLM);
 :mod:`.vlm_families` holds what differs between them. Each item becomes an MM-Embed prompt
 (:mod:`.prompts`) with the family's image token, the LLM's last hidden states are pooled
-(:mod:`.pooling`; the instruction prefix is excluded via :func:`count_prefix_tokens`), and rows
-are L2-normalised. The LLM can attend bidirectionally (:mod:`.bidirectional`), as NV-Embed and
+(:mod:`.pooling`; which leading tokens of a query are excluded is the ``instruction_mask``
+convention of :mod:`.prompts`: ``"prefix"`` by default, ``"release"`` for the released MM-Embed),
+and rows are L2-normalised. The LLM can attend bidirectionally (:mod:`.bidirectional`), as NV-Embed and
 MM-Embed do.
 
 Models are read from a local directory only (``local_files_only=True``); remote code runs only
 when the caller passes ``trust_remote_code=True``. ``max_length`` counts text tokens plus each
 image's *placeholder* tokens, not the expanded image tokens (the release truncated before the
 image was expanded too); longer items lose the end of their text, with one warning per run.
+LLaVA-NeXT cuts token ids exactly as the release's tokenizer did; the other families cut the
+text and re-render the prompt.
 ``append_eos`` (default on, as the release's tokenizer did) ends every prompt with EOS, which is
 what ``last`` pooling reads. Saving and LoRA live in :mod:`.vlm_checkpoint`.
 
@@ -35,7 +38,17 @@ from mmembed.data.images import as_pil
 from mmembed.encoders.bidirectional import set_bidirectional
 from mmembed.encoders.common import BatchedEncoder, check_items, resolve_device, resolve_dtype, warn_truncation
 from mmembed.encoders.pooling import POOLING_MODES, LatentAttentionPooler, pool
-from mmembed.encoders.prompts import IMAGE_PLACEHOLDER, Prompt, Role, build_prompt, count_prefix_tokens, escape_tokens
+from mmembed.encoders.prompts import (
+    IMAGE_PLACEHOLDER,
+    INSTRUCTION_MASKS,
+    InstructionMask,
+    Prompt,
+    Role,
+    build_prompt,
+    escape_tokens,
+    excluded_tokens,
+    release_instruction_part,
+)
 from mmembed.encoders.registry import register
 from mmembed.encoders.vlm_families import FamilyAdapter, adapter_class
 from mmembed.errors import ConfigError, ModelError
@@ -55,13 +68,17 @@ class VLMEncoder(BatchedEncoder):
                  padding_side: str = "right", latent_pooler: LatentAttentionPooler | None = None,
                  latent: dict[str, int] | None = None, adapter_kwargs: dict[str, Any] | None = None,
                  device: str | torch.device | None = None, dtype: str | torch.dtype | None = None,
-                 source: dict[str, Any] | None = None, seed: int = 0):
+                 source: dict[str, Any] | None = None, seed: int = 0, instruction_mask: InstructionMask = "prefix"):
         if pooling not in POOLING_MODES:
             raise ConfigError(f"unknown pooling {pooling!r}; expected one of {', '.join(POOLING_MODES)}")
         if padding_side not in ("left", "right"):
             raise ConfigError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
         if not isinstance(max_length, int) or max_length < 1:
             raise ConfigError(f"max_length must be a positive integer, got {max_length!r}")
+        if instruction_mask not in INSTRUCTION_MASKS:
+            raise ConfigError(f"instruction_mask must be one of {', '.join(INSTRUCTION_MASKS)}, "
+                              f"got {instruction_mask!r}")
+        self.instruction_mask = instruction_mask
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype, self.device)
         self.model = model.to(device=self.device, dtype=self.dtype).eval()
@@ -90,7 +107,7 @@ class VLMEncoder(BatchedEncoder):
         self.source = source or {"format": "hf", "path": getattr(model.config, "_name_or_path", "")}
         self.peft_model = None  # set by vlm_checkpoint.enable_lora / load_lora
         self.encoder_id = self._make_id()
-        self._prefix_counts: dict[str, int] = {}
+        self._exclusions: dict[str, int] = {}
 
     # ------------------------------------------------------------------ construction
 
@@ -130,7 +147,8 @@ class VLMEncoder(BatchedEncoder):
         """The constructor settings, as JSON values (what a checkpoint records)."""
         return {"model_type": self.model_type, "pooling": self.pooling, "bidirectional": self.bidirectional,
                 "max_length": self.max_length, "image_size": self.image_size, "append_eos": self.append_eos,
-                "padding_side": self.padding_side, "latent": self.latent, "adapter_kwargs": self.adapter_kwargs}
+                "padding_side": self.padding_side, "latent": self.latent, "adapter_kwargs": self.adapter_kwargs,
+                "instruction_mask": self.instruction_mask}
 
     def _make_id(self, name: str | None = None) -> str:
         name = name or Path(str(self.source.get("path", ""))).name or self.model_type
@@ -163,10 +181,12 @@ class VLMEncoder(BatchedEncoder):
         instructions = list(instructions) if instructions is not None else [None] * len(items)
         prompts = [self._prompt(item, role, instr) for item, instr in zip(items, instructions)]
         images = [as_pil(item.image, item.id) if item.image is not None else None for item in items]
-        inputs = self.adapter.prepare([p.text for p in prompts], images).to(self.device, self.dtype)
+        inputs = self.adapter.prepare([p.text for p in prompts], images, self.max_length).to(self.device, self.dtype)
+        for row in inputs.truncated:
+            warn_truncation(self.encoder_id, items[row].id, self.max_length)
         hidden, mask = self.adapter.hidden_states(inputs)
         mask = mask.to(hidden.device)
-        exclude = torch.tensor([self._prefix_tokens(p.prefix) for p in prompts], device=hidden.device)
+        exclude = torch.tensor([self._excluded(p) for p in prompts], device=hidden.device)
         # pads may hold NaN (fully masked rows under causal attention with left padding): zero them
         hidden = hidden.float().masked_fill(~mask.bool().unsqueeze(-1), 0.0)
         return pool(hidden, mask, self.pooling, exclude_lengths=exclude, latent_pooler=self.latent_pooler)
@@ -174,10 +194,18 @@ class VLMEncoder(BatchedEncoder):
     def length_key(self, item: Any) -> float:
         return len(item.text or "") + (4000.0 if item.image is not None else 0.0)
 
-    def _prefix_tokens(self, prefix: str) -> int:
-        if prefix not in self._prefix_counts:
-            self._prefix_counts[prefix] = count_prefix_tokens(self.tokenizer, prefix)
-        return self._prefix_counts[prefix]
+    def _excluded(self, prompt: Prompt) -> int:
+        """Leading tokens of ``prompt`` that pooling leaves out (the ``instruction_mask`` convention)."""
+        if self.instruction_mask == "prefix":
+            key: str | None = prompt.prefix or None
+        else:
+            key = release_instruction_part(prompt.text)
+        if key is None:
+            return 0
+        if key not in self._exclusions:
+            self._exclusions[key] = excluded_tokens(self.tokenizer, prompt, self.instruction_mask,
+                                                    appends_eos=self.append_eos, image_token=self.adapter.image_token)
+        return self._exclusions[key]
 
     def _render(self, text: str | None, has_image: bool, role: Role, instruction: str | None) -> Prompt:
         user = (IMAGE_PLACEHOLDER, *self.adapter.reserved_tokens)  # typed tokens never become image slots
@@ -194,6 +222,8 @@ class VLMEncoder(BatchedEncoder):
         """The item's prompt, its text cut so that the whole fits in ``max_length`` tokens."""
         has_image = item.image is not None
         prompt = self._render(item.text, has_image, role, instruction)
+        if self.adapter.truncates_tokens:
+            return prompt  # cut in token space by the adapter
         excess = self._length(prompt.text) - self.max_length
         if excess <= 0 or not item.text:
             return prompt

@@ -92,6 +92,8 @@ def save_vlm_checkpoint(encoder, directory: str | Path, *, copy_backbone: bool =
     else:
         tensors.update({f"backbone.{k}": v for k, v in _trained_backbone_tensors(encoder).items()})
         backbone = {"format": source["format"], "path": source["path"], "fingerprint": fingerprint(source["path"])}
+        if "nvembed_config" in source:  # a release loaded with an explicit LLM config reloads with it
+            backbone["nvembed_config"] = source["nvembed_config"]
     config = {**encoder.settings(), "backbone": backbone, "dtype": str(encoder.dtype).removeprefix("torch.")}
 
     def extra(staging: Path) -> None:
@@ -134,12 +136,14 @@ def load_vlm_checkpoint(cls, directory: str | Path, *, backbone: str | Path | No
         raise ModelError(f"{directory}: backbone directory {str(path)!r} does not exist; pass backbone=NEW_PATH "
                          "if it was moved")
     settings = {k: config[k] for k in ("pooling", "bidirectional", "max_length", "image_size", "append_eos",
-                                       "padding_side", "latent", "adapter_kwargs") if k in config}
+                                       "padding_side", "latent", "adapter_kwargs", "instruction_mask") if k in config}
     settings.setdefault("dtype", config.get("dtype"))
     settings.update(overrides)
     if fmt == "mmembed_release":
         from mmembed.encoders.mmembed_native import load_mmembed_release
 
+        if "nvembed_config" in where:
+            settings.setdefault("nvembed_config", where["nvembed_config"])
         encoder = load_mmembed_release(path, **settings)
     else:
         encoder = cls.from_hf(path, trust_remote_code=trust_remote_code, **settings)

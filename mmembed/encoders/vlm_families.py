@@ -28,13 +28,15 @@ class ModelInputs:
     """Tensors for one batch, ready for :meth:`FamilyAdapter.hidden_states`."""
 
     tensors: dict[str, torch.Tensor]
+    #: Rows whose tokens the adapter cut to ``max_length`` (adapters that truncate token ids).
+    truncated: tuple[int, ...] = ()
 
     def to(self, device: torch.device, dtype: torch.dtype) -> ModelInputs:
         moved = {}
         for key, value in self.tensors.items():
             value = value.to(device)
             moved[key] = value.to(dtype) if value.is_floating_point() else value
-        return ModelInputs(moved)
+        return ModelInputs(moved, self.truncated)
 
 
 def positions_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
@@ -46,6 +48,8 @@ class FamilyAdapter:
     """Base class; one subclass per model family."""
 
     model_types: ClassVar[tuple[str, ...]] = ()
+    #: Whether :meth:`prepare` cuts token ids to ``max_length`` itself (else the encoder cuts text).
+    truncates_tokens: ClassVar[bool] = False
     #: Attribute names, on the base model, of the LLM and the vision-language projector.
     language_model_attr: ClassVar[str] = "language_model"
     projector_attr: ClassVar[str] = "multi_modal_projector"
@@ -74,16 +78,17 @@ class FamilyAdapter:
     def projector(self) -> nn.Module:
         return _get_attr(self.model, self.projector_attr)
 
-    def prepare(self, texts: list[str], images: list[Image.Image | None]) -> ModelInputs:
-        """Tokenize ``texts`` (padded on the tokenizer's side) and process the images."""
+    def prepare(self, texts: list[str], images: list[Image.Image | None], max_length: int | None = None
+                ) -> ModelInputs:
+        """Tokenize ``texts`` (padded on the tokenizer's side) and process the images.
+
+        ``max_length`` is used by adapters with :attr:`truncates_tokens` only.
+        """
         raise NotImplementedError
 
     def hidden_states(self, inputs: ModelInputs) -> tuple[torch.Tensor, torch.Tensor]:
         """(last hidden states, attention mask) of the LLM over the image-expanded sequence."""
         raise NotImplementedError
-
-    def _tokenize(self, texts: list[str]) -> dict[str, torch.Tensor]:
-        return dict(self.tokenizer(texts, padding=True, truncation=False, return_tensors="pt"))
 
 
 def _get_attr(obj: Any, dotted: str) -> Any:
@@ -95,6 +100,11 @@ def _get_attr(obj: Any, dotted: str) -> Any:
 class LlavaNextAdapter(FamilyAdapter):
     """LLaVA-NeXT with the global view only, as MM-Embed's release: no anyres tiles.
 
+    Long prompts are cut in token space as the release's tokenizer cut them: the first
+    ``max_length`` tokens with the image counted as one token, the final EOS kept; the image token
+    is expanded afterwards (no re-tokenization of cut text, so the kept tokens are exactly the
+    release's).
+
     The image is squashed to the vision tower's square input (LLaVA-NeXT's own "resized original
     image", the first of its patches), encoded, projected, and followed by the learned
     ``image_newline`` vector, exactly as LLaVA-NeXT packs a single-view image: for the 336-px
@@ -103,6 +113,7 @@ class LlavaNextAdapter(FamilyAdapter):
     """
 
     model_types = ("llava_next",)
+    truncates_tokens = True
 
     def __init__(self, model: nn.Module, processor: Any, image_size: int | None = None,
                  append_image_newline: bool = True, pad_as_eos: bool = False):
@@ -126,9 +137,18 @@ class LlavaNextAdapter(FamilyAdapter):
     def image_token(self) -> str:
         return self.tokenizer.convert_ids_to_tokens(self.image_token_id)
 
-    def prepare(self, texts: list[str], images: list[Image.Image | None]) -> ModelInputs:
-        expanded = [t.replace(self.image_token, self.image_token * self.tokens_per_image) for t in texts]
-        tensors = self._tokenize(expanded)
+    def prepare(self, texts: list[str], images: list[Image.Image | None], max_length: int | None = None
+                ) -> ModelInputs:
+        rows, truncated = [], []
+        for i, ids in enumerate(self.tokenizer(texts, add_special_tokens=True, verbose=False)["input_ids"]):
+            if max_length is not None and len(ids) > max_length:
+                ids = self._cut(ids, max_length)
+                truncated.append(i)
+            if (self.image_token_id in ids) != (images[i] is not None):
+                raise ConfigError(f"item {i} of the batch: its image token was cut off by max_length={max_length}; "
+                                  "raise max_length or shorten the instruction")
+            rows.append(self._expand(ids))
+        tensors = self._pad(rows)
         present = [im for im in images if im is not None]
         if present:
             size = self.view_size
@@ -136,7 +156,24 @@ class LlavaNextAdapter(FamilyAdapter):
                 present, size={"shortest_edge": size}, crop_size={"height": size, "width": size},
                 image_grid_pinpoints=[[size, size]], return_tensors="pt")
             tensors["pixel_values"] = processed["pixel_values"][:, 0]  # the global view
-        return ModelInputs(tensors)
+        return ModelInputs(tensors, tuple(truncated))
+
+    def _cut(self, ids: list[int], max_length: int) -> list[int]:
+        """The first ``max_length`` tokens; a final EOS stays last (the release's tokenizer truncated
+        the content and then added its special tokens)."""
+        eos = self.tokenizer.eos_token_id
+        if eos is not None and ids[-1] == eos and max_length > 1:
+            return ids[:max_length - 1] + [eos]
+        return ids[:max_length]
+
+    def _expand(self, ids: list[int]) -> list[int]:
+        out: list[int] = []
+        for token in ids:
+            out.extend([token] * self.tokens_per_image if token == self.image_token_id else [token])
+        return out
+
+    def _pad(self, rows: list[list[int]]) -> dict[str, torch.Tensor]:
+        return dict(self.tokenizer.pad({"input_ids": rows}, padding=True, return_tensors="pt"))
 
     def image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """(images, tokens_per_image, hidden) features of global views."""
@@ -194,7 +231,8 @@ class QwenVLAdapter(FamilyAdapter):
         end = getattr(tok, "vision_end_token", None) or "<|vision_end|>"
         return start, self.processor.image_token, end
 
-    def prepare(self, texts: list[str], images: list[Image.Image | None]) -> ModelInputs:
+    def prepare(self, texts: list[str], images: list[Image.Image | None], max_length: int | None = None
+                ) -> ModelInputs:
         present = [im for im in images if im is not None]
         kwargs: dict[str, Any] = {}
         if self.image_size:
@@ -226,7 +264,8 @@ class Idefics3Adapter(FamilyAdapter):
     def image_token(self) -> str:
         return self.processor.image_token
 
-    def prepare(self, texts: list[str], images: list[Image.Image | None]) -> ModelInputs:
+    def prepare(self, texts: list[str], images: list[Image.Image | None], max_length: int | None = None
+                ) -> ModelInputs:
         kwargs: dict[str, Any] = {"do_image_splitting": bool(self.image_size)}
         if self.image_size:
             kwargs["size"] = {"longest_edge": self.image_size}

@@ -1,7 +1,8 @@
 """Turning a :class:`~mmembed.training.config.TrainConfig` into an encoder and a dataset.
 
-- :func:`load_training_encoder`: a named model, an mmembed checkpoint directory or a transformers
-  VLM directory. A towers model whose MiniLM will be trained is built with
+- :func:`load_training_encoder`: a named model or any folder that
+  :func:`~mmembed.encoders.registry.load_encoder` reads (an mmembed checkpoint, a transformers VLM,
+  the released MM-Embed). A towers model whose MiniLM will be trained is built with
   ``train_backbone=True``, so that its checkpoints store the BERT weights that change.
 - :func:`build_sources` / :func:`build_dataset`: M-BEIR task files (each task a source, sharing one
   candidate pool per pool file) and BEIR text sets.
@@ -9,7 +10,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
@@ -22,27 +22,11 @@ from mmembed.training.lora import needs_text_training
 logger = logging.getLogger(__name__)
 
 
-def _is_transformers_dir(path: Path) -> bool:
-    config = path / "config.json"
-    if not config.is_file():
-        return False
-    try:
-        data = json.loads(config.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
-        return False
-    return isinstance(data, dict) and "encoder_type" not in data and "model_type" in data
-
-
 def load_training_encoder(settings: ModelSettings):
     """The encoder a run starts from (see the module docstring)."""
     from mmembed.encoders.registry import load_encoder
 
-    path = Path(settings.encoder)
     overrides = dict(settings.settings)
-    if _is_transformers_dir(path):
-        from mmembed.encoders.vlm import VLMEncoder
-
-        return VLMEncoder.from_hf(path, trust_remote_code=settings.trust_remote_code, **overrides)
     if settings.trust_remote_code:
         overrides["trust_remote_code"] = True
     encoder = load_encoder(settings.encoder, **overrides)
