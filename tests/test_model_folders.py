@@ -1,0 +1,59 @@
+"""Any local model folder loads through ``load_encoder``: one classifier decides what it is."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from mmembed.encoders.base import Item
+from mmembed.encoders.clip import CLIPEncoder
+from mmembed.encoders.folders import classify_folder
+from mmembed.encoders.registry import load_encoder
+from mmembed.encoders.vlm import VLMEncoder
+from mmembed.errors import ModelError
+from mmembed.testing.tiny_models import DUAL_FAMILIES, VLM_FAMILIES, build_tiny
+from mmembed.testing.tiny_release import build_tiny_release
+
+
+@pytest.mark.parametrize("family", VLM_FAMILIES)
+def test_a_plain_transformers_vlm_folder_loads(tmp_path_factory, family):
+    path = build_tiny(family, tmp_path_factory.mktemp(family) / family)
+    assert classify_folder(path).kind == "vlm"
+    encoder = load_encoder(path)
+    assert isinstance(encoder, VLMEncoder)
+    reference = VLMEncoder.from_hf(path)
+    items = [Item("a", "a red dog"), Item("b", "x")]
+    np.testing.assert_array_equal(encoder.encode_candidates(items), reference.encode_candidates(items))
+
+
+@pytest.mark.parametrize("family", DUAL_FAMILIES)
+def test_a_clip_or_siglip_folder_loads(tmp_path_factory, family):
+    path = build_tiny(family, tmp_path_factory.mktemp(family) / family)
+    assert classify_folder(path).kind == "clip"
+    assert isinstance(load_encoder(path), CLIPEncoder)
+
+
+def test_release_and_saved_checkpoints_are_told_apart(tmp_path):
+    release = build_tiny_release(tmp_path / "MM-Embed")
+    assert classify_folder(release.path).kind == "mmembed_release"
+    encoder = load_encoder(release.path, nvembed_config=release.nvembed_config)
+    encoder.save_pretrained(tmp_path / "saved")
+    assert classify_folder(tmp_path / "saved").kind == "mmembed"
+    assert load_encoder(tmp_path / "saved").instruction_mask == "release"  # the convention travels with it
+
+
+@pytest.mark.parametrize(("config", "message"), [
+    ({"model_type": "bert"}, "model_type 'bert'"),
+    ({"hidden_size": 3}, "neither 'encoder_type' nor 'model_type'"),
+    (None, "no config.json"),
+    ("{not json", "malformed JSON"),
+])
+def test_unknown_folders_are_refused_with_what_was_found(tmp_path, config, message):
+    if isinstance(config, dict):
+        (tmp_path / "config.json").write_text(json.dumps(config))
+    elif isinstance(config, str):
+        (tmp_path / "config.json").write_text(config)
+    with pytest.raises(ModelError, match=message):
+        load_encoder(tmp_path)
