@@ -196,7 +196,8 @@ def test_image_upload_errors(serve, settings, image, status, error, words):
 
 def test_request_body_limit(serve):
     client = serve(max_upload_bytes=1000, max_request_bytes=5000)
-    body = assert_error(search(client, image=png((64, 64), noise=True)), 413, "request_too_large", "limit is 5.0 kB (5000 bytes)")
+    body = assert_error(search(client, image=png((64, 64), noise=True)), 413, "request_too_large",
+                        "limit is 5.0 kB (5000 bytes)")
     assert "fields" not in body
     response = client.post("/api/v1/search", content=iter([b"text=red"]),
                            headers={"content-type": "application/x-www-form-urlencoded"})

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -11,23 +10,23 @@ from pathlib import Path
 
 import httpx
 import pytest
-import uvicorn
 from PIL import Image
 from test_serve_api import build_index, png
 from toy import COLOURS, ToyEncoder
 
 from mmembed.serve.app import create_app
 from mmembed.serve.client import Client, ServiceError
+from mmembed.serve.server import bind, make_server
 from mmembed.serve.settings import ServeSettings
 
 
 @contextmanager
-def running_server(app, timeout: float = 30.0) -> Iterator[str]:
-    """Serve ``app`` with uvicorn in a thread on a free 127.0.0.1 port; yields the base URL."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))
+def running_server(app, timeout: float = 30.0, settings: ServeSettings | None = None) -> Iterator[str]:
+    """Serve ``app`` as ``mmembed serve`` does (its protocol and limits) in a thread, on a free
+    127.0.0.1 port; yields the base URL."""
+    sock = bind(settings or ServeSettings(), port=0)
     port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
+    server = make_server(app, settings or ServeSettings(), log_level="warning")
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     deadline = time.monotonic() + timeout

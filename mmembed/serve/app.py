@@ -333,8 +333,8 @@ def _is_compat(scope: Scope) -> bool:
     return str(scope.get("path", "")).startswith("/v1/")
 
 
-#: Starlette's message when a form field (not a file) is over its 1 MiB part limit.
-_PART_TOO_LARGE = "Part exceeded maximum size"
+#: In Starlette's message when a form field (not a file) is over its 1 MiB limit ("Part ...", "Field ...").
+_PART_TOO_LARGE = "exceeded maximum size"
 
 
 def _install_error_handlers(app: FastAPI) -> None:

@@ -9,7 +9,12 @@ with Client("http://127.0.0.1:8000", api_key=None) as client:
         print(hit.rank, hit.score, hit.id, hit.text)
     png = client.candidate_image(hit.id)
 ```
-Errors of the service are raised as :class:`ServiceError` (status, code, message, ``Retry-After``).
+Every failure is raised as :class:`ServiceError`: an error answer (status, code, message,
+``Retry-After``), a service that cannot be reached or does not answer in time (``status`` None,
+code ``unreachable`` or ``timeout``), or a request refused before sending (code ``invalid_request``).
+
+Images are always explicit: a ``str`` item of :meth:`Client.embed` is text, never a file name;
+pass an image as a :class:`~pathlib.Path`, file bytes or a PIL image.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from urllib.parse import quote
 
 import httpx
 from PIL import Image
+from pydantic import ValidationError
 
 from mmembed.errors import MMEmbedError
 from mmembed.serve.models import (
@@ -42,14 +48,18 @@ from mmembed.serve.models import (
 )
 
 #: What may be sent as an image: a file path, the bytes of an image file, or a PIL image (sent as PNG).
-ImageInput = str | os.PathLike | bytes | Image.Image
+#: (``search(image=...)`` also takes a ``str`` path: that argument can only be an image.)
+ImageInput = os.PathLike | bytes | Image.Image
+#: An item of :meth:`Client.embed`: text (``str``), an image, a ``(text, image)`` pair, or a
+#: ``{"text": ..., "image": ...}`` mapping.
+EmbedInput = str | ImageInput | tuple[str | None, ImageInput | None] | dict[str, Any]
 
 
 class ServiceError(MMEmbedError):
-    """The service answered with an error."""
+    """The service answered with an error, could not be reached, or the request was invalid."""
 
-    def __init__(self, status: int, error: str, detail: str, retry_after: float | None = None):
-        super().__init__(f"{status} {error}: {detail}")
+    def __init__(self, status: int | None, error: str, detail: str, retry_after: float | None = None):
+        super().__init__(f"{error}: {detail}" if status is None else f"{status} {error}: {detail}")
         self.status = status
         self.error = error
         self.detail = detail
@@ -82,7 +92,7 @@ class Client:
 
     def ready(self) -> Readiness:
         """Readiness, also when not ready (no exception for 503)."""
-        response = self._http.request("GET", f"{API_PREFIX}/ready", headers=self._headers)
+        response = self._send("GET", "/ready")
         if response.status_code not in (200, 503):
             _raise(response)
         return Readiness.model_validate(response.json())
@@ -95,25 +105,30 @@ class Client:
 
     # --- search and embed ----------------------------------------------------------------------
 
-    def search(self, text: str | None = None, image: ImageInput | None = None, *, instruction: str | None = None,
-               task: str | None = None, k: int = 10, rerank: bool | None = None) -> SearchResponse:
-        """Top ``k`` candidates for text, an image, or both, with an instruction or a task name."""
-        query = SearchQuery(text=text, instruction=instruction, task=task, k=k, rerank=rerank)
+    def search(self, text: str | None = None, image: ImageInput | str | None = None, *,
+               instruction: str | None = None, task: str | None = None, k: int = 10,
+               rerank: bool | None = None) -> SearchResponse:
+        """Top ``k`` candidates for text, an image (a path, file bytes or a PIL image), or both, with an
+        instruction or a task name."""
+        if text is None and image is None:
+            raise ServiceError(None, "invalid_request", "give text, an image, or both")
+        query = _local(SearchQuery, text=text, instruction=instruction, task=task, k=k, rerank=rerank)
         data = {name: _form_value(value) for name, value in query.model_dump(exclude_none=True).items()}
         files = None
         if image is not None:
-            name, payload, content_type = _image_part(image)
+            name, payload, content_type = _image_part(Path(image) if isinstance(image, str) else image)
             files = {"image": (name, payload, content_type)}
         response = self._request("POST", "/search", data=data, files=files)
         return SearchResponse.model_validate(response.json())
 
-    def embed(self, items: Sequence[str | ImageInput | tuple[str | None, ImageInput | None]], *,
-              kind: Literal["query", "candidate"] = "query", instruction: str | None = None,
-              task: str | None = None) -> EmbedResponse:
-        """Vectors of items: each a text (``str``), an image (a path, file bytes or a PIL image), or a
-        ``(text, image)`` pair (either may be ``None``)."""
-        request = EmbedRequest(items=[_embed_item(item) for item in items], kind=kind, instruction=instruction,
-                               task=task)
+    def embed(self, items: Sequence[EmbedInput], *, kind: Literal["query", "candidate"] = "query",
+              instruction: str | None = None, task: str | None = None) -> EmbedResponse:
+        """Vectors of items: each a text (``str``, always text), an image (a :class:`~pathlib.Path`, file
+        bytes or a PIL image), a ``(text, image)`` pair or a ``{"text", "image"}`` mapping."""
+        if isinstance(items, (str, bytes)) or not items:
+            raise ServiceError(None, "invalid_request", "give a non-empty list of items")
+        request = _local(EmbedRequest, items=[_embed_item(item) for item in items], kind=kind,
+                         instruction=instruction, task=task)
         response = self._request("POST", "/embed", json=request.model_dump(exclude_none=True))
         return EmbedResponse.model_validate(response.json())
 
@@ -132,17 +147,37 @@ class Client:
         return self._request("GET", path, params=params)
 
     def _request(self, method: str, path: str, **kwargs: Any) -> Any:
-        response = self._http.request(method, f"{API_PREFIX}{path}", headers=self._headers, **kwargs)
+        response = self._send(method, path, **kwargs)
         if response.status_code >= 400:
             _raise(response)
         return response
+
+    def _send(self, method: str, path: str, **kwargs: Any) -> Any:
+        try:
+            return self._http.request(method, f"{API_PREFIX}{path}", headers=self._headers, **kwargs)
+        except httpx.TimeoutException as e:
+            raise ServiceError(None, "timeout", f"the service did not answer in time ({type(e).__name__})") from None
+        except httpx.TransportError as e:
+            raise ServiceError(None, "unreachable", f"cannot reach the service ({type(e).__name__}: {e})") from None
+
+
+def _local(model: Any, **fields: Any) -> Any:
+    """A request model, or a :class:`ServiceError` saying which argument is invalid."""
+    try:
+        return model(**fields)
+    except ValidationError as e:
+        problems = "; ".join(f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in e.errors())
+        raise ServiceError(None, "invalid_request", problems) from None
 
 
 def _raise(response: Any) -> None:
     try:
         body = response.json()
-        error, detail = str(body.get("error", "error")), str(body.get("detail", response.text))
     except ValueError:
+        body = None
+    if isinstance(body, dict) and isinstance(body.get("error"), str):
+        error, detail = body["error"], str(body.get("detail", ""))
+    else:  # not this service's error shape (a proxy in between?)
         error, detail = "error", response.text[:500]
     retry = response.headers.get("retry-after")
     raise ServiceError(response.status_code, error, detail, float(retry) if retry and retry.isdigit() else None)
@@ -161,8 +196,14 @@ def _image_bytes(image: ImageInput) -> tuple[str, bytes]:
         return "image.png", out.getvalue()
     if isinstance(image, bytes):
         return "image", image
+    if isinstance(image, str) or not isinstance(image, os.PathLike):
+        raise ServiceError(None, "invalid_request", f"an image must be a Path, file bytes or a PIL image, not "
+                                                    f"{type(image).__name__}")
     path = Path(image)
-    return path.name, path.read_bytes()
+    try:
+        return path.name, path.read_bytes()
+    except OSError as e:
+        raise ServiceError(None, "invalid_request", f"cannot read the image file {path}: {e.strerror}") from None
 
 
 def _image_part(image: ImageInput) -> tuple[str, bytes, str]:
@@ -170,12 +211,17 @@ def _image_part(image: ImageInput) -> tuple[str, bytes, str]:
     return name, payload, "application/octet-stream"  # the service sniffs the type from the bytes
 
 
-def _embed_item(item: str | ImageInput | tuple[str | None, ImageInput | None]) -> EmbedItem:
-    if isinstance(item, tuple):
+def _embed_item(item: EmbedInput) -> EmbedItem:
+    if isinstance(item, dict):
+        unknown = set(item) - {"text", "image"}
+        if unknown:
+            raise ServiceError(None, "invalid_request", f"unknown item keys {sorted(unknown)}; use text and image")
+        text, image = item.get("text"), item.get("image")
+    elif isinstance(item, tuple):
         text, image = item
     elif isinstance(item, str):
         text, image = item, None
     else:
         text, image = None, item
     encoded = None if image is None else base64.b64encode(_image_bytes(image)[1]).decode("ascii")
-    return EmbedItem(text=text, image_base64=encoded)
+    return _local(EmbedItem, text=text, image_base64=encoded)

@@ -103,13 +103,13 @@ def make_server(app: Any, settings: ServeSettings, log_level: str = "info") -> u
     return uvicorn.Server(config)
 
 
-def bind(settings: ServeSettings) -> socket.socket:
-    """A listening socket on ``settings.host:port`` (bound before anything slow, so that clients
-    see the service answer 'loading' instead of 'connection refused')."""
+def bind(settings: ServeSettings, port: int | None = None) -> socket.socket:
+    """A listening socket on ``settings.host`` and ``port`` (default ``settings.port``; 0: any free
+    port), bound before anything slow, so that clients see 'loading' instead of 'connection refused'."""
     family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((settings.host, settings.port))
+    sock.bind((settings.host, settings.port if port is None else port))
     sock.listen(2048)
     sock.set_inheritable(True)
     return sock
