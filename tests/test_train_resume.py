@@ -124,3 +124,128 @@ def test_torchrun_two_processes_train_the_same_weights_as_one(toy_root, tmp_path
     for name, value in w_one.items():
         torch.testing.assert_close(w_two[name], value, atol=1e-5, rtol=0, msg=name)
 
+
+
+# ----------------------------------------------------------------------------- damaged checkpoints, divergence
+
+
+@pytest.fixture(scope="module")
+def four_steps(toy_root, tmp_path_factory) -> tuple[Path, Path]:
+    """A run of 4 steps with checkpoints at 2 and 4, and its configuration."""
+    tmp = tmp_path_factory.mktemp("four")
+    config = write_config(tmp / "run.yaml", toy_root)
+    out = tmp / "run"
+    Trainer(load_train_config(config, [f"output_dir={out}", "train.max_steps=4"])).train()
+    return config, out
+
+
+def damaged_copy(source: Path, target: Path, damage) -> Path:
+    import shutil
+
+    shutil.copytree(source, target)
+    damage(target / "checkpoints" / "step-00000004")
+    return target
+
+
+def truncate(name: str):
+    def damage(checkpoint: Path) -> None:
+        path = checkpoint / name
+        path.write_bytes(path.read_bytes()[: max(1, path.stat().st_size // 2)])
+    return damage
+
+
+@pytest.mark.parametrize("damage", [truncate("trainer_state.json"), truncate("trainable.safetensors"),
+                                    truncate("rng.json"), lambda c: (c / "config.yaml").unlink(),
+                                    truncate("optimizer.pt")],
+                         ids=["trainer_state", "trainable", "rng", "no-config", "optimizer"])
+def test_a_damaged_newest_checkpoint_falls_back_to_the_previous_one(four_steps, tmp_path, damage, caplog):
+    config, complete = four_steps
+    out = damaged_copy(complete, tmp_path / "run", damage)
+    trainer = Trainer(load_train_config(config, [f"output_dir={out}", "train.max_steps=6"]))
+    result = trainer.train(resume=True)
+    assert result.resumed_from == 2 and result.steps == 6
+    assert "skipping damaged checkpoint" in caplog.text and "step-00000004" in caplog.text
+    # from step 2 on the run follows the undamaged one: steps 3 and 4 give the same losses again
+    again = {s: v for s, v in losses(out)}
+    for step, value in losses(complete):
+        if step in (3, 4):
+            assert abs(again[step] - value) <= 1e-6
+
+
+def test_an_explicit_damaged_checkpoint_is_an_error_naming_the_file(four_steps, tmp_path):
+    config, complete = four_steps
+    out = damaged_copy(complete, tmp_path / "run", lambda c: (c / "config.yaml").unlink())
+    trainer = Trainer(load_train_config(config, [f"output_dir={out}", "train.max_steps=6"]))
+    with pytest.raises(ConfigError, match=r"step-00000004/config\.yaml: missing.*learning rate"):
+        trainer.train(resume=out / "checkpoints" / "step-00000004")
+
+
+def test_every_checkpoint_damaged_is_an_error_not_a_fresh_start(four_steps, tmp_path):
+    config, complete = four_steps
+    out = damaged_copy(complete, tmp_path / "run", truncate("rng.json"))
+    truncate("trainable.safetensors")(out / "checkpoints" / "step-00000002")
+    trainer = Trainer(load_train_config(config, [f"output_dir={out}", "train.max_steps=6"]))
+    with pytest.raises(ConfigError, match="no complete checkpoint to resume from"):
+        trainer.train(resume=True)
+
+
+def test_a_non_finite_loss_stops_training_and_keeps_the_last_good_checkpoint(toy_root, tmp_path):
+    from mmembed.training.trainer import TrainingDivergedError
+
+    config = write_config(tmp_path / "run.yaml", toy_root)
+    out = tmp_path / "run"
+    trainer = Trainer(load_train_config(config, [f"output_dir={out}"]))
+    real, calls = trainer.loss_fn, []
+
+    def nan_at_step_3(*args, **kwargs):
+        calls.append(1)
+        loss = real(*args, **kwargs)
+        return loss * float("nan") if len(calls) == 3 else loss
+
+    trainer.loss_fn = nan_at_step_3
+    with pytest.raises(TrainingDivergedError, match=r"diverged at step 3: the loss is nan.*step-00000002"):
+        trainer.train()
+    assert [p.name for p in (out / "checkpoints").iterdir()] == ["step-00000002"]
+    assert not (out / "final").exists()
+    assert all(torch.isfinite(p).all() for p in trainer.model.parameters())
+
+
+def test_the_cli_reports_bad_training_input_in_one_line(toy_root, tmp_path):
+    import shutil
+
+    no_instructions = tmp_path / "bare"
+    shutil.copytree(toy_root, no_instructions)
+    shutil.rmtree(no_instructions / "instructions")
+    config = write_config(tmp_path / "run.yaml", no_instructions)
+    cases = [  # overrides -> what the one error line must name
+        (["optim.lr=.inf"], "optim: lr: expected a finite number"),
+        (["data.instruction_mode=none", "model.settings={no_such_setting: 1}"],
+         "model.settings.no_such_setting: not a setting of 'cpu-default'"),
+        ([], "query_instructions.tsv not found; data.instruction_mode 'random' needs it"),
+    ]
+    for overrides, message in cases:
+        sets = [arg for item in overrides for arg in ("--set", item)]
+        run = subprocess.run(cli(str(config), "--output-dir", str(tmp_path / "o"), *sets),
+                             env=ENV, capture_output=True, text=True, timeout=300)
+        assert run.returncode == 2, run.stderr[-2000:]
+        assert message in run.stderr and "Traceback" not in run.stderr, run.stderr[-2000:]
+    assert not (tmp_path / "o" / "metrics.jsonl").exists()
+
+
+def test_every_image_is_checked_before_the_first_step(toy_root, tmp_path):
+    import shutil
+
+    from mmembed.errors import ValidationFailed
+
+    root = tmp_path / "toy"
+    shutil.copytree(toy_root, root)
+    images = sorted((root / "images").glob("*.png"))
+    images[0].write_bytes(b"not a png")
+    images[1].unlink()
+    config = write_config(tmp_path / "run.yaml", root)
+    with pytest.raises(ValidationFailed) as err:
+        Trainer(load_train_config(config, [f"output_dir={tmp_path / 'o'}"]))
+    text = str(err.value)
+    assert "2 problem(s)" in text and images[0].name in text and "unreadable image" in text
+    assert images[1].name in text and "image file not found" in text
+    assert not (tmp_path / "o").exists()

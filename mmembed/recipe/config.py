@@ -81,6 +81,4 @@ class RecipeConfig:
 
 
 def load_recipe(path: str | os.PathLike, overrides: list[str] | None = None) -> RecipeConfig:
-    recipe = load_config(RecipeConfig, path, overrides)
-    recipe.validate()
-    return recipe
+    return load_config(RecipeConfig, path, overrides)  # load_config runs RecipeConfig.validate

@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from mmembed.config import load_config
-from mmembed.errors import ConfigError
+from mmembed.errors import ConfigError, MMEmbedError
 from mmembed.mining.jobs import MANIFEST as MINING_MANIFEST
 from mmembed.mining.jobs import default_shard
 from mmembed.recipe.config import RecipeConfig, Step
@@ -54,6 +54,7 @@ def run_recipe(recipe: RecipeConfig, *, show_progress: bool = True, report: bool
     """Run every step of ``recipe`` that is not done yet, evaluate, and write the report."""
     out = Path(recipe.output_dir)
     result = RecipeResult(out)
+    check_recipe(recipe)
     if recipe.build_bundled:
         from mmembed.data.bundled import build
 
@@ -90,6 +91,58 @@ def step_train_config(recipe: RecipeConfig, step: Step):
     return load_train_config(step.train, [*step.set, f"output_dir={Path(recipe.output_dir) / step.name}"])
 
 
+def mining_config(step: Step):
+    """A mining step's :class:`~mmembed.mining.MiningConfig` (checked)."""
+    from mmembed.mining import MiningConfig
+
+    assert step.mine is not None
+    return load_config(MiningConfig, None, None, base=dict(step.mine.config))
+
+
+def check_recipe(recipe: RecipeConfig) -> None:
+    """Every step's configuration, before the first step runs: an error names the step and the key."""
+    from mmembed.eval.runner import EvalConfig
+
+    trained: set[str] = set()
+    for step in recipe.steps:
+        try:
+            if step.train is not None:
+                step_train_config(recipe, step)
+                trained.add(step.name)
+            else:
+                assert step.mine is not None
+                mining_config(step)
+                _check_model_spec(recipe, step.mine.encoder, trained, "mine.encoder")
+                _check_input_dir(recipe, step.mine.data, "mine.data")
+        except MMEmbedError as e:
+            raise ConfigError(f"recipe step {step.name}: {e}") from None
+    try:
+        load_config(EvalConfig, None, None, base=dict(recipe.evaluate.config))
+        for label, name in recipe.evaluate.models.items():
+            _check_model_spec(recipe, str(name), trained, f"evaluate.models.{label}")
+        _check_input_dir(recipe, recipe.evaluate.data or recipe.data, "evaluate.data")
+    except MMEmbedError as e:
+        raise ConfigError(f"recipe evaluate: {e}") from None
+
+
+def _check_model_spec(recipe: RecipeConfig, name: str, trained: set[str], key: str) -> None:
+    """A model is an earlier training step, an existing directory or a named model."""
+    from mmembed.encoders.registry import named_models
+
+    if name in trained or Path(name).is_dir() or name in named_models():
+        return
+    later = any(s.name == name for s in recipe.steps)
+    reason = "a step that does not come before this one" if later else "neither a training step of the recipe, " \
+        f"a directory nor a named model ({', '.join(named_models())})"
+    raise ConfigError(f"{key}: {name!r} is {reason}")
+
+
+def _check_input_dir(recipe: RecipeConfig, data: str, key: str) -> None:
+    built_here = recipe.build_bundled and Path(data) == Path(recipe.data)
+    if not built_here and not Path(data).is_dir():
+        raise ConfigError(f"{key}: directory {data!r} not found")
+
+
 # ----------------------------------------------------------------------------- steps
 
 
@@ -123,10 +176,10 @@ def _run_train(recipe: RecipeConfig, step: Step) -> str:
 
 def _run_mine(recipe: RecipeConfig, step: Step, show_progress: bool) -> str:
     from mmembed.encoders.registry import load_encoder
-    from mmembed.mining import MiningConfig, mine_beir, mine_mbeir, stats_table
+    from mmembed.mining import mine_beir, mine_mbeir, stats_table
 
     assert step.mine is not None
-    config = load_config(MiningConfig, None, None, base=dict(step.mine.config))
+    config = mining_config(step)
     encoder = load_encoder(resolve_model(recipe, step.mine.encoder))
     mine = mine_beir if (Path(step.mine.data) / "corpus.jsonl").is_file() else mine_mbeir
     target = Path(recipe.output_dir) / step.name

@@ -21,6 +21,7 @@ process killed while saving leaves the previous checkpoints intact and no partia
 from __future__ import annotations
 
 import json
+import logging
 import random
 import re
 import shutil
@@ -28,6 +29,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -39,9 +41,15 @@ from mmembed.encoders.common import package_version
 from mmembed.errors import ConfigError
 from mmembed.fileio import write_json
 
+logger = logging.getLogger(__name__)
+
 CHECKPOINTS = "checkpoints"
 STATE_FILE = "trainer_state.json"
 _STEP_RE = re.compile(r"^step-(\d+)$")
+
+
+class CheckpointError(ConfigError):
+    """A checkpoint is incomplete or unreadable (a resume falls back to an older one)."""
 
 
 def checkpoint_path(output_dir: str | Path, step: int) -> Path:
@@ -177,8 +185,126 @@ def load_state_dict(path: Path) -> dict:
 def read_trainer_state(directory: str | Path) -> dict:
     path = Path(directory) / STATE_FILE
     if not path.is_file():
-        raise ConfigError(f"{directory}: not a training checkpoint (no {STATE_FILE})")
-    return json.loads(path.read_text(encoding="utf-8"))
+        raise CheckpointError(f"{directory}: not a training checkpoint (no {STATE_FILE})")
+    state = _read_json(path)
+    step, next_batch = state.get("step"), state.get("next_batch")
+    if not isinstance(step, int) or not isinstance(state.get("sampler"), dict) or not (
+            isinstance(next_batch, list) and len(next_batch) == 2 and all(isinstance(v, int) for v in next_batch)):
+        raise CheckpointError(f"{path}: incomplete training state (needs step, next_batch and sampler)")
+    return state
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_bytes().decode("utf-8"))
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: missing") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{path}: unreadable (truncated or corrupt): {e}") from None
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path}: expected a JSON object")
+    return data
+
+
+def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        return load_tensors(path)
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: missing") from None
+    except Exception as e:  # safetensors raises its own error type (and OSError) for truncated files
+        raise CheckpointError(f"{path}: unreadable (truncated or corrupt): {e}") from None
+
+
+def _read_config(directory: Path) -> dict:
+    """The run configuration saved in a checkpoint: required, so that a resume can be checked against it."""
+    import yaml
+
+    path = directory / "config.yaml"
+    if not path.is_file():
+        raise CheckpointError(f"{path}: missing, so resuming could not check that the run's configuration "
+                              "(learning rate, data, model) is the one this checkpoint was trained with")
+    try:
+        data = yaml.safe_load(path.read_bytes().decode("utf-8"))
+    except (UnicodeDecodeError, yaml.YAMLError) as e:
+        raise CheckpointError(f"{path}: unreadable (truncated or corrupt): {e}") from None
+    if not isinstance(data, dict) or "optim" not in data:
+        raise CheckpointError(f"{path}: not a complete run configuration")
+    return data
+
+
+def _read_rng(directory: Path, rank: int) -> tuple[dict, dict[str, torch.Tensor]] | None:
+    meta = _read_json(directory / "rng.json")
+    ranks = meta.get("ranks")
+    if not isinstance(meta.get("world_size"), int) or not isinstance(ranks, list) or len(ranks) != meta["world_size"]:
+        raise CheckpointError(f"{directory / 'rng.json'}: incomplete RNG state")
+    tensors = _read_safetensors(directory / "rng.safetensors")
+    if rank >= meta["world_size"]:
+        return None
+    prefix = f"rank{rank}."
+    mine = {k.removeprefix(prefix): v for k, v in tensors.items() if k.startswith(prefix)}
+    if "torch_cpu" not in mine or not {"python", "numpy"} <= set(ranks[rank]):
+        raise CheckpointError(f"{directory}: no complete RNG state for process {rank}")
+    return ranks[rank], mine
+
+
+@dataclass
+class LoadedCheckpoint:
+    """Everything a resume restores, read (and checked) before any of it is applied."""
+
+    path: Path
+    state: dict
+    config: dict
+    scheduler: dict
+    rng: tuple[dict, dict[str, torch.Tensor]] | None
+    #: ``None`` under DeepSpeed / FSDP, whose engine state lives in ``engine/``.
+    trainable: dict[str, torch.Tensor] | None = None
+    optimizer: dict | None = None
+
+
+def read_checkpoint(directory: str | Path, rank: int = 0, sharded: bool = False) -> LoadedCheckpoint:
+    """Read every file of a checkpoint; :class:`CheckpointError` names the first one that is damaged."""
+    path = Path(directory)
+    state = read_trainer_state(path)
+    config = _read_config(path)
+    loaded = LoadedCheckpoint(path, state, config, _load_state(path / "scheduler.pt"), _read_rng(path, rank))
+    if sharded:
+        if not (path / "engine").is_dir():
+            raise CheckpointError(f"{path / 'engine'}: missing (the DeepSpeed / FSDP engine state)")
+    else:
+        loaded.trainable = _read_safetensors(path / "trainable.safetensors")
+        loaded.optimizer = _load_state(path / "optimizer.pt")
+    return loaded
+
+
+def _load_state(path: Path) -> dict:
+    if not path.is_file():
+        raise CheckpointError(f"{path}: missing")
+    try:
+        return load_state_dict(path)
+    except ConfigError as e:
+        raise CheckpointError(str(e)) from None
+
+
+def newest_readable_checkpoint(output_dir: str | Path, rank: int = 0, sharded: bool = False) -> LoadedCheckpoint | None:
+    """The newest checkpoint whose files all read back; damaged newer ones are skipped with a warning.
+
+    A run killed while saving leaves no partial checkpoint (they are staged), but a disk that filled
+    up, a copy cut short or a hand edit can damage one: resuming from the previous complete
+    checkpoint loses a few steps, while failing would lose the run. :class:`CheckpointError` when
+    checkpoints exist and none is readable.
+    """
+    found = list_checkpoints(output_dir)
+    problems = []
+    for _, path in reversed(found):
+        try:
+            return read_checkpoint(path, rank, sharded)
+        except CheckpointError as e:
+            problems.append(str(e))
+            logger.warning("skipping damaged checkpoint: %s; falling back to the previous one", e)
+    if problems:
+        raise CheckpointError(f"{output_dir}: no complete checkpoint to resume from ({'; '.join(problems)}); "
+                              "delete the checkpoints directory to start again")
+    return None
 
 
 def config_differences(saved: Mapping, current: Mapping, sections: tuple[str, ...]) -> list[str]:

@@ -30,11 +30,12 @@ from pathlib import Path
 from typing import Literal, NamedTuple
 
 import torch
+from PIL import Image
 
-from mmembed.data.images import ImageStore
+from mmembed.data.images import ImageStore, check_pixels
 from mmembed.data.mbeir import iter_candidates, read_queries
 from mmembed.encoders.base import Item
-from mmembed.errors import ConfigError, DataError, Location
+from mmembed.errors import ConfigError, DataError, ImageError, Location, ValidationFailed
 from mmembed.fileio import iter_jsonl
 from mmembed.instructions import INSTRUCTION_MODES, InstructionMode, InstructionRegistry
 from mmembed.losses.contrastive import hash_ids, pack_key_sets
@@ -128,6 +129,9 @@ class CandidatePool:
 
     def __contains__(self, did: object) -> bool:
         return did in self._records
+
+    def ids(self) -> list[str]:
+        return list(self._records)
 
     def record(self, did: str) -> _Record:
         return self._records[did]
@@ -253,6 +257,61 @@ def beir_source(root: str | os.PathLike, name: str, *, split: str = "train", ins
         logger.info("BEIR %s: skipped %d queries without a positive (score >= %d)", name, skipped, min_score)
     return TrainingSource(name, rows, pool, None, {f"beir/{name}": tuple(instructions)} if instructions else {},
                           group or name)
+
+
+# ----------------------------------------------------------------------------- images, before training
+
+
+def _images_to_read(dataset: ContrastiveDataset) -> dict[tuple[str, str], tuple[ImageStore, str]]:
+    """Every (image root, path) training can read: queries, positives, negatives, padding groups."""
+    pads = dataset.num_negatives > 0 and dataset.negative_padding == "random"
+    found: dict[tuple[str, str], tuple[ImageStore, str]] = {}
+    for source in dataset.sources:
+        if source.images is None:
+            continue
+        root = str(source.images.root)
+        for row in source.rows:
+            if row.image:
+                found.setdefault((root, row.image), (source.images, row.qid))
+        # random padding may draw any candidate of the pool, so all of them are checked then
+        dids = source.pool.ids() if pads else {d for row in source.rows for d in (*row.pos, *row.neg)}
+        for did in dids:
+            image = source.pool.record(did).image
+            if image:
+                found.setdefault((root, image), (source.images, did))
+    return found
+
+
+def _image_problem(store: ImageStore, rel: str, item_id: str) -> ImageError | None:
+    """Why an image cannot be read (path, existence, header, pixel limit), without decoding its pixels."""
+    try:
+        path = store.resolve(rel, item_id)
+        if not path.is_file():
+            return ImageError("image file not found", Location(str(path), None, "img_path", item_id))
+        with Image.open(path) as im:  # parses the header only
+            check_pixels(im.size, item_id, store.max_pixels)
+    except ImageError as e:
+        return ImageError(e.reason, Location(e.location.file, None, "img_path", item_id))
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        return ImageError(f"unreadable image: {e}", Location(str(store.root / rel), None, "img_path", item_id))
+    return None
+
+
+def check_images(dataset: ContrastiveDataset) -> int:
+    """Check every image training can read before the first step; returns how many were checked.
+
+    A missing or broken image would otherwise stop the run at the first batch that holds it, maybe
+    hours in; :class:`ValidationFailed` lists every problem instead.
+    """
+    images = _images_to_read(dataset)
+    problems = []
+    for (_, rel), (store, item_id) in images.items():
+        problem = _image_problem(store, rel, item_id)
+        if problem is not None:
+            problems.append(problem)
+    if problems:
+        raise ValidationFailed(problems)
+    return len(images)
 
 
 def _draw(seed: int, *parts: object) -> int:

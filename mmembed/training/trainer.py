@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
+import re
 import time
 import warnings
 from dataclasses import asdict, dataclass, field
@@ -30,12 +32,13 @@ from pathlib import Path
 import torch
 
 from mmembed.config import save_config
-from mmembed.errors import ConfigError
+from mmembed.data.layout import MBEIRDirectory
+from mmembed.errors import ConfigError, ModelError
 from mmembed.losses import InfoNCELoss
 from mmembed.training import checkpoint as ckpt
 from mmembed.training.assembly import build_dataset, load_training_encoder
-from mmembed.training.config import TrainConfig
-from mmembed.training.data import ContrastiveBatch, collate_examples
+from mmembed.training.config import DataSettings, ModelSettings, TrainConfig
+from mmembed.training.data import ContrastiveBatch, check_images, collate_examples
 from mmembed.training.engine import build_accelerator, build_optimizer, build_scheduler
 from mmembed.training.gradcache import GradCache
 from mmembed.training.lora import (
@@ -86,9 +89,9 @@ class Trainer:
 
         if config.train.num_threads:
             torch.set_num_threads(config.train.num_threads)
+        self._build_data()  # data first: its problems are found before a model is loaded
         set_seed(config.seed)  # the same initial model (LoRA, pooler) in every process
         self._build_model()
-        self._build_data()
         self.loss_fn = InfoNCELoss(config.train.temperature, gather=config.train.gather)
         optimizer = build_optimizer(self.model, config.optim)
         scheduler = build_scheduler(optimizer, config.optim, self.total_steps)
@@ -101,7 +104,7 @@ class Trainer:
 
     def _build_model(self) -> None:
         settings = self.config.model
-        self.encoder = load_training_encoder(settings)
+        self.encoder = _load_encoder(settings)
         self.model = EmbeddingModel(self.encoder, anchor=self.config.distributed.fsdp is None,
                                     length_buckets=self.config.train.length_buckets)
         self.trainable_names = configure_trainable(self.encoder, self.model, settings)
@@ -112,7 +115,9 @@ class Trainer:
 
     def _build_data(self) -> None:
         cfg, acc = self.config, self.accelerator
+        check_instruction_files(cfg.data)
         self.dataset = build_dataset(cfg.data, cfg.seed)
+        logger.info("checked %d training images", check_images(self.dataset))
         self.sampler = ContrastiveBatchSampler(
             self.dataset, cfg.train.global_batch_size, seed=cfg.seed, weights=cfg.data.weights,
             examples_per_epoch=cfg.data.examples_per_epoch, task_homogeneous=cfg.data.task_homogeneous,
@@ -128,9 +133,11 @@ class Trainer:
         """Run to ``total_steps``; ``resume=True`` continues from the newest checkpoint (if any)."""
         start = time.perf_counter()
         if resume:
-            path = ckpt.latest_checkpoint(self.output_dir) if resume is True else Path(resume)
-            if path is not None:
-                self.load_checkpoint(path)
+            rank = self.accelerator.process_index
+            loaded = ckpt.newest_readable_checkpoint(self.output_dir, rank, self.sharded) if resume is True \
+                else ckpt.read_checkpoint(resume, rank, self.sharded)
+            if loaded is not None:
+                self._restore(loaded)
             else:
                 logger.info("no checkpoint under %s: starting from scratch", self.output_dir)
         elif ckpt.list_checkpoints(self.output_dir):
@@ -207,14 +214,30 @@ class Trainer:
         """One optimizer step on this process's share of a global batch; (global mean loss, grad norm)."""
         acc, cfg = self.accelerator, self.config
         loss = self.forward_backward(batch)
+        # every process gets the same mean, so all of them stop together when it is not finite
+        mean_loss = float(acc.reduce(loss.detach().float(), reduction="mean"))
+        if not math.isfinite(mean_loss):
+            self._diverged(f"the loss is {mean_loss}")
         grad_norm = None
         if cfg.optim.max_grad_norm:
             norm = acc.clip_grad_norm_(self.wrapped.parameters(), cfg.optim.max_grad_norm)
             grad_norm = float(norm) if norm is not None else None
+            if grad_norm is not None and not math.isfinite(grad_norm):
+                self._diverged(f"the gradient norm is {grad_norm}")
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
-        return float(acc.reduce(loss.detach().float(), reduction="mean")), grad_norm
+        return mean_loss, grad_norm
+
+    def _diverged(self, what: str) -> None:
+        """Stop before a non-finite update reaches the weights: nothing of this step is applied or saved."""
+        self.optimizer.zero_grad(set_to_none=True)
+        last = ckpt.latest_checkpoint(self.output_dir)
+        kept = f"the last good checkpoint is {last}" if last else \
+            "there is no checkpoint (set checkpoint.every_steps to keep some)"
+        raise TrainingDivergedError(
+            f"training diverged at step {self.step + 1}: {what} (optim.lr {self.config.optim.lr:g}, "
+            f"train.temperature {self.config.train.temperature:g}); the weights were not updated and {kept}")
 
     def forward_backward(self, batch: ContrastiveBatch) -> torch.Tensor:
         """Embed a batch, compute the loss and accumulate its gradients (no optimizer step).
@@ -309,17 +332,21 @@ class Trainer:
 
     def load_checkpoint(self, path: str | Path) -> None:
         """Restore a checkpoint written by :meth:`save_checkpoint` (every process must call this)."""
-        path = Path(path)
-        state = ckpt.read_trainer_state(path)
-        self._check_resume_config(path)
+        self._restore(ckpt.read_checkpoint(path, self.accelerator.process_index, self.sharded))
+
+    def _restore(self, loaded: ckpt.LoadedCheckpoint) -> None:
+        """Apply a checkpoint read whole beforehand (a damaged file then changes nothing)."""
+        path, state = loaded.path, loaded.state
+        self._check_resume_config(path, loaded.config)
         if self.sharded:
             self.accelerator.load_state(str(path / "engine"))
         else:
-            self._load_trainable(path)
-            self.optimizer.load_state_dict(ckpt.load_state_dict(path / "optimizer.pt"))
-        self.scheduler.load_state_dict(ckpt.load_state_dict(path / "scheduler.pt"))
+            assert loaded.trainable is not None and loaded.optimizer is not None
+            self._load_trainable(path, loaded.trainable)
+            self.optimizer.load_state_dict(loaded.optimizer)
+        self.scheduler.load_state_dict(loaded.scheduler)
         self.sampler.load_state_dict(state["sampler"])
-        rng = ckpt.read_rng(path, self.accelerator.process_index)
+        rng = loaded.rng
         if rng is not None:
             ckpt.restore_rng(*rng)
         else:
@@ -332,8 +359,7 @@ class Trainer:
         self.next_batch = tuple(state["next_batch"])
         logger.info("resumed from %s at step %d", path, self.step)
 
-    def _load_trainable(self, path: Path) -> None:
-        saved = ckpt.load_tensors(path / "trainable.safetensors")
+    def _load_trainable(self, path: Path, saved: dict[str, torch.Tensor]) -> None:
         params = {n.removeprefix(INNER): p for n, p in self.model.named_parameters() if p.requires_grad}
         if set(saved) != set(params):
             missing, extra = sorted(set(params) - set(saved)), sorted(set(saved) - set(params))
@@ -343,13 +369,7 @@ class Trainer:
             for name, p in params.items():
                 p.copy_(saved[name].to(p.dtype))
 
-    def _check_resume_config(self, path: Path) -> None:
-        import yaml
-
-        saved_path = path / "config.yaml"
-        if not saved_path.is_file():
-            return
-        saved = yaml.safe_load(saved_path.read_text(encoding="utf-8")) or {}
+    def _check_resume_config(self, path: Path, saved: dict) -> None:
         current = asdict(self.config)
         differ = ckpt.config_differences(saved, current, RESUME_SECTIONS)
         differ += [f"train.{k}" for k in RESUME_TRAIN_KEYS
@@ -357,6 +377,39 @@ class Trainer:
         if differ:
             raise ConfigError(f"{path}: the checkpoint was written with a different configuration "
                               f"({', '.join(differ)}); resuming would not continue the same run")
+
+
+def check_instruction_files(data: DataSettings) -> None:
+    """Training with instructions needs every M-BEIR root's ``query_instructions.tsv`` (as evaluation does).
+
+    Without it a run would silently train without instructions and then be evaluated with them.
+    """
+    if data.instruction_mode == "none":
+        return
+    for n, spec in enumerate(data.mbeir):
+        path = MBEIRDirectory(spec.root).instructions_path
+        if not path.is_file():
+            raise ConfigError(f"data.mbeir[{n}].root: {path} not found; data.instruction_mode "
+                              f"{data.instruction_mode!r} needs it (set data.instruction_mode: none to train "
+                              "without instructions)")
+
+
+_UNKNOWN_KEYWORD = re.compile(r"unexpected keyword argument '([^']+)'")
+
+
+def _load_encoder(settings: ModelSettings):
+    """The encoder to train; an unknown ``model.settings`` key is a configuration error naming it."""
+    try:
+        return load_training_encoder(settings)
+    except TypeError as e:
+        unknown = _UNKNOWN_KEYWORD.search(str(e))
+        if unknown is None or unknown.group(1) not in settings.settings:
+            raise
+        raise ConfigError(f"model.settings.{unknown.group(1)}: not a setting of {settings.encoder!r} ({e})") from None
+
+
+class TrainingDivergedError(ModelError):
+    """The loss or the gradient became NaN or infinite: training stopped before applying it."""
 
 
 class _Window:
