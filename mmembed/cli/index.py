@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 from pathlib import Path
 
@@ -40,6 +41,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         "HNSW), ef=128 or nprobe=32 (Milvus)")
     p.add_argument("--train-sample", type=int, help="rows to train IVF/PQ on (default: FAISS's 256 per list, at "
                                                     "least 262,144)")
+    p.add_argument("--on-disk", action="store_true",
+                   help="keep an IVF index's inverted lists in a file beside it instead of in memory (with "
+                        "--from-embeddings; for pools whose codes do not fit in RAM)")
     p.add_argument("--force", action="store_true", help="build even when the memory estimate exceeds what is free")
     p.add_argument("--uri", help="Milvus URI: http://host:19530 for a server (default: a Milvus Lite database "
                                  "inside the index directory)")
@@ -88,6 +92,8 @@ def run_build(args: argparse.Namespace) -> int:
     params = parse_search_params(args.search_param)
     if args.backend == "faiss" and (args.uri or args.collection or args.milvus_index):
         raise ConfigError("--uri, --collection and --milvus-index need --backend milvus")
+    if args.on_disk and (args.backend != "faiss" or not args.from_embeddings):
+        raise ConfigError("--on-disk needs --from-embeddings and the faiss backend")
     if args.from_embeddings:
         count = _build_from_embeddings(args, params)
     elif args.backend == "milvus":
@@ -152,12 +158,19 @@ def _build_from_embeddings(args: argparse.Namespace, params: dict[str, float]) -
     if args.encoder:  # an explicit encoder must be the one the embeddings were made with
         encoder = load_encoder_arg(args.encoder)
         embeddings.check(encoder_id=encoder.encoder_id, dim=encoder.dim)
-    index = index_from_embeddings(embeddings, backend=args.backend, factory=args.factory, dtype=args.dtype,
-                                  search_params=params, uri=args.uri, collection=args.collection,
-                                  milvus_index=args.milvus_index, train_rows=args.train_sample, force=args.force,
-                                  show_progress=sys.stderr.isatty())
-    write_retrieval_directory(args.out, index, pool, encoder_spec=spec, encoder_id=embeddings.encoder_id,
-                              image_root=image_root or guess_image_root(pool), instructions_path=instructions)
+    out = Path(args.out)
+    # the lists are built next to the output (same file system) and hard-linked into it
+    workdir = out.parent / f".{out.name}.ondisk-work" if args.on_disk else None
+    try:
+        index = index_from_embeddings(embeddings, backend=args.backend, factory=args.factory, dtype=args.dtype,
+                                      search_params=params, uri=args.uri, collection=args.collection,
+                                      milvus_index=args.milvus_index, train_rows=args.train_sample,
+                                      force=args.force, on_disk=workdir, show_progress=sys.stderr.isatty())
+        write_retrieval_directory(out, index, pool, encoder_spec=spec, encoder_id=embeddings.encoder_id,
+                                  image_root=image_root or guess_image_root(pool), instructions_path=instructions)
+    finally:
+        if workdir is not None:
+            shutil.rmtree(workdir, ignore_errors=True)
     return len(index)
 
 

@@ -42,21 +42,28 @@ def make_index(backend: str, dim: int, *, encoder_id: str | None, factory: str =
 
 
 def check_memory(backend: str, factory: str, dtype: str, dim: int, count: int, *, train_rows: int | None = None,
-                 chunk_rows: int = 65_536, force: bool = False) -> None:
+                 chunk_rows: int = 65_536, force: bool = False, on_disk: bool = False) -> None:
     """Estimate a FAISS build's memory and refuse one that cannot fit (Milvus holds vectors server-side)."""
     if backend != "faiss":
         return
-    check_fits(estimate(factory, dtype, dim, count, chunk_rows=chunk_rows, train_rows=train_rows), force=force)
+    check_fits(estimate(factory, dtype, dim, count, chunk_rows=chunk_rows, train_rows=train_rows, on_disk=on_disk),
+               force=force)
 
 
 def index_from_embeddings(embeddings: EmbeddingSet, *, backend: str = "faiss", factory: str = "Flat",
                           dtype: str = "float32", search_params: Mapping[str, Any] | None = None,
                           uri: str | None = None, collection: str | None = None, milvus_index: str | None = None,
-                          train_rows: int | None = None, force: bool = False,
+                          train_rows: int | None = None, force: bool = False, on_disk: Path | None = None,
                           show_progress: bool = False) -> VectorIndex:
-    """Fill a new index with every vector of ``embeddings``, chunk by chunk, in pool order."""
+    """Fill a new index with every vector of ``embeddings``, chunk by chunk, in pool order.
+
+    ``on_disk``: a work directory (on the output's file system) where an IVF index keeps its
+    inverted lists instead of memory; the saved index links them in.
+    """
+    if on_disk is not None and backend != "faiss":
+        raise ConfigError("on-disk inverted lists are a FAISS option; Milvus keeps its own storage")
     check_memory(backend, factory, dtype, embeddings.dim, len(embeddings), train_rows=train_rows,
-                 chunk_rows=embeddings.identity.chunk_size, force=force)
+                 chunk_rows=embeddings.identity.chunk_size, force=force, on_disk=on_disk is not None)
     index = make_index(backend, embeddings.dim, encoder_id=embeddings.encoder_id, factory=factory, dtype=dtype,
                        search_params=search_params, uri=uri, collection=collection, milvus_index=milvus_index)
     if isinstance(index, FaissIndex) and not index.is_trained:
@@ -68,6 +75,12 @@ def index_from_embeddings(embeddings: EmbeddingSet, *, backend: str = "faiss", f
         from tqdm.auto import tqdm
 
         chunks = tqdm(chunks, total=embeddings.identity.num_chunks, desc="indexing", unit="chunk")
+    if on_disk is not None:
+        from mmembed.index.ondisk import fill_on_disk
+
+        assert isinstance(index, FaissIndex)
+        fill_on_disk(index, ((ids, vectors) for ids, vectors, _ in chunks), on_disk)
+        return index
     for ids, vectors, _ in chunks:
         index.add(ids, vectors)
     return index

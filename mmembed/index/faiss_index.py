@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import re
+import shutil
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -40,6 +41,7 @@ log = logging.getLogger(__name__)
 ENGINE = "faiss"
 INDEX_FILE = "index.faiss"
 IDS_FILE = "ids.json"
+LISTS_FILE = "lists.ivfdata"
 DTYPES = ("float32", "float16")
 #: Rows normalised and handed to FAISS at a time (bounds the extra memory of the normalised copy).
 ADD_BATCH = 65_536
@@ -135,6 +137,8 @@ class FaissIndex:
         self._id_array: np.ndarray | None = None  # ids as an object array, for vectorised lookup
         self._id_set: set[str] | None = None  # built on the first add after a load
         self._search_params: dict[str, float] = {}
+        #: The inverted-lists file of an IVF index whose lists live on disk (see mmembed.index.ondisk).
+        self._lists_file: Path | None = None
 
     def __len__(self) -> int:
         return len(self._ids)
@@ -199,6 +203,8 @@ class FaissIndex:
 
     def add(self, ids: Iterable[str], vectors: np.ndarray, *, batch_size: int = ADD_BATCH) -> None:
         """Add ``vectors`` under ``ids`` (unique, not yet in the index). All or nothing on bad input."""
+        if self._lists_file is not None:
+            raise ConfigError("an index with on-disk inverted lists is read-only; rebuild it to add vectors")
         ids = list(ids)
         x = _matrix(vectors, self.dim, "vectors")
         if len(ids) != x.shape[0]:
@@ -275,8 +281,12 @@ class FaissIndex:
             extra={"faiss_factory": storage_factory(self.factory, self.dtype), "faiss_version": faiss.__version__,
                    "search_params": self.search_params, "ids_sha256": ids_fingerprint(self._ids)},
         )
+        if self._lists_file is not None:
+            manifest.extra["on_disk_lists"] = LISTS_FILE
         with atomic_directory(directory) as staging:
             faiss.write_index(self._index, str(staging / INDEX_FILE))
+            if self._lists_file is not None:
+                _link_or_copy(self._lists_file, staging / LISTS_FILE)
             _write_ids(staging / IDS_FILE, self._ids)
             manifest.write(staging)
         log.info("saved %r to %s", self, directory)
@@ -301,12 +311,16 @@ class FaissIndex:
                 f"{directory}: manifest describes a {manifest.engine!r} index of dtype {manifest.dtype!r}; "
                 f"this loader reads {ENGINE!r} indexes of dtype {' or '.join(DTYPES)}"
             )
-        index = _read_faiss(directory / INDEX_FILE)
+        on_disk = manifest.extra.get("on_disk_lists") == LISTS_FILE
+        if on_disk and not (directory / LISTS_FILE).is_file():
+            raise IndexMismatchError(f"{directory / LISTS_FILE}: the on-disk inverted lists of this index are missing")
+        index = _read_faiss(directory / INDEX_FILE, on_disk=on_disk)
         ids = _read_ids(directory / IDS_FILE)
         _check_consistent(directory, manifest, index, ids)
         check_retrieval_siblings(directory, ids)
         loaded = cls.__new__(cls)
         loaded._setup(index, manifest.factory, manifest.dtype, manifest.encoder_id, ids)
+        loaded._lists_file = directory / LISTS_FILE if on_disk else None
         loaded.set_search_params(**dict(manifest.extra.get("search_params") or {}))
         return loaded
 
@@ -383,6 +397,14 @@ def _nlist(index: Any) -> int:
         return 0
 
 
+def _link_or_copy(source: Path, target: Path) -> None:
+    """A hard link where possible (an on-disk list file can be larger than the free disk), else a copy."""
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copyfile(source, target)
+
+
 def _write_ids(path: Path, ids: Sequence[str]) -> None:
     # indent=0 puts one id per line: greppable, and still one JSON document any id can go in.
     path.write_text(json.dumps(list(ids), ensure_ascii=False, indent=0) + "\n", encoding="utf-8")
@@ -400,11 +422,13 @@ def _read_ids(path: Path) -> list[str]:
     return ids
 
 
-def _read_faiss(path: Path) -> Any:
+def _read_faiss(path: Path, on_disk: bool = False) -> Any:
     if not path.is_file():
         raise IndexMismatchError(f"{path}: FAISS index file is missing")
+    faiss = _faiss()
     try:
-        return _faiss().read_index(str(path))
+        # on-disk lists are memory-mapped from the file next to the index, wherever it was moved
+        return faiss.read_index(str(path), faiss.IO_FLAG_ONDISK_SAME_DIR if on_disk else 0)
     except RuntimeError as e:
         raise IndexMismatchError(f"{path}: corrupt or truncated FAISS index file ({_reason(e)})") from None
 
