@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from mmembed.cli.common import load_encoder_arg
+from mmembed.cli import common
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -46,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
 
     shard = parse_shard(args.shard) if args.shard else None
     pool, image_root = pool_and_root(args.data, args.split, args.image_root)
-    encoder = load_encoder_arg(args.encoder)
+    encoder = common.load_encoder_arg(args.encoder)
     spec = str(Path(args.encoder).resolve()) if Path(args.encoder).exists() else args.encoder
     result = encode_pool(encoder, pool, args.out, image_root=image_root, shard=shard, dtype=args.dtype,
                          chunk_size=args.chunk_size, batch_size=args.batch_size, encoder_spec=spec,

@@ -7,7 +7,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from mmembed.cli.common import load_encoder_arg
+from mmembed.cli import common
 from mmembed.errors import ConfigError
 
 
@@ -111,7 +111,7 @@ def _build_faiss(args: argparse.Namespace, params: dict[str, float]) -> int:
     if not args.encoder:
         raise ConfigError("--encoder is required unless --from-embeddings is given")
     pool, image_root, instructions = _resolve_pool(args)
-    encoder = load_encoder_arg(args.encoder)
+    encoder = common.load_encoder_arg(args.encoder)
     check_memory("faiss", args.factory, args.dtype, encoder.dim, _count_lines(pool), train_rows=args.train_sample,
                  force=args.force)
     retriever = Retriever.build(encoder, pool, args.out, encoder_spec=_encoder_spec(args.encoder),
@@ -132,7 +132,7 @@ def _build_milvus(args: argparse.Namespace, params: dict[str, float]) -> int:
     if not args.encoder:
         raise ConfigError("--encoder is required unless --from-embeddings is given")
     pool, image_root, instructions = _resolve_pool(args)
-    encoder = load_encoder_arg(args.encoder)
+    encoder = common.load_encoder_arg(args.encoder)
     images = ImageStore(image_root or guess_image_root(pool))
     embedded = PoolEmbeddingCache(encoder, images, None, args.batch_size, sys.stderr.isatty()).embed_file(pool)
     index = make_index("milvus", encoder.dim, encoder_id=encoder.encoder_id, search_params=params, uri=args.uri,
@@ -156,7 +156,7 @@ def _build_from_embeddings(args: argparse.Namespace, params: dict[str, float]) -
     if spec is None:
         raise ConfigError(f"{args.from_embeddings} does not record its encoder; give --encoder")
     if args.encoder:  # an explicit encoder must be the one the embeddings were made with
-        encoder = load_encoder_arg(args.encoder)
+        encoder = common.load_encoder_arg(args.encoder)
         embeddings.check(encoder_id=encoder.encoder_id, dim=encoder.dim)
     out = Path(args.out)
     # the lists are built next to the output (same file system) and hard-linked into it
