@@ -132,14 +132,3 @@ def _parse_row(cols: list[str], loc: Location) -> InstructionEntry:
     if not prompts:
         raise DataError("no prompts on this row", loc)
     return InstructionEntry(cols[2].strip(), int(cols[3]), qm, cm, prompts)
-
-
-def format_text(text: str) -> str:
-    """UniIR's text normalisation: strip, drop CR and double quotes, capitalise, end with punctuation."""
-    text = text.replace("\r", "").replace('"', "").strip()
-    if not text:
-        return text
-    text = text[0].upper() + text[1:]
-    if text[-1] not in ".?!":
-        text += "."
-    return text

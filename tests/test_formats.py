@@ -18,7 +18,7 @@ from mmembed.data.mbeir import (
 )
 from mmembed.errors import DataError
 from mmembed.eval.trec import read_run, write_run
-from mmembed.instructions import InstructionRegistry, format_text
+from mmembed.instructions import InstructionRegistry
 from mmembed.types import Modality, Task
 
 # Lines in the exact shape of the M-BEIR release (key order and null/list conventions included).
@@ -149,14 +149,9 @@ def test_instructions_tsv_errors_name_line_and_field(tmp_path):
         InstructionRegistry.from_tsv(path)
 
 
-def test_uniir_text_normalisation():
-    assert format_text(' "a dog on a mat"\r ') == "A dog on a mat."
-    assert format_text("is it red?") == "Is it red?"
-
-
 def test_trec_run_round_trip(tmp_path):
     run = {"q1": {"d1": 0.5, "d2": 0.9}, "q2": {"d3": 0.1}}
     write_run(tmp_path / "run.trec", run, tag="test")
     lines = (tmp_path / "run.trec").read_text().splitlines()
-    assert lines[0] == "q1 Q0 d2 1 0.900000 test" and lines[1] == "q1 Q0 d1 2 0.500000 test"
+    assert lines[0] == "q1 Q0 d2 1 0.9 test" and lines[1] == "q1 Q0 d1 2 0.5 test"
     assert read_run(tmp_path / "run.trec") == run

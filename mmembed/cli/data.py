@@ -20,6 +20,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("directory", help="M-BEIR-layout dataset directory")
     p.add_argument("--no-images", action="store_true", help="do not check that image files exist")
     p.add_argument("--decode-images", action="store_true", help="also decode every image (slow)")
+    p.add_argument("--image-root", help="where the images' relative paths start, when they live outside DIRECTORY")
     p.set_defaults(func=run_validate)
 
     p = data_sub.add_parser("build", help="build the bundled emoji/WordNet benchmark",
@@ -40,7 +41,7 @@ def run_validate(args: argparse.Namespace) -> int:
     from mmembed.data.validate import validate_directory
 
     report = validate_directory(args.directory, check_images=not args.no_images, decode_images=args.decode_images,
-                                show_progress=sys.stderr.isatty())
+                                show_progress=sys.stderr.isatty(), image_root=args.image_root)
     for line in report.lines():
         print(line)
     total = len(report.problems) + sum(report.suppressed.values())

@@ -17,12 +17,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                                    "TREC runs and the resolved configuration. Configuration keys are those of "
                                    "mmembed.eval.runner.EvalConfig (split, pools, instruction_modes, seed, metric, "
                                    "extra_metrics, depth, modality_error_k, tasks, batch_size, max_queries, "
-                                   "cache_dir). With --rerank, every run is also reranked and each task reports "
-                                   "its metrics before reranking, after, and fused with the retrieval score.")
+                                   "cache_dir, image_root, text_format). With --rerank, every run is also "
+                                   "reranked and each task reports its metrics before reranking, after, and fused "
+                                   "with the retrieval score.")
     p.add_argument("data", help="M-BEIR-layout dataset directory, or a BEIR directory (corpus.jsonl, queries.jsonl, "
                                 "qrels/SPLIT.tsv) for text retrieval")
     p.add_argument("--encoder", required=True, help="encoder directory (save_pretrained output) or 'cpu-default'")
     p.add_argument("--out", help="directory for results.json, runs/ and config.json")
+    p.add_argument("--image-root", help="where the images' relative paths start, when they live outside DATA "
+                                        "(same as --set image_root=...)")
     add_config_arguments(p)
     add_rerank_arguments(p)
     p.set_defaults(func=run)
@@ -33,7 +36,8 @@ def run(args: argparse.Namespace) -> int:
     from mmembed.eval.report import results_table
     from mmembed.eval.runner import EvalConfig, run_evaluation
 
-    config = load_config(EvalConfig, args.config, args.set, base={"show_progress": sys.stderr.isatty()})
+    base = {"show_progress": sys.stderr.isatty(), **({"image_root": args.image_root} if args.image_root else {})}
+    config = load_config(EvalConfig, args.config, args.set, base=base)
     rerank_config = rerank_config_from_args(args, show_progress=sys.stderr.isatty())
     encoder = load_encoder_arg(args.encoder)
     if (Path(args.data) / "corpus.jsonl").is_file():

@@ -5,11 +5,18 @@ ROOT/
   query/{train,val,test}/mbeir_{dataset}_task{N}_{split}.jsonl
   query/union_train/mbeir_union_up_train.jsonl        (optional)
   cand_pool/local/mbeir_{dataset}_task{N}_cand_pool.jsonl
+  cand_pool/local/mbeir_{dataset}_task{N}_{split}_cand_pool.jsonl   (MSCOCO's val and test pools)
   cand_pool/global/mbeir_union_{split}_cand_pool.jsonl
   qrels/{split}/mbeir_{dataset}_task{N}_{split}_qrels.txt
   instructions/query_instructions.tsv
   <images, at the paths the JSONL files give, relative to ROOT>
 ```
+
+A split-named local pool, when it exists, is the pool of that split's queries: UniIR scores
+MSCOCO's val and test queries against ``mbeir_mscoco_task{0,3}_{split}_cand_pool.jsonl`` (5,000
+images for task 0), while the split-less pool beside them is a different, larger pool that holds
+none of the test positives. Every command finds pools through :meth:`MBEIRDirectory.tasks`, so
+evaluation, validation, mining and training all make the same choice.
 """
 
 from __future__ import annotations
@@ -20,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mmembed.data.images import ImageStore
-from mmembed.data.mbeir import POOL_FILE_RE, QUERY_FILE_RE
+from mmembed.data.mbeir import QUERY_FILE_RE
 from mmembed.errors import ConfigError, DataError, Location
 from mmembed.instructions import InstructionRegistry
 from mmembed.types import Task
@@ -33,8 +40,10 @@ def query_file(dataset: str, task_id: int, split: str) -> str:
     return f"query/{split}/mbeir_{dataset}_task{task_id}_{split}.jsonl"
 
 
-def local_pool_file(dataset: str, task_id: int) -> str:
-    return f"cand_pool/local/mbeir_{dataset}_task{task_id}_cand_pool.jsonl"
+def local_pool_file(dataset: str, task_id: int, split: str | None = None) -> str:
+    """The local pool's path; ``split`` gives the split-named form (MSCOCO's val/test pools)."""
+    named = f"_{split}" if split else ""
+    return f"cand_pool/local/mbeir_{dataset}_task{task_id}{named}_cand_pool.jsonl"
 
 
 def global_pool_file(split: str) -> str:
@@ -83,9 +92,14 @@ class MBEIRDirectory:
                 continue
             dataset, task_id = m["dataset"], int(m["task"])
             found.append(TaskFiles(dataset, Task.from_id(task_id), split, path,
-                                   self.root / local_pool_file(dataset, task_id),
+                                   self.local_pool(dataset, task_id, split),
                                    self.root / qrels_file(dataset, task_id, split)))
         return found
+
+    def local_pool(self, dataset: str, task_id: int, split: str) -> Path:
+        """The split-named pool when there is one, else the task's pool (see the module docstring)."""
+        split_named = self.root / local_pool_file(dataset, task_id, split)
+        return split_named if split_named.is_file() else self.root / local_pool_file(dataset, task_id)
 
     def select_tasks(self, split: str, names: Sequence[str] | None = None) -> list[TaskFiles]:
         """The tasks of ``split`` named in ``names`` (all when ``None``), in that order.
@@ -110,10 +124,6 @@ class MBEIRDirectory:
                 return t
         known = ", ".join(t.name for t in self.tasks(split)) or "none"
         raise DataError(f"no task {name!r} in split {split!r}; available: {known}", Location(file=str(self.root)))
-
-    def local_pools(self) -> list[Path]:
-        folder = self.root / "cand_pool" / "local"
-        return sorted(p for p in folder.glob("*.jsonl") if POOL_FILE_RE.match(p.name)) if folder.is_dir() else []
 
     def global_pool(self, split: str = "test") -> Path:
         return self.root / global_pool_file(split)

@@ -23,7 +23,6 @@ _ID_RE = re.compile(r"^\d+:\S+$")
 
 # File names of the layout, e.g. mbeir_mscoco_task0_test.jsonl
 QUERY_FILE_RE = re.compile(r"^mbeir_(?P<dataset>[a-z0-9_]+?)_task(?P<task>\d)_(?P<split>[a-z_]+)\.jsonl$")
-POOL_FILE_RE = re.compile(r"^mbeir_(?P<dataset>[a-z0-9_]+?)_task(?P<task>\d)_cand_pool\.jsonl$")
 
 
 def _present(value: Any) -> bool:

@@ -181,9 +181,14 @@ class _Validator:
 
 
 def validate_directory(root: str | os.PathLike, *, check_images: bool = True, decode_images: bool = False,
-                       show_progress: bool = False) -> Report:
-    """Check every file of an M-BEIR directory; returns a :class:`Report` listing all problems."""
-    directory = MBEIRDirectory(root)
+                       show_progress: bool = False, image_root: str | os.PathLike | None = None) -> Report:
+    """Check every file of an M-BEIR directory; returns a :class:`Report` listing all problems.
+
+    Each task is checked against the local pool evaluation will use (the split-named one when it
+    exists, see :mod:`mmembed.data.layout`); images are looked up under ``image_root`` (default
+    ``root``).
+    """
+    directory = MBEIRDirectory(root, image_root=image_root)
     v = _Validator(directory, check_images, decode_images)
     instructions = None
     if directory.instructions_path.is_file():

@@ -16,7 +16,10 @@ Names are ``<metric>@<k>``:
 Conventions (those of trec_eval / pytrec_eval, so numbers are comparable with published ones):
 
 * a document is relevant when its grade is > 0;
-* a run is ranked by score descending, ties broken by document id descending (byte order);
+* a run is ranked by score descending, ties broken by document id descending (byte order) —
+  the one tie rule of mmembed: :func:`rank_documents` ranks for the metrics and for the TREC run
+  files alike, and run files carry exact scores, so re-scoring them with trec_eval/pytrec_eval
+  (which apply the same rule) or by their rank column reproduces these numbers;
 * queries in the qrels without any relevant document are skipped;
 * queries in the qrels but absent from the run score 0 (trec_eval ``-c``), so a run that drops
   queries cannot look better than it is;
@@ -40,7 +43,7 @@ import numpy as np
 from mmembed.errors import ConfigError, DataError, Location
 from mmembed.types import Qrels, Run, first_repeat
 
-__all__ = ["METRIC_NAMES", "Metric", "parse_metric", "evaluate", "per_query", "topk_to_run"]
+__all__ = ["METRIC_NAMES", "Metric", "parse_metric", "evaluate", "per_query", "rank_documents", "topk_to_run"]
 
 
 @dataclass(frozen=True)
@@ -145,12 +148,14 @@ def per_query(run: Run, qrels: Qrels, metric: str | Metric) -> dict[str, float]:
     return dict(zip(judged.qids, values.tolist()))
 
 
-def _rank(docs: Mapping[str, float], depth: int, qid: str) -> list[tuple[str, float]]:
-    """The top ``depth`` (doc, score) pairs: score descending, then doc id descending (trec_eval)."""
+def rank_documents(docs: Mapping[str, float], depth: int | None = None, qid: str | None = None
+                   ) -> list[tuple[str, float]]:
+    """The top ``depth`` (all when ``None``) (doc, score) pairs: score descending, then doc id
+    descending, as trec_eval orders them."""
     if any(map(math.isnan, docs.values())):
         bad = next(d for d, s in docs.items() if math.isnan(s))
         raise DataError(f"score of document {bad!r} is NaN", Location(item=qid))
-    return heapq.nlargest(depth, docs.items(), key=itemgetter(1, 0))
+    return heapq.nlargest(len(docs) if depth is None else depth, docs.items(), key=itemgetter(1, 0))
 
 
 def _judge(run: Run, qrels: Qrels, depth: int) -> _Judged:
@@ -170,7 +175,7 @@ def _judge(run: Run, qrels: Qrels, depth: int) -> _Judged:
         ideal.extend(positive[:depth])
         ideal_lens.append(min(len(positive), depth))
         docs = run.get(qid)
-        row = [max(judgments.get(did, 0), 0) for did, _ in _rank(docs, depth, qid)] if docs else []
+        row = [max(judgments.get(did, 0), 0) for did, _ in rank_documents(docs, depth, qid)] if docs else []
         gains.extend(row)
         gain_lens.append(len(row))
     return _Judged(

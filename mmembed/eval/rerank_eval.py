@@ -102,7 +102,7 @@ def run_rerank_evaluation(encoder: Encoder, reranker: Reranker, data_dir: str | 
     """:func:`run_evaluation` with every run reranked; see the module docstring for what is reported."""
     config = config or EvalConfig()
     config.validate()
-    directory = MBEIRDirectory(data_dir)
+    directory = MBEIRDirectory(data_dir, image_root=config.image_root)
     check_rerankable(reranker, directory, config)
     hook = RunReranker(reranker, directory, config.split, output_dir)
     retrieval = run_evaluation(encoder, data_dir, config, output_dir, on_run=hook)

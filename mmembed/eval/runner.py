@@ -23,6 +23,7 @@ from mmembed.encoders.base import Encoder, as_items
 from mmembed.errors import ConfigError, DataError, Location
 from mmembed.eval.metrics import evaluate, parse_metric, topk_to_run
 from mmembed.eval.pool_cache import MODALITY_CODES, EmbeddedPool, PoolEmbeddingCache
+from mmembed.eval.text_format import TEXT_FORMATS, with_text_format
 from mmembed.eval.trec import write_run
 from mmembed.fileio import write_json
 from mmembed.index.faiss_index import FaissIndex
@@ -55,6 +56,10 @@ class EvalConfig:
     batch_size: int = 64
     max_queries: int | None = None
     cache_dir: str | None = None
+    #: Where the images' relative paths start (default: the data directory).
+    image_root: str | None = None
+    #: "raw" (MM-Embed's code) or "uniir" (UniIR's format_string on every text); see eval.text_format.
+    text_format: str = "raw"
     show_progress: bool = True
 
     def validate(self) -> None:
@@ -64,6 +69,8 @@ class EvalConfig:
         for mode in self.instruction_modes:
             if mode not in INSTRUCTION_MODES:
                 raise ConfigError(f"unknown instruction mode {mode!r}; expected one of {', '.join(INSTRUCTION_MODES)}")
+        if self.text_format not in TEXT_FORMATS:
+            raise ConfigError(f"text_format must be one of {', '.join(TEXT_FORMATS)}, got {self.text_format!r}")
         metrics = [parse_metric(m) for m in [*(self.extra_metrics or ()), *([self.metric] if self.metric else [])]]
         deepest = max([m.k for m in metrics] + [10, self.modality_error_k])
         if self.depth < deepest:
@@ -83,6 +90,10 @@ class TaskResult:
     score: float
     scores: dict[str, float]
     modality_error: float | None = None
+    #: The pool file scored against (relative to the data directory); "global" for the union.
+    pool_file: str = ""
+    #: Queries of the task that have no line in its qrels file: counted, named in the log, not scored.
+    queries_without_qrels: int = 0
 
 
 @dataclass
@@ -132,7 +143,8 @@ def run_evaluation(encoder: Encoder, data_dir: str | os.PathLike, config: EvalCo
     """
     config = config or EvalConfig()
     config.validate()
-    directory = MBEIRDirectory(data_dir)
+    directory = MBEIRDirectory(data_dir, image_root=config.image_root)
+    encoder = with_text_format(encoder, config.text_format)
     tasks = directory.select_tasks(config.split, config.tasks or None)
     registry = directory.instructions() if any(m != "none" for m in config.instruction_modes) else None
     cache = PoolEmbeddingCache(encoder, directory.images, config.cache_dir, config.batch_size, config.show_progress)
@@ -149,7 +161,8 @@ def run_evaluation(encoder: Encoder, data_dir: str | os.PathLike, config: EvalCo
     out = Path(output_dir) if output_dir else None
     for task in tasks:
         queries = read_queries(task.queries)[: config.max_queries]
-        qrels = _qrels_for(task, queries)
+        qrels, unjudged = _qrels_for(task, queries)
+        logger.info("%s (%s): local pool %s", task.name, task.split, _relative(task.local_pool, directory.root))
         for mode in config.instruction_modes:
             chosen = _instructions(queries, task, registry, mode, config.seed)
             results.instructions[f"{task.name}/{mode}"] = dict(zip([q.qid for q in queries], chosen))
@@ -158,6 +171,9 @@ def run_evaluation(encoder: Encoder, data_dir: str | os.PathLike, config: EvalCo
             for pool_name in config.pools:
                 pool = global_pool if pool_name == "global" else _local_pool(cache, task, global_pool)
                 result, run = _score(task, queries, qrels, query_vectors, pool, pool_name, mode, config)
+                result.pool_file = _relative(task.local_pool if pool_name == "local" else
+                                             directory.global_pool(config.split), directory.root)
+                result.queries_without_qrels = len(unjudged)
                 results.results.append(result)
                 logger.info("%s %s/%s: %s = %.4f", task.name, pool_name, mode, result.metric, result.score)
                 if out is not None:
@@ -172,10 +188,28 @@ def run_evaluation(encoder: Encoder, data_dir: str | os.PathLike, config: EvalCo
     return results
 
 
-def _qrels_for(task: TaskFiles, queries: list[Query]) -> dict[str, dict[str, int]]:
-    qrels = read_qrels(task.qrels) if task.qrels.is_file() else {}
-    # Queries without a qrels line fall back to their positive list (the two agree in M-BEIR).
-    return {q.qid: qrels.get(q.qid) or {did: 1 for did in q.pos} for q in queries}
+def _qrels_for(task: TaskFiles, queries: list[Query]) -> tuple[dict[str, dict[str, int]], list[str]]:
+    """The judgments of ``queries`` and the ids of those the qrels file has no line for.
+
+    Unjudged queries are not scored (as trec_eval ignores them) and are reported, never filled in
+    from ``pos_cand_list``. Only a task without any qrels file takes its relevance from the positive
+    lists, with a warning that says so.
+    """
+    if not task.qrels.is_file():
+        logger.warning("%s: no qrels file %s; relevance taken from each query's pos_cand_list", task.name,
+                       task.qrels)
+        return {q.qid: dict.fromkeys(q.pos, 1) for q in queries}, []
+    qrels = read_qrels(task.qrels)
+    missing = [q.qid for q in queries if q.qid not in qrels]
+    if missing:
+        shown = ", ".join(missing[:10]) + (f" and {len(missing) - 10} more" if len(missing) > 10 else "")
+        logger.warning("%s: %d of %d queries have no line in %s and are not scored: %s", task.name, len(missing),
+                       len(queries), task.qrels.name, shown)
+    return {q.qid: qrels[q.qid] for q in queries if q.qid in qrels}, missing
+
+
+def _relative(path: Path, root: Path) -> str:
+    return str(path.relative_to(root)) if path.is_relative_to(root) else str(path)
 
 
 def _instructions(queries: list[Query], task: TaskFiles, registry: InstructionRegistry | None, mode: str,

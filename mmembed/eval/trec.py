@@ -1,4 +1,10 @@
-"""TREC run files: ``qid Q0 did rank score tag``, one line per retrieved candidate."""
+"""TREC run files: ``qid Q0 did rank score tag``, one line per retrieved candidate.
+
+Candidates are written in the order the metrics rank them (:func:`~mmembed.eval.metrics.rank_documents`:
+score descending, ties by id descending, as trec_eval) with the exact score (``repr`` of the
+float, which reads back bit for bit), so that trec_eval, pytrec_eval or a rank-based re-scorer
+give the numbers of ``results.json`` exactly, ties included.
+"""
 
 from __future__ import annotations
 
@@ -6,13 +12,9 @@ import os
 from pathlib import Path
 
 from mmembed.errors import DataError, Location
+from mmembed.eval.metrics import rank_documents
 from mmembed.fileio import atomic_open
 from mmembed.types import Run
-
-
-def ranked(docs: dict[str, float]) -> list[tuple[str, float]]:
-    """Candidates by descending score; ties broken by id for a stable order."""
-    return sorted(docs.items(), key=lambda kv: (-kv[1], kv[0]))
 
 
 def write_run(path: str | os.PathLike, run: Run, tag: str = "mmembed") -> None:
@@ -20,8 +22,8 @@ def write_run(path: str | os.PathLike, run: Run, tag: str = "mmembed") -> None:
         raise ValueError(f"run tag {tag!r} must not contain whitespace")
     with atomic_open(path) as f:
         for qid, docs in run.items():
-            for rank, (did, score) in enumerate(ranked(docs), start=1):
-                f.write(f"{qid} Q0 {did} {rank} {score:.6f} {tag}\n")
+            for rank, (did, score) in enumerate(rank_documents(docs, qid=qid), start=1):
+                f.write(f"{qid} Q0 {did} {rank} {float(score)!r} {tag}\n")
 
 
 def read_run(path: str | os.PathLike) -> Run:
