@@ -1,32 +1,38 @@
-"""Load test of the search service: latency and errors at 1, 8 and 32 concurrent clients.
+"""Load test of the search service: dynamic batching against no batching, in the same run.
 
 Usage::
 
-    python benchmarks/serve_load.py                          # cpu-default over the bundled global test pool
-    python benchmarks/serve_load.py --levels 1,8 --requests 40 --seconds 20
+    python benchmarks/serve_load.py                          # bundled benchmark, global test pool
+    python benchmarks/serve_load.py --data runs/serve-load/data --levels 1,8,32 --kinds text
+    python benchmarks/serve_load.py --modes batched --burst 128
 
 What it does:
 
-1. builds (once, then reuses) a retrieval directory of the bundled global test pool with the
-   untrained ``cpu-default`` encoder (pool embeddings come from the evaluation's cache when
-   present, ``--cache``);
-2. starts ``mmembed serve`` in a subprocess on a free localhost port and waits for readiness;
-3. for each concurrency level and each query kind (text queries of emoji_task0, image queries of
-   emoji_task3), runs that many closed-loop clients until ``--requests`` queries are answered
-   (a query answered 503 is retried after its ``Retry-After``) or ``--seconds`` pass, and reports
-   p50/p99 latency of the answered requests, their count, 503s, other errors, throughput, and the
-   server-side encode and search times (``timings_ms``). Every level gets queries of its own, so
-   no image query is answered from the encoder's feature cache;
-4. an overload burst: ``--burst`` simultaneous requests against a service whose queue holds
-   ``--queue-size``: how many were refused with 503 and how fast those answers came.
+1. builds (once, then reuses) a retrieval directory of the benchmark's global test pool with
+   ``--encoder`` (pool embeddings come from the evaluation's cache when present, ``--cache``);
+2. for each mode (``unbatched``: ``--batch-max-items 1``; ``batched``: ``--batch-max-items`` and
+   ``--batch-max-wait-ms``), starts ``mmembed serve`` in a subprocess on a free localhost port, waits
+   for readiness, and for each concurrency level and query kind (text queries of emoji_task0, image
+   queries of emoji_task3) runs that many closed-loop clients until ``max(--requests, 4 x clients)``
+   queries are answered (a 503 is retried after its ``Retry-After``) or ``--seconds`` pass;
+3. reports per mode p50/p99 latency, throughput, 503s, other errors and the server-side encode and
+   search times, then batched/unbatched ratios per level, with the p99 target of issue 18;
+4. optionally (``--burst N``) releases N simultaneous requests at the batched service: how many
+   were refused with 503 and how fast those answers came.
 
-The table is Markdown. Latency is measured by the client (end to end, over HTTP on localhost).
+Every image query is made unique (one opaque pixel set from the request number), so no image is
+answered from the encoder's feature cache, which is keyed by pixel content. Text queries cycle
+through the task's queries; nothing caches text. Latency is measured by the client, end to end
+over HTTP on localhost, with the clients on the same machine as the service. The exit status is 1
+when a level got no answer or any error other than 503, 2 when the data cannot support the run.
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 import logging
+import math
 import os
 import socket
 import statistics
@@ -34,10 +40,12 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+from PIL import Image
 
 from mmembed.data.layout import MBEIRDirectory
 from mmembed.data.mbeir import read_queries
@@ -45,7 +53,7 @@ from mmembed.data.mbeir import read_queries
 logger = logging.getLogger("serve_load")
 
 TEXT_TASK, IMAGE_TASK = "emoji_task0", "emoji_task3"
-WARM_UP = 2
+WARM_UP = 4
 
 
 @dataclass
@@ -54,11 +62,13 @@ class Sample:
     seconds: float
     encode_ms: float | None = None
     search_ms: float | None = None
+    batch_items: int | None = None
     retry_after: float | None = None
 
 
 @dataclass
 class Result:
+    mode: str
     kind: str
     clients: int
     wall_s: float
@@ -67,14 +77,23 @@ class Result:
     def ok(self) -> list[Sample]:
         return [s for s in self.samples if s.status == 200]
 
-    def count(self, status: int) -> int:
-        return sum(s.status == status for s in self.samples)
+    def latencies_ms(self) -> list[float]:
+        return [s.seconds * 1000 for s in self.ok()]
+
+    def throughput(self) -> float:
+        return len(self.ok()) / self.wall_s if self.wall_s > 0 else float("nan")
+
+    def refused(self) -> list[Sample]:
+        return [s for s in self.samples if s.status == 503]
+
+    def other_errors(self) -> int:
+        return len(self.samples) - len(self.ok()) - len(self.refused())
 
 
 # --------------------------------------------------------------------------- set-up
 
 
-def ensure_index(data: Path, out: Path, cache: Path) -> Path:
+def ensure_index(data: Path, out: Path, cache: Path, encoder: str) -> Path:
     if (out / "retrieval.json").is_file():
         logger.info("reusing the index %s", out)
         return out
@@ -83,7 +102,7 @@ def ensure_index(data: Path, out: Path, cache: Path) -> Path:
 
     directory = MBEIRDirectory(data)
     started = time.perf_counter()
-    Retriever.build(load_encoder("cpu-default"), directory.global_pool("test"), out, encoder_spec="cpu-default",
+    Retriever.build(load_encoder(encoder), directory.global_pool("test"), out, encoder_spec=encoder,
                     image_root=directory.root, instructions_path=directory.instructions_path, cache_dir=cache,
                     show_progress=sys.stderr.isatty())
     logger.info("built the index %s in %.0f s", out, time.perf_counter() - started)
@@ -96,9 +115,10 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_service(index: Path, port: int, args: argparse.Namespace, log: Path) -> subprocess.Popen:
+def start_service(index: Path, port: int, args: argparse.Namespace, batch_items: int, log: Path) -> subprocess.Popen:
     command = [sys.executable, "-m", "mmembed.cli.main", "-q", "serve", str(index), "--port", str(port),
-               "--workers", str(args.workers), "--queue-size", str(args.queue_size)]
+               "--workers", str(args.workers), "--queue-size", str(args.queue_size),
+               "--batch-max-items", str(batch_items), "--batch-max-wait-ms", str(args.batch_max_wait_ms)]
     logger.info("starting: %s (log: %s)", " ".join(command), log)
     with open(log, "wb") as out:
         return subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
@@ -118,21 +138,46 @@ def wait_ready(url: str, process: subprocess.Popen, timeout: float) -> float:
     raise TimeoutError(f"the service was not ready within {timeout:.0f} s")
 
 
-def load_queries(data: Path, n: int) -> tuple[list[dict], list[dict]]:
+def load_queries(data: Path) -> tuple[list[dict], list[dict]]:
+    """Search requests of the text task and of the image task (test split)."""
     directory = MBEIRDirectory(data)
     registry = directory.instructions()
     texts, images = [], []
     for task_name, out in ((TEXT_TASK, texts), (IMAGE_TASK, images)):
         task = directory.task(task_name)
-        for q in read_queries(task.queries)[:n]:
+        for q in read_queries(task.queries):
             fields = {"k": "10", "instruction": registry.prompts(q.dataset_id, q.modality, task.task.cand_modality)[0]}
-            files = None
-            if q.image:
-                files = {"image": (Path(q.image).name, directory.images.resolve(q.image, q.qid).read_bytes())}
+            image = directory.images.resolve(q.image, q.qid).read_bytes() if q.image else None
             if q.text:
                 fields["text"] = q.text
-            out.append({"data": fields, "files": files})
+            out.append({"data": fields, "image": image})
     return texts, images
+
+
+class Queries:
+    """Requests for one level: text queries in turn; image queries each with pixels of their own."""
+
+    def __init__(self, pool: list[dict], salt: int):
+        self.pool = pool
+        self.salt = salt
+
+    def get(self, n: int) -> dict:
+        query = self.pool[n % len(self.pool)]
+        if query["image"] is None:
+            return {"data": query["data"], "files": None}
+        return {"data": query["data"], "files": {"image": ("query.png", unique_image(query["image"],
+                                                                                    self.salt + n))}}
+
+
+def unique_image(data: bytes, n: int) -> bytes:
+    """The image with pixel (0, 0) set to an opaque colour made from ``n``: new pixel content, so
+    no feature-cache hit; one pixel of a 72x72 emoji changes nothing else."""
+    with Image.open(io.BytesIO(data)) as image:
+        rgba = image.convert("RGBA")
+    rgba.putpixel((0, 0), (n % 256, (n // 256) % 256, (n // 65536) % 256, 255))
+    out = io.BytesIO()
+    rgba.save(out, format="PNG")
+    return out.getvalue()
 
 
 # --------------------------------------------------------------------------- load
@@ -149,25 +194,28 @@ def one_request(client: httpx.Client, url: str, query: dict) -> Sample:
         retry = response.headers.get("retry-after")
         return Sample(response.status_code, seconds, retry_after=float(retry) if retry and retry.isdigit() else None)
     timings = response.json()["timings_ms"]
-    return Sample(200, seconds, timings["encode"], timings["search"])
+    return Sample(200, seconds, timings["encode"], timings["search"], timings.get("batch_items"))
 
 
-def run_level(url: str, queries: list[dict], kind: str, clients: int, max_ok: int, seconds: float) -> Result:
+def run_level(url: str, queries: Queries, mode: str, kind: str, clients: int, max_ok: int,
+              seconds: float) -> Result:
     """``clients`` closed-loop clients until ``max_ok`` answers or ``seconds``. A client answered 503
     retries the same query after its ``Retry-After`` (as a polite client does); the 503 is counted."""
-    result = Result(kind, clients, 0.0)
+    result = Result(mode, kind, clients, 0.0)
     lock = threading.Lock()
     taken = [0]
     deadline = time.perf_counter() + seconds
 
+    def next_query() -> dict | None:
+        with lock:
+            if taken[0] >= max_ok:
+                return None
+            taken[0] += 1
+            return queries.get(taken[0])
+
     def client_loop() -> None:
         with httpx.Client(timeout=120) as client:
-            while True:
-                with lock:
-                    if taken[0] >= max_ok:
-                        return
-                    query = queries[taken[0] % len(queries)]
-                    taken[0] += 1
+            while (query := next_query()) is not None and time.perf_counter() < deadline:
                 while time.perf_counter() < deadline:
                     sample = one_request(client, url, query)
                     with lock:
@@ -175,14 +223,12 @@ def run_level(url: str, queries: list[dict], kind: str, clients: int, max_ok: in
                     if sample.status != 503:
                         break
                     time.sleep(min(sample.retry_after or 1.0, max(0.0, deadline - time.perf_counter())))
-                if time.perf_counter() >= deadline:
-                    return
 
     result.wall_s = run_threads(client_loop, clients)
     return result
 
 
-def run_threads(target, n: int) -> float:
+def run_threads(target: Callable[[], None], n: int) -> float:
     """Run ``target`` in ``n`` threads at once; the wall seconds until all have finished."""
     started = time.perf_counter()
     threads = [threading.Thread(target=target) for _ in range(n)]
@@ -195,7 +241,7 @@ def run_threads(target, n: int) -> float:
 
 def burst(url: str, query: dict, n: int) -> Result:
     """``n`` requests released at the same instant."""
-    result = Result("burst", n, 0.0)
+    result = Result("batched", "burst", n, 0.0)
     barrier = threading.Barrier(n)
     lock = threading.Lock()
 
@@ -210,6 +256,41 @@ def burst(url: str, query: dict, n: int) -> Result:
     return result
 
 
+def run_mode(mode: str, batch_items: int, index: Path, texts: list[dict], images: list[dict],
+             args: argparse.Namespace) -> tuple[list[Result], dict]:
+    """All levels against one service; also the service's info (what encoder it really runs)."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    process = start_service(index, port, args, batch_items, Path(args.index).parent / f"serve-{mode}.log")
+    results = []
+    try:
+        logger.info("%s service ready after %.1f s", mode, wait_ready(url, process, args.ready_timeout))
+        info = httpx.get(f"{url}/api/v1/info", timeout=30).json()
+        warm_up(url, texts, images)
+        for i, clients in enumerate(args.level_list):
+            for kind in args.kind_list:
+                pool = texts if kind == "text" else images
+                logger.info("%s: %s queries, %d clients ...", mode, kind, clients)
+                queries = Queries(pool, salt=(i + 1) * 100_000 + (0 if mode == "batched" else 50_000))
+                results.append(run_level(url, queries, mode, kind, clients, max(args.requests, 4 * clients),
+                                         args.seconds))
+        if args.burst and mode == "batched":
+            logger.info("overload burst of %d ...", args.burst)
+            results.append(burst(url, Queries(texts, 0).get(0), args.burst))
+    finally:
+        process.terminate()
+        process.wait(30)
+    return results, info
+
+
+def warm_up(url: str, texts: list[dict], images: list[dict]) -> None:
+    """First calls load lazily (and a batch of each size compiles nothing, but allocates)."""
+    with httpx.Client(timeout=120) as client:
+        for n in range(WARM_UP):
+            for pool in (texts, images):
+                one_request(client, url, Queries(pool, salt=900_000).get(n))
+
+
 # --------------------------------------------------------------------------- report
 
 
@@ -217,71 +298,137 @@ def percentile(values: list[float], q: float) -> float:
     if not values:
         return float("nan")
     ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, round(q / 100 * len(ordered) + 0.5) - 1))]
+    return ordered[min(len(ordered) - 1, max(0, math.ceil(q / 100 * len(ordered)) - 1))]
+
+
+def mean(values: list[float]) -> float:
+    return statistics.fmean(values) if values else float("nan")
+
+
+HEADER = ("| mode | queries | clients | requests | ok | p50 ms | p99 ms | ok/s | encode ms (server, mean) | "
+          "search ms (server, mean) | batch items (mean) | 503 | 503 p50 ms | other errors |\n"
+          "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
 
 
 def row(r: Result) -> str:
     ok = r.ok()
-    lat = [s.seconds * 1000 for s in ok]
-    enc = [s.encode_ms for s in ok if s.encode_ms is not None]
-    sea = [s.search_ms for s in ok if s.search_ms is not None]
-    refused = [s.seconds * 1000 for s in r.samples if s.status == 503]
-    other = len(r.samples) - len(ok) - len(refused)
-    mean = lambda xs: statistics.fmean(xs) if xs else float("nan")  # noqa: E731
-    return (f"| {r.kind} | {r.clients} | {len(r.samples)} | {len(ok)} | {percentile(lat, 50):.0f} | "
-            f"{percentile(lat, 99):.0f} | {mean(enc):.1f} | {mean(sea):.1f} | {len(ok) / r.wall_s:.1f} | "
-            f"{len(refused)} | {percentile(refused, 50):.0f} | {other} |")
+    lat = r.latencies_ms()
+    refused = [s.seconds * 1000 for s in r.refused()]
+    batch = [s.batch_items for s in ok if s.batch_items is not None]
+    return (f"| {r.mode} | {r.kind} | {r.clients} | {len(r.samples)} | {len(ok)} | {percentile(lat, 50):.0f} | "
+            f"{percentile(lat, 99):.0f} | {r.throughput():.1f} | {mean([s.encode_ms for s in ok if s.encode_ms]):.1f}"
+            f" | {mean([s.search_ms for s in ok if s.search_ms]):.1f} | {mean(batch):.1f} | {len(refused)} | "
+            f"{percentile(refused, 50):.0f} | {r.other_errors()} |")
 
 
-HEADER = ("| queries | clients | requests | ok | p50 ms | p99 ms | encode ms (server, mean) | "
-          "search ms (server, mean) | ok/s | 503 | 503 p50 ms | other errors |\n"
-          "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+RATIO_HEADER = ("| queries | clients | throughput batched/unbatched | p50 batched/unbatched | "
+                "p99 batched/unbatched | p99 batched ms | p99 target ms | target met |\n"
+                "|---|---:|---:|---:|---:|---:|---:|---|")
 
 
-def main() -> int:
+def ratio(a: float, b: float) -> str:
+    return f"{a / b:.2f}x" if b > 0 and not (math.isnan(a) or math.isnan(b)) else "n/a"
+
+
+def ratio_rows(results: list[Result]) -> list[str]:
+    """Batched against unbatched per level. The p99 target (issue 18): at most 2 x the single-client
+    p99 x (clients / throughput ratio), the single-client p99 being the unbatched one."""
+    by_key = {(r.mode, r.kind, r.clients): r for r in results}
+    rows = []
+    for (mode, kind, clients), batched in by_key.items():
+        unbatched = by_key.get(("unbatched", kind, clients))
+        single = by_key.get(("unbatched", kind, min(c for m, k, c in by_key if k == kind)))
+        if mode != "batched" or unbatched is None or single is None:
+            continue
+        speedup = batched.throughput() / unbatched.throughput() if unbatched.throughput() > 0 else float("nan")
+        p99 = percentile(batched.latencies_ms(), 99)
+        target = 2 * percentile(single.latencies_ms(), 99) * clients / speedup if speedup > 0 else float("nan")
+        met = "n/a" if math.isnan(target) or math.isnan(p99) else ("yes" if p99 <= target else "no")
+        rows.append(f"| {kind} | {clients} | {ratio(batched.throughput(), unbatched.throughput())} | "
+                    f"{ratio(percentile(batched.latencies_ms(), 50), percentile(unbatched.latencies_ms(), 50))} | "
+                    f"{ratio(p99, percentile(unbatched.latencies_ms(), 99))} | {p99:.0f} | {target:.0f} | {met} |")
+    return rows
+
+
+def failures(results: list[Result]) -> list[str]:
+    problems = []
+    for r in results:
+        if r.kind != "burst" and not r.ok():
+            problems.append(f"{r.mode} {r.kind} x{r.clients}: no answered query")
+        if r.other_errors():
+            problems.append(f"{r.mode} {r.kind} x{r.clients}: {r.other_errors()} errors other than 503")
+    return problems
+
+
+# --------------------------------------------------------------------------- main
+
+
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default="data/bundled", help="the bundled benchmark (M-BEIR layout)")
     parser.add_argument("--index", default="runs/serve-load/index", help="retrieval directory (built if missing)")
+    parser.add_argument("--encoder", default="cpu-default", help="encoder spec used when building the index")
     parser.add_argument("--cache", default="runs/cache/pools", help="pool embedding cache of the evaluation")
     parser.add_argument("--levels", default="1,8,32", help="concurrent clients, comma-separated")
-    parser.add_argument("--requests", type=int, default=64, help="answered requests per level and query kind")
-    parser.add_argument("--seconds", type=float, default=25.0, help="most seconds per level and query kind")
-    parser.add_argument("--workers", type=int, default=1, help="service encoder workers")
-    parser.add_argument("--queue-size", type=int, default=16, help="service queue size")
-    parser.add_argument("--burst", type=int, default=64, help="simultaneous requests of the overload burst")
+    parser.add_argument("--kinds", default="text,image", help="query kinds: text, image or both")
+    parser.add_argument("--modes", default="unbatched,batched", help="service modes to compare")
+    parser.add_argument("--requests", type=int, default=64, help="answered requests per level (at least 4 per client)")
+    parser.add_argument("--seconds", type=float, default=20.0, help="most seconds per level and query kind")
+    parser.add_argument("--workers", type=int, default=2, help="service decoding workers")
+    parser.add_argument("--queue-size", type=int, default=64, help="service queue size")
+    parser.add_argument("--batch-max-items", type=int, default=32, help="batched mode: most items per encoder call")
+    parser.add_argument("--batch-max-wait-ms", type=float, default=5.0, help="batched mode: longest wait")
+    parser.add_argument("--burst", type=int, default=0, help="simultaneous requests of an overload burst (0: none)")
     parser.add_argument("--ready-timeout", type=float, default=600.0)
     args = parser.parse_args()
+    args.level_list = [int(x) for x in args.levels.split(",")]
+    args.kind_list = [k for k in args.kinds.split(",") if k]
+    args.mode_list = [m for m in args.modes.split(",") if m]
+    if not set(args.kind_list) <= {"text", "image"} or not set(args.mode_list) <= {"batched", "unbatched"}:
+        parser.error("--kinds takes text and/or image; --modes takes batched and/or unbatched")
+    if min(args.level_list) < 1 or args.requests < 1:
+        parser.error("--levels and --requests must be positive")
+    return args
+
+
+def main() -> int:
+    args = parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     logging.getLogger("httpx").setLevel(logging.WARNING)
+    data = Path(args.data)
+    if not (data / "query").is_dir():
+        logger.error("no benchmark at %s: build it with 'mmembed data build %s' (or --subset)", data, data)
+        return 2
+    texts, images = load_queries(data)
+    if not texts or not images:
+        logger.error("%s has no test queries of %s or %s", data, TEXT_TASK, IMAGE_TASK)
+        return 2
+    index = ensure_index(data, Path(args.index), Path(args.cache), args.encoder)
+    results, info = [], {}
+    for mode in args.mode_list:
+        mode_results, info = run_mode(mode, args.batch_max_items if mode == "batched" else 1, index, texts,
+                                      images, args)
+        results += mode_results
+    report(results, info, args)
+    problems = failures(results)
+    for problem in problems:
+        logger.error("%s", problem)
+    return 1 if problems else 0
 
-    levels = [int(x) for x in args.levels.split(",")]
-    index = ensure_index(Path(args.data), Path(args.index), Path(args.cache))
-    texts, images = load_queries(Path(args.data), args.requests * len(levels) + WARM_UP)
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    process = start_service(index, port, args, Path(args.index).parent / "serve.log")
-    try:
-        logger.info("service ready after %.1f s", wait_ready(url, process, args.ready_timeout))
-        with httpx.Client(timeout=120) as client:  # warm-up: first calls load lazily
-            for query in texts[-WARM_UP:] + images[-WARM_UP:]:
-                one_request(client, url, query)
-        results = []
-        for i, clients in enumerate(levels):
-            for kind, queries in (("text", texts), ("image", images)):
-                logger.info("%s queries, %d clients ...", kind, clients)
-                own = queries[i * args.requests:(i + 1) * args.requests]
-                results.append(run_level(url, own, kind, clients, args.requests, args.seconds))
-        logger.info("overload burst of %d ...", args.burst)
-        results.append(burst(url, texts[0], args.burst))
-    finally:
-        process.terminate()
-        process.wait(30)
-    env = f"{os.cpu_count()} CPU cores, workers={args.workers}, queue_size={args.queue_size}"
-    print(f"\ncpu-default (untrained) over {Path(args.data)} global test pool; {env}\n")
+
+def report(results: list[Result], info: dict, args: argparse.Namespace) -> None:
+    env = (f"{os.cpu_count()} CPU cores (clients on the same machine); workers={args.workers}, "
+           f"queue_size={args.queue_size}; batched: batch_max_items={args.batch_max_items}, "
+           f"batch_max_wait_ms={args.batch_max_wait_ms:g}")
+    print(f"\nencoder {info.get('encoder')} ({info.get('encoder_id')}), {info.get('count')} candidates of "
+          f"{Path(args.data)}; {env}\n")
     print(HEADER)
     for r in results:
         print(row(r))
-    return 0
+    rows = ratio_rows(results)
+    if rows:
+        print("\n" + RATIO_HEADER)
+        print("\n".join(rows))
 
 
 if __name__ == "__main__":

@@ -164,6 +164,15 @@ def test_search_by_text_and_image(serve):
     assert {RED, "10:100"} <= {h["id"] for h in body["hits"]}
 
 
+def test_paging_with_offset(serve):
+    client = serve(max_depth=8)
+    whole = search(client, text="square", k=6).json()["hits"]
+    page = search(client, text="square", k=3, offset=3).json()
+    assert page["offset"] == 3 and [h["id"] for h in page["hits"]] == [h["id"] for h in whole[3:6]]
+    assert [h["rank"] for h in page["hits"]] == [4, 5, 6]
+    assert_error(search(client, text="square", k=3, offset=6), 422, "invalid_offset", "no deeper than 8")
+
+
 def test_query_errors(serve):
     client = serve(max_text_chars=50, max_k=20)
     assert_error(search(client, task="toy:text->video", text="red"), 422, "unknown_task", "known tasks: toy:")
@@ -338,8 +347,12 @@ def test_page_static_files_and_openapi(serve):
     assert page.status_code == 200 and "<form id=\"search-form\"" in page.text
     assert "script-src 'self'" in page.headers["content-security-policy"]
     assert page.headers["x-content-type-options"] == "nosniff"
-    for name in ("app.js", "style.css"):
+    for name in ("app.js", "style.css", "docs.js"):
         assert client.get(f"/static/{name}").status_code == 200
+    docs = client.get("/docs")  # no CDN: the page and its script come from the service
+    assert docs.status_code == 200 and 'href="/openapi.json"' in docs.text and "/static/docs.js" in docs.text
+    assert "http://" not in docs.text and "https://" not in docs.text
+    assert "script-src 'self'" in docs.headers["content-security-policy"]
     spec = client.get("/openapi.json").json()
     assert {"/api/v1/search", "/api/v1/embed", "/api/v1/info", "/api/v1/health", "/api/v1/ready",
             "/api/v1/candidates/{candidate_id}/image"} <= set(spec["paths"])

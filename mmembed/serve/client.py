@@ -106,13 +106,14 @@ class Client:
     # --- search and embed ----------------------------------------------------------------------
 
     def search(self, text: str | None = None, image: ImageInput | str | None = None, *,
-               instruction: str | None = None, task: str | None = None, k: int = 10,
+               instruction: str | None = None, task: str | None = None, k: int = 10, offset: int = 0,
                rerank: bool | None = None) -> SearchResponse:
         """Top ``k`` candidates for text, an image (a path, file bytes or a PIL image), or both, with an
         instruction or a task name."""
         if text is None and image is None:
             raise ServiceError(None, "invalid_request", "give text, an image, or both")
-        query = _local(SearchQuery, text=text, instruction=instruction, task=task, k=k, rerank=rerank)
+        query = _local(SearchQuery, text=text, instruction=instruction, task=task, k=k, offset=offset,
+                       rerank=rerank)
         data = {name: _form_value(value) for name, value in query.model_dump(exclude_none=True).items()}
         files = None
         if image is not None:

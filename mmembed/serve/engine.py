@@ -287,7 +287,7 @@ class SearchService:
             reranker=self.reranker_id, tasks=self.tasks(), version=__version__,
             limits=Limits(max_upload_bytes=s.max_upload_bytes, max_request_bytes=s.max_request_bytes,
                           max_pixels=s.max_pixels, max_text_chars=s.max_text_chars, max_k=s.max_k,
-                          max_embed_items=s.max_embed_items, image_formats=list(IMAGE_FORMATS)))
+                          max_depth=s.max_depth, max_embed_items=s.max_embed_items, image_formats=list(IMAGE_FORMATS)))
 
     @property
     def reranker_id(self) -> str | None:
@@ -331,7 +331,8 @@ class SearchService:
     def search_job(self, query: SearchQuery, upload: Upload | None, instruction: str | None) -> Job:
         image = decode_image(upload.data, self.settings, upload.what) if upload is not None else None
         rerank = self.can_rerank and query.rerank is not False
-        return Job("search", [Item("query", query.text, image)], [instruction], k=query.k, rerank=rerank)
+        return Job("search", [Item("query", query.text, image)], [instruction], k=query.offset + query.k,
+                   rerank=rerank)
 
     def embed_job(self, texts: list[str | None], uploads: list[Upload | None], kind: str,
                   instruction: str | None) -> Job:
@@ -389,8 +390,9 @@ class SearchService:
 
     def search_response(self, query: SearchQuery, job: Job, result: JobResult, submitted: float) -> SearchResponse:
         return SearchResponse(
-            hits=[self._hit(h) for h in result.value], query_modality=job.items[0].modality.value,
-            instruction=job.instructions[0], k=query.k, reranked="rerank" in result.ms and job.rerank,
+            hits=[self._hit(h) for h in result.value[query.offset:]], query_modality=job.items[0].modality.value,
+            instruction=job.instructions[0], k=query.k, offset=query.offset,
+            reranked="rerank" in result.ms and job.rerank,
             timings_ms=self.timings(result, submitted))
 
     def embed_response(self, job: Job, result: JobResult, submitted: float) -> EmbedResponse:

@@ -149,6 +149,9 @@ def check_search(query: SearchQuery, has_image: bool, settings: ServeSettings) -
     check_text(query.text, "text", settings)
     check_text(query.instruction, "instruction", settings)
     check_k(query.k, settings)
+    if query.offset + query.k > settings.max_depth:
+        raise ApiError(422, "invalid_offset", f"offset + k is {query.offset + query.k}; results go no deeper than "
+                                              f"{settings.max_depth}")
 
 
 def b64_upload(data: str, what: str, settings: ServeSettings) -> Upload:

@@ -84,6 +84,7 @@ class Limits(_Model):
     max_pixels: int
     max_text_chars: int
     max_k: int
+    max_depth: int
     max_embed_items: int
     image_formats: list[str]
 
@@ -114,6 +115,8 @@ class SearchQuery(BaseModel):
     task: str | None = Field(None, max_length=200, description="a task name from the info route; not with "
                                                                 "instruction")
     k: int = Field(10, ge=1, le=HARD_MAX_K, description="number of results (at most the service's max_k)")
+    offset: int = Field(0, ge=0, le=HARD_MAX_K, description="results to skip (paging); offset + k is at most the "
+                                                            "service's max_depth")
     rerank: bool | None = Field(None, description="rerank the top results; default: when a reranker is attached")
 
     _blank = field_validator("text", "instruction", "task", mode="before")(_blank_to_none)
@@ -148,6 +151,7 @@ class SearchResponse(_Model):
     query_modality: ModalityName
     instruction: str | None = Field(None, description="the instruction used (from the task or the request)")
     k: int
+    offset: int = 0
     reranked: bool
     timings_ms: Timings
 

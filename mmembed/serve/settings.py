@@ -38,6 +38,8 @@ class ServeSettings:
     max_text_chars: int = 2000
     #: Largest ``k`` of a search.
     max_k: int = 100
+    #: Deepest result a search may reach with paging (``offset + k``).
+    max_depth: int = 1000
     #: Most items of one embed request.
     max_embed_items: int = 32
     #: Threads that decode uploaded images and run reranking requests. Encoder calls run on one
@@ -69,8 +71,8 @@ class ServeSettings:
 
     def __post_init__(self) -> None:
         for name in ("port", "max_upload_bytes", "max_request_bytes", "max_pixels", "max_text_chars", "max_k",
-                     "max_embed_items", "workers", "retry_after_s", "max_thumbnail_side", "max_connections",
-                     "batch_max_items"):
+                     "max_embed_items", "max_depth", "workers", "retry_after_s", "max_thumbnail_side",
+                     "max_connections", "batch_max_items"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ConfigError(f"serve setting {name} must be a positive integer, got {value!r}")

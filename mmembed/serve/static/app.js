@@ -5,6 +5,9 @@ const API = "/api/v1";
 const THUMBNAIL_SIDE = 256;
 const $ = (id) => document.getElementById(id);
 const objectUrls = [];
+const IMAGE_TYPES = ["image/png", "image/jpeg", "image/webp", "image/gif", "image/bmp"];
+// The last search, so that "More results" asks for the next page of the same query.
+let lastSearch = null;
 
 function authHeaders() {
   const key = $("api-key").value.trim();
@@ -44,6 +47,7 @@ async function loadInfo() {
     fillTasks(info.tasks);
     setupRerank(info.reranker);
     $("k").max = String(info.limits.max_k);
+    $("more-results").dataset.maxDepth = String(info.limits.max_depth);
   } catch (error) {
     if (error.status === 401) {
       $("index-info").textContent = "This service needs an API key: enter it under “API key”.";
@@ -93,9 +97,20 @@ function chosenImage() {
   return files && files.length ? files[0] : null;
 }
 
+// A file that is not an image of an accepted type is refused here, with a message, instead of a
+// broken preview and a 415 later.
+function refuseNonImage(file) {
+  if (!file || IMAGE_TYPES.includes(file.type)) return false;
+  const what = file.type ? `a ${file.type} file` : "not an image";
+  setStatus(`“${file.name}” is ${what}; choose a PNG, JPEG, WebP, GIF or BMP image.`, true);
+  $("query-image").value = "";
+  return true;
+}
+
 function showPreview() {
   const preview = $("image-preview");
-  const file = chosenImage();
+  let file = chosenImage();
+  if (refuseNonImage(file)) file = null;
   if (preview.src) URL.revokeObjectURL(preview.src);
   if (!file) {
     preview.removeAttribute("src");
@@ -103,6 +118,10 @@ function showPreview() {
     $("clear-image").hidden = true;
     return;
   }
+  preview.onerror = () => {
+    setStatus(`“${file.name}” cannot be shown as an image; it may be corrupt.`, true);
+    preview.hidden = true;
+  };
   preview.src = URL.createObjectURL(file);
   preview.hidden = false;
   $("clear-image").hidden = false;
@@ -155,20 +174,33 @@ async function search(event) {
   event.preventDefault();
   const { form, empty } = searchForm();
   if (empty) {
+    clearResults();
     setStatus("Type a query, choose an image, or both.", true);
     $("query-text").focus();
     return;
   }
+  lastSearch = form;
+  await runSearch(form, 0);
+}
+
+// One page of results: offset 0 replaces the list, a later page is appended to it.
+async function runSearch(form, offset) {
+  const page = new FormData();
+  for (const [name, value] of form.entries()) page.append(name, value);
+  page.append("offset", String(offset));
   const button = $("search-button");
   button.disabled = true;
   $("results").setAttribute("aria-busy", "true");
   setStatus("Searching…");
   const started = performance.now();
   try {
-    const answer = await (await request(`${API}/search`, { method: "POST", body: form })).json();
-    showResults(answer.hits);
+    const answer = await (await request(`${API}/search`, { method: "POST", body: page })).json();
+    showResults(answer.hits, offset > 0);
     setStatus(describeTimings(answer, performance.now() - started));
+    updateMore(answer);
   } catch (error) {
+    if (offset === 0) clearResults();
+    updateMore(null);
     setStatus(`Search failed: ${error.message}`, true);
   } finally {
     button.disabled = false;
@@ -185,8 +217,25 @@ function describeTimings(answer, roundTripMs) {
   const parts = [`encode ${ms(t.encode)}`, `search ${ms(t.search)}`];
   if (t.rerank !== null && t.rerank !== undefined) parts.push(`rerank ${ms(t.rerank)}`);
   const count = answer.hits.length;
-  const what = `${count} result${count === 1 ? "" : "s"}${answer.reranked ? ", reranked" : ""}`;
-  return `${what} in ${ms(roundTripMs)} (server ${ms(t.total)}: ${parts.join(", ")}).`;
+  const first = answer.offset + 1;
+  const range = count ? `results ${first}–${answer.offset + count}` : "no results";
+  const what = `${range}${answer.reranked ? ", reranked" : ""}`;
+  const query = `Query: ${answer.query_modality.replace(",", " + ")}`;
+  const instruction = answer.instruction ? `instruction “${answer.instruction}”` : "no instruction";
+  return `${what} in ${ms(roundTripMs)} (server ${ms(t.total)}: ${parts.join(", ")}). ${query}; ${instruction}.`;
+}
+
+// "More results" pages through the same query while the service allows deeper results.
+function updateMore(answer) {
+  const button = $("more-results");
+  const maxDepth = Number(button.dataset.maxDepth || "1000");
+  const next = answer ? answer.offset + answer.k : 0;
+  button.hidden = !answer || answer.hits.length < answer.k || next >= maxDepth;
+  button.dataset.offset = String(next);
+}
+
+function moreResults() {
+  if (lastSearch) runSearch(lastSearch, Number($("more-results").dataset.offset));
 }
 
 function clearResults() {
@@ -194,11 +243,10 @@ function clearResults() {
   $("results").replaceChildren();
 }
 
-function showResults(hits) {
-  clearResults();
+function showResults(hits, append = false) {
+  if (!append) clearResults();
   const list = $("results");
   for (const hit of hits) list.append(resultCard(hit));
-  if (!hits.length) setStatus("No results.");
 }
 
 function element(tag, className, text) {
@@ -249,6 +297,7 @@ function thumbnail(hit) {
 
 document.addEventListener("DOMContentLoaded", () => {
   $("search-form").addEventListener("submit", search);
+  $("more-results").addEventListener("click", moreResults);
   $("task").addEventListener("change", describeTask);
   $("api-key").addEventListener("change", loadInfo);
   setupImageInput();
