@@ -97,3 +97,13 @@ def test_a_release_folder_defaults_to_the_shipped_nv_embed_v1_llm_config(release
     # The tiny weights cannot take the 7B config: the default refuses them and says what to pass.
     with pytest.raises(ModelError, match="hidden_size 4096.*nvembed_config"):
         release_config(release.path, weight_files(release.path))
+
+
+def test_the_sliding_window_is_never_applied(tmp_path, release):
+    """The release's attention ignores NV-Embed's sliding_window; a window shorter than the text changes nothing."""
+    nvembed = json.loads((release.nvembed_config / "config.json").read_text(encoding="utf-8"))
+    nvembed["text_config"]["sliding_window"] = 3
+    (tmp_path / "config.json").write_text(json.dumps(nvembed), encoding="utf-8")
+    case = next(c for c in CASES if c["id"] == "candidate-long-text")
+    encoder = load_encoder(release.path, nvembed_config=tmp_path, max_length=case["max_length"])
+    assert _cosines(_embed(encoder, [case], 1), [case])[0] >= MIN_COSINE

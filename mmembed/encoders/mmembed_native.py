@@ -29,6 +29,8 @@ values shipped with mmembed (``nv_embed_v1.json``: Mistral-7B-v0.1's, inferred r
 see docs/mmembed-release.md) when ``retriever`` names NV-Embed-v1; ``retriever`` itself when it is
 a local folder; ``nvembed_config="text_config"`` only when asked for. The vocabulary size is
 always taken from the ``embed_tokens`` weight (32000 rows, while LLaVA's text_config says 32064).
+The LLM attends over the whole sequence: NV-Embed-v1's sliding window (4096) is recorded in its
+config but never applied by the release's code, so it is not applied here either.
 The latent pooler's head count comes from the NV-Embed config (8 in NV-Embed-v1; ``latent_heads=``
 overrides it); its widths from the weight shapes.
 
@@ -144,6 +146,10 @@ def release_config(path: Path, files: dict[str, Path], nvembed_config: str | Pat
         raise ModelError(f"{path}: the LLM config from {source} has hidden_size {text['hidden_size']}, the weights "
                          f"{width}; pass nvembed_config= pointing at the config this checkpoint was built with")
     text["vocab_size"] = rows
+    # NV-Embed-v1 says sliding_window 4096, but the release never applies it: its bidirectional
+    # Mistral builds a padding-only mask and 4.43's eager/SDPA attention has no window of its own.
+    # transformers 5 would apply the window even to bidirectional attention, so it is switched off.
+    text["sliding_window"] = None
     data["text_config"] = text
     logger.info("MM-Embed: LLM config from %s (rope_theta %s, sliding_window %s)", source, text.get("rope_theta"),
                 text.get("sliding_window"))
