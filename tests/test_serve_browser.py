@@ -90,7 +90,7 @@ def test_search_page_in_chromium(page, tmp_path, artifacts):
     expect(page.locator("#image-preview")).to_be_visible()
     page.get_by_label("Number of results").fill("12")
     page.get_by_label("Query text").press("Enter")
-    expect(page.locator("#status")).to_contain_text("12 results in")
+    expect(page.locator("#status")).to_contain_text("results 1–12 in")
     expect(page.locator("#status")).to_contain_text("encode")
     expect(page.locator("#results .card")).to_have_count(12)
     page.wait_for_function(ALL_THUMBNAILS_LOADED)
@@ -127,12 +127,25 @@ def test_search_page_on_a_narrow_screen(page, artifacts):
     assert page.problems == []  # type: ignore[attr-defined]
 
 
-def test_search_page_reports_errors(page):
+def test_search_page_reports_errors(page, tmp_path):
     from playwright.sync_api import expect
 
     expect(page.locator("#index-info")).to_contain_text("12 candidates")
     page.get_by_role("button", name="Search").click()
     expect(page.locator("#status")).to_contain_text("Type a query, choose an image, or both.")
+    page.get_by_label("Query text").fill("red")
+    page.get_by_label("Number of results").fill("4")
+    page.get_by_label("Query text").press("Enter")
+    expect(page.locator("#status")).to_contain_text("Query: text; no instruction")
+    expect(page.locator("#results .card")).to_have_count(4)
+    page.get_by_role("button", name="More results").click()  # the next page is appended
+    expect(page.locator("#results .card")).to_have_count(8)
+    expect(page.locator("#status")).to_contain_text("results 5–8")
     page.get_by_label("Query text").fill("x" * 2001)
     page.get_by_label("Query text").press("Enter")
     expect(page.locator("#status")).to_contain_text("Search failed: text is 2001 characters long")
+    expect(page.locator("#results .card")).to_have_count(0)  # no stale results under an error
+    (tmp_path / "notes.txt").write_text("not an image")
+    page.get_by_label("Query image").set_input_files(tmp_path / "notes.txt")
+    expect(page.locator("#status")).to_contain_text("“notes.txt” is a text/plain file")
+    expect(page.locator("#image-preview")).to_be_hidden()
