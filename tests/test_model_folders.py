@@ -57,3 +57,15 @@ def test_unknown_folders_are_refused_with_what_was_found(tmp_path, config, messa
         (tmp_path / "config.json").write_text(config)
     with pytest.raises(ModelError, match=message):
         load_encoder(tmp_path)
+
+
+def test_encoder_loading_options_from_the_command_line(tmp_path):
+    from mmembed.cli.common import load_encoder_arg
+    from mmembed.errors import ConfigError
+
+    release = build_tiny_release(tmp_path / "MM-Embed")
+    encoder = load_encoder_arg(str(release.path), [f"nvembed_config={release.nvembed_config}",
+                                                   "instruction_mask=prefix", "max_length=64"])
+    assert (encoder.instruction_mask, encoder.max_length) == ("prefix", 64)
+    with pytest.raises(ConfigError, match="does not take that option"):
+        load_encoder_arg(str(release.path), [f"nvembed_config={release.nvembed_config}", "colour=red"])

@@ -15,11 +15,29 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
                         help="override one configuration key (repeatable), e.g. --set seed=3")
 
 
-def load_encoder_arg(spec: str):
-    """An encoder from a directory written by ``save_pretrained`` or a built-in name."""
-    from mmembed.encoders.registry import load_encoder
+ENCODER_SET_HELP = ("an encoder loading option (repeatable), e.g. --encoder-set device=cuda --encoder-set "
+                    "dtype=bfloat16, or for the released MM-Embed --encoder-set nvembed_config=PATH / "
+                    "instruction_mask=prefix")
 
-    return load_encoder(spec)
+
+def load_encoder_arg(spec: str, settings: list[str] | None = None):
+    """An encoder from a built-in name or any model folder, with ``KEY=VALUE`` loading options."""
+    from mmembed.config import parse_override
+    from mmembed.encoders.registry import load_encoder
+    from mmembed.errors import ConfigError
+
+    overrides = {}
+    for item in settings or []:
+        keys, value = parse_override(item)
+        if len(keys) != 1:
+            raise ConfigError(f"--encoder-set {item!r}: expected KEY=VALUE with a plain key")
+        overrides[keys[0]] = value
+    try:
+        return load_encoder(spec, **overrides)
+    except TypeError as e:
+        if "unexpected keyword argument" not in str(e):
+            raise
+        raise ConfigError(f"--encoder-set: {spec} does not take that option ({e})") from None
 
 
 def add_rerank_arguments(parser: argparse.ArgumentParser) -> None:

@@ -19,6 +19,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                                    "indexes the result without encoding again.")
     p.add_argument("data", help="candidate pool JSONL, or an M-BEIR directory (its global pool is used)")
     p.add_argument("--encoder", required=True, help="encoder directory (save_pretrained output) or a built-in name")
+    p.add_argument("--encoder-set", metavar="KEY=VALUE", action="append", default=[],
+                   help=common.ENCODER_SET_HELP)
     p.add_argument("--out", required=True, help="output directory (shared by all shards)")
     p.add_argument("--shard", metavar="I/N", help="encode every N-th chunk starting at I (default: from torchrun "
                                                   "RANK/WORLD_SIZE, else 0/1)")
@@ -46,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
 
     shard = parse_shard(args.shard) if args.shard else None
     pool, image_root = pool_and_root(args.data, args.split, args.image_root)
-    encoder = common.load_encoder_arg(args.encoder)
+    encoder = common.load_encoder_arg(args.encoder, args.encoder_set)
     spec = str(Path(args.encoder).resolve()) if Path(args.encoder).exists() else args.encoder
     result = encode_pool(encoder, pool, args.out, image_root=image_root, shard=shard, dtype=args.dtype,
                          chunk_size=args.chunk_size, batch_size=args.batch_size, encoder_spec=spec,

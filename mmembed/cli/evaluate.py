@@ -6,7 +6,13 @@ import argparse
 import sys
 from pathlib import Path
 
-from mmembed.cli.common import add_config_arguments, add_rerank_arguments, load_encoder_arg, rerank_config_from_args
+from mmembed.cli.common import (
+    ENCODER_SET_HELP,
+    add_config_arguments,
+    add_rerank_arguments,
+    load_encoder_arg,
+    rerank_config_from_args,
+)
 from mmembed.errors import ConfigError
 
 
@@ -23,6 +29,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("data", help="M-BEIR-layout dataset directory, or a BEIR directory (corpus.jsonl, queries.jsonl, "
                                 "qrels/SPLIT.tsv) for text retrieval")
     p.add_argument("--encoder", required=True, help="encoder directory (save_pretrained output) or 'cpu-default'")
+    p.add_argument("--encoder-set", metavar="KEY=VALUE", action="append", default=[], help=ENCODER_SET_HELP)
     p.add_argument("--out", help="directory for results.json, runs/ and config.json")
     p.add_argument("--image-root", help="where the images' relative paths start, when they live outside DATA "
                                         "(same as --set image_root=...)")
@@ -39,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
     base = {"show_progress": sys.stderr.isatty(), **({"image_root": args.image_root} if args.image_root else {})}
     config = load_config(EvalConfig, args.config, args.set, base=base)
     rerank_config = rerank_config_from_args(args, show_progress=sys.stderr.isatty())
-    encoder = load_encoder_arg(args.encoder)
+    encoder = load_encoder_arg(args.encoder, args.encoder_set)
     if (Path(args.data) / "corpus.jsonl").is_file():
         if rerank_config is not None:
             raise ConfigError(f"{args.data}: --rerank works on M-BEIR directories; BEIR directories are not "

@@ -24,6 +24,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("pool", help="candidate pool JSONL, or an M-BEIR directory (its global test pool is used)")
     p.add_argument("--encoder", help="encoder directory (save_pretrained output) or 'cpu-default'; with "
                                      "--from-embeddings it defaults to the encoder recorded there")
+    p.add_argument("--encoder-set", metavar="KEY=VALUE", action="append", default=[],
+                   help=common.ENCODER_SET_HELP)
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--from-embeddings", metavar="DIR", help="index these precomputed embeddings ('mmembed encode' "
                                                             "output) instead of encoding the pool")
@@ -111,7 +113,7 @@ def _build_faiss(args: argparse.Namespace, params: dict[str, float]) -> int:
     if not args.encoder:
         raise ConfigError("--encoder is required unless --from-embeddings is given")
     pool, image_root, instructions = _resolve_pool(args)
-    encoder = common.load_encoder_arg(args.encoder)
+    encoder = common.load_encoder_arg(args.encoder, args.encoder_set)
     check_memory("faiss", args.factory, args.dtype, encoder.dim, _count_lines(pool), train_rows=args.train_sample,
                  force=args.force)
     retriever = Retriever.build(encoder, pool, args.out, encoder_spec=_encoder_spec(args.encoder),
@@ -132,7 +134,7 @@ def _build_milvus(args: argparse.Namespace, params: dict[str, float]) -> int:
     if not args.encoder:
         raise ConfigError("--encoder is required unless --from-embeddings is given")
     pool, image_root, instructions = _resolve_pool(args)
-    encoder = common.load_encoder_arg(args.encoder)
+    encoder = common.load_encoder_arg(args.encoder, args.encoder_set)
     images = ImageStore(image_root or guess_image_root(pool))
     embedded = PoolEmbeddingCache(encoder, images, None, args.batch_size, sys.stderr.isatty()).embed_file(pool)
     index = make_index("milvus", encoder.dim, encoder_id=encoder.encoder_id, search_params=params, uri=args.uri,
@@ -156,7 +158,7 @@ def _build_from_embeddings(args: argparse.Namespace, params: dict[str, float]) -
     if spec is None:
         raise ConfigError(f"{args.from_embeddings} does not record its encoder; give --encoder")
     if args.encoder:  # an explicit encoder must be the one the embeddings were made with
-        encoder = common.load_encoder_arg(args.encoder)
+        encoder = common.load_encoder_arg(args.encoder, args.encoder_set)
         embeddings.check(encoder_id=encoder.encoder_id, dim=encoder.dim)
     out = Path(args.out)
     # the lists are built next to the output (same file system) and hard-linked into it

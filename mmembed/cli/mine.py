@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from mmembed.cli.common import add_config_arguments, load_encoder_arg
+from mmembed.cli.common import ENCODER_SET_HELP, add_config_arguments, load_encoder_arg
 from mmembed.errors import ConfigError
 
 
@@ -23,6 +23,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                                    "batch_size, cache_dir).")
     p.add_argument("data", help="M-BEIR-layout directory, or a BEIR directory for text negatives")
     p.add_argument("--encoder", required=True, help="the (stage-1) encoder: a directory or a built-in name")
+    p.add_argument("--encoder-set", metavar="KEY=VALUE", action="append", default=[], help=ENCODER_SET_HELP)
     p.add_argument("--out", required=True, help="output directory (per-task query files or negatives.jsonl)")
     p.add_argument("--shard", metavar="I/N", help="mine every N-th chunk starting at I (default: from torchrun "
                                                   "RANK/WORLD_SIZE, else 0/1)")
@@ -46,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
 
     config = load_config(MiningConfig, args.config, args.set)
     shard = parse_shard(args.shard)
-    encoder = load_encoder_arg(args.encoder)
+    encoder = load_encoder_arg(args.encoder, args.encoder_set)
     mine = mine_beir if (Path(args.data) / "corpus.jsonl").is_file() else mine_mbeir
     result = mine(encoder, args.data, args.out, config, shard=shard, show_progress=sys.stderr.isatty())
     if not result.complete:
