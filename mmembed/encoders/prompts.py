@@ -112,8 +112,9 @@ def excluded_tokens(tokenizer, prompt: Prompt, convention: InstructionMask, *, a
                     image_token: str = IMAGE_PLACEHOLDER) -> int:
     """How many leading positions of ``prompt`` pooling excludes under ``convention``.
 
-    ``prompt.text`` must be the rendered prompt before any EOS is appended. ``appends_eos`` says
-    whether the tokenizer the convention was defined with appended EOS (the release's did).
+    Only the part of ``prompt.text`` before its first ``"\\nQuery: "`` is read, so an EOS appended
+    at the end does not matter. ``appends_eos`` says whether the tokenizer the release counted
+    with appended EOS (the release's did: ``add_eos_token``).
     """
     if convention == "prefix":
         return count_prefix_tokens(tokenizer, prompt.prefix)
