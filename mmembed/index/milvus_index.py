@@ -21,6 +21,7 @@ import logging
 import os
 import shutil
 import tempfile
+import weakref
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -108,8 +109,10 @@ class MilvusIndex:
         self._lite = is_lite(uri)
         self._private_dir: Path | None = None
         if uri is None:
-            # A private database until save() moves it into the index directory.
+            # A private database until save() copies it into the index directory; removed with
+            # this object if never saved.
             self._private_dir = Path(tempfile.mkdtemp(prefix="mmembed-milvus-"))
+            self._cleanup = weakref.finalize(self, shutil.rmtree, self._private_dir, True)
             uri = str(self._private_dir / LITE_DB)
         self.uri = uri
         self._token = token
@@ -151,6 +154,12 @@ class MilvusIndex:
         schema.add_field(ID_FIELD, pymilvus.DataType.VARCHAR, is_primary=True, max_length=MAX_ID_LENGTH)
         schema.add_field(VECTOR_FIELD, pymilvus.DataType.FLOAT_VECTOR, dim=self.dim)
         self._client.create_collection(self.collection, schema=schema)
+
+    def _flush(self) -> None:
+        """Seal inserted rows on a server (bulk loads index sealed segments); Milvus Lite has no flush
+        to call (pymilvus's flush asks it for a timestamp it does not implement and logs an error)."""
+        if not self._lite:
+            self._client.flush(self.collection)
 
     def close(self) -> None:
         """Release the connection (Milvus Lite: the database files); the next call reconnects."""
@@ -223,7 +232,7 @@ class MilvusIndex:
         index_params.add_index(field_name=VECTOR_FIELD, index_type=self._index_type, metric_type="IP",
                                params=self._index_params)
         log.info("building Milvus %s index over %d vectors", self._index_type, len(self))
-        self._client.flush(self.collection)
+        self._flush()
         self._client.create_index(self.collection, index_params)
         self._client.load_collection(self.collection)
         self._indexed = True
@@ -270,7 +279,7 @@ class MilvusIndex:
     def save(self, directory: str | os.PathLike) -> None:
         """Write manifest and ids (and, for Milvus Lite, the database) to ``directory`` atomically."""
         self.build_index()
-        self._client.flush(self.collection)
+        self._flush()
         directory = Path(directory)
         if not self._lite:
             with atomic_directory(directory) as staging:
