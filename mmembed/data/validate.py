@@ -206,6 +206,7 @@ def validate_directory(root: str | os.PathLike, *, check_images: bool = True, de
         v.problem(DataError("no query files found under query/{train,val,test}/", Location(str(directory.root))),
                   directory.root)
     for task in tqdm(tasks, desc="validate", disable=not show_progress):
+        logger.info("%s (%s): local pool %s", task.name, task.split, task.local_pool.name)
         if task.local_pool not in pools:
             if task.local_pool.is_file():
                 pools[task.local_pool] = v.pool(task.local_pool)

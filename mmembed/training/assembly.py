@@ -63,6 +63,7 @@ def build_sources(data: DataSettings, instruction_mode: str) -> list[TrainingSou
             continue
         for task in directory.select_tasks(spec.split, spec.tasks):
             pool_path = directory.global_pool(spec.split) if spec.pool == "global" else task.local_pool
+            logger.info("training source %s: pool %s", task.name, pool_path)
             group = prefix + task.name if spec.group_per_task else spec.group
             queries = mined_queries(spec.negatives, task.name) if spec.negatives else task.queries
             sources.append(mbeir_source(queries, pool_for(pool_path), directory.images, registry,
