@@ -41,7 +41,7 @@ class ServeSettings:
     #: Deepest result a search may reach with paging (``offset + k``).
     max_depth: int = 1000
     #: Most items of one embed request.
-    max_embed_items: int = 32
+    max_embed_items: int = 256
     #: Threads that decode uploaded images and run reranking requests. Encoder calls run on one
     #: batching thread (see ``batch_max_items``) whatever this is.
     workers: int = 2
