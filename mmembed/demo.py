@@ -9,8 +9,10 @@
    the test split — local and global pools, random instructions, modality error, and text
    retrieval nDCG@10 on the BEIR-format WordNet set — print the comparison and write
    ``runs/demo/report.md`` with plots;
-3. index the global test pool with the stage-3 model and answer a text, an image and a composed
-   (image + modification) query, marking the true answers; say how to open the web page.
+3. index the global test pool with the stage-3 model and, for every task, answer a seeded random
+   sample of its test queries (with the instruction the evaluation drew for each), mark the true
+   answers and give the hit rate over a larger seeded sample — whatever it is; say how to open
+   the web page.
 
 Everything reuses what an earlier run left on disk (the benchmark build, embeddings, results).
 """
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import random
 import sys
 import time
 from collections.abc import Sequence
@@ -27,6 +30,7 @@ from pathlib import Path
 from mmembed.data.bundled import build, stats_table
 from mmembed.data.layout import MBEIRDirectory
 from mmembed.data.mbeir import read_queries
+from mmembed.encoders.base import Item
 from mmembed.encoders.registry import load_encoder, named_models
 from mmembed.recipe.report import summary_table, task_table, write_report
 from mmembed.recipe.runner import ModelEvaluation, evaluate_models
@@ -38,7 +42,8 @@ logger = logging.getLogger("mmembed.demo")
 MODELS = {"untrained": "cpu-default", "fusion": "cpu-default-fusion-stage1", "stage1": "cpu-default-stage1",
           "stage2": "cpu-default-stage2", "stage3": "cpu-default-stage3"}
 SEARCH_MODEL = "stage3"
-EXAMPLES = (("emoji_task0", "text"), ("emoji_task3", "image"), ("emoji_task7", "composed image + modification"))
+#: Per task: queries shown with their top results, and queries over which the hit rate is given.
+SHOWN, SAMPLED, TOP_K, SEED = 2, 50, 5, 0
 
 
 def _say(text: str = "") -> None:
@@ -58,22 +63,27 @@ def show_evaluation(evaluation: ModelEvaluation) -> None:
     _say(f"  {evaluation.label:<10} {evaluation.spec:<28} evaluated in {evaluation.seconds:.0f} s")
 
 
-def show_examples(retriever: Retriever, data: MBEIRDirectory) -> None:
-    for task_name, kind in EXAMPLES:
-        task = data.task(task_name)
-        query = read_queries(task.queries)[0]
-        instruction = data.instructions().prompts(query.dataset_id, query.modality, task.task.cand_modality)[0]
-        image = data.images.ref(query.image, query.qid) if query.image else None
-        _say(f"\n### {kind} query ({task_name}): text={query.text!r} image={query.image!r}")
-        _say(f"instruction: {instruction}")
-        for hit in retriever.search(query.text, image, instruction=instruction, k=5):
-            mark = "*" if hit.id in query.pos else " "
-            c = hit.candidate
-            shown = c.text if c.text else ""
-            if c.image:
-                shown = f"[{c.image}] {shown}"
-            _say(f" {mark} {hit.rank}. {hit.score:.3f} {c.modality.value:<10} {shown[:90]}")
-    _say("\n(* marks a correct answer)")
+def show_examples(retriever: Retriever, data: MBEIRDirectory, seed: int = SEED) -> None:
+    """Per task: a seeded random sample of test queries, top results marked, and the sample's hit rate."""
+    registry = data.instructions()
+    for task in data.tasks("test"):
+        queries = read_queries(task.queries)
+        sample = random.Random(f"{seed}:{task.name}").sample(queries, min(SAMPLED, len(queries)))
+        instructions = [registry.choose(q, task.task.cand_modality, "random", seed) for q in sample]
+        items = [Item(q.qid, q.text, data.images.ref(q.image, q.qid) if q.image else None) for q in sample]
+        results = retriever.search_items(items, instructions, k=TOP_K)
+        hits = sum(any(h.id in q.pos for h in found) for q, found in zip(sample, results))
+        _say(f"\n### {task.name} ({task.task.arrow}): hit@{TOP_K} on {len(sample)} random test queries: "
+             f"{hits}/{len(sample)}")
+        for query, instruction, found in list(zip(sample, instructions, results))[:SHOWN]:
+            _say(f"query {query.qid}: text={query.text!r} image={query.image!r}")
+            _say(f"  instruction: {instruction}")
+            for hit in found:
+                mark = "*" if hit.id in query.pos else " "
+                c = hit.candidate
+                shown = (f"[{c.image}] " if c.image else "") + (c.text or "")
+                _say(f"  {mark} {hit.rank}. {hit.score:.3f} {c.modality.value:<10} {shown[:80]}")
+    _say("\n(* marks a correct answer; the queries are drawn at random with a fixed seed, not chosen)")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
