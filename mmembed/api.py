@@ -226,11 +226,12 @@ def _image(value: Any, item_id: str, images: ImageStore | None) -> Image.Image |
     if isinstance(value, Image.Image):
         return value
     if isinstance(value, (str, os.PathLike)):
+        if not os.fspath(value).strip():
+            raise DataError("the image path is empty", Location(item=item_id, field="image"))
         path = Path(value)
         if images is not None and not path.is_absolute():
-            ref = images.ref(os.fspath(value), item_id)
-            assert ref is not None  # a non-empty path always gives a reference
-            return ref
+            # resolve() refuses a path that leaves the image root, as for dataset records.
+            return LazyImage(images.resolve(os.fspath(value), item_id), item_id, images.max_pixels)
         return LazyImage(path, item_id)
     raise DataError(f"an image must be a PIL image or a path, got {type(value).__name__}",
                     Location(item=item_id, field="image"))
@@ -248,6 +249,7 @@ def _show(show_progress: bool | None, n: int) -> bool:
 
 
 def _is_tensor(x: Any) -> bool:
+    # By the type's module, so that comparing numpy arrays never imports torch.
     return type(x).__module__.startswith("torch")
 
 

@@ -80,7 +80,9 @@ class MTEBModel(AbsEncoder):
                prompt_type: PromptType | None = None, **kwargs: Any) -> np.ndarray:
         """Embeddings (n, dim) of every batch of ``inputs``, in order; float32, L2-normalised."""
         is_document = prompt_type == PromptType.document
-        task_instruction = None if is_document else (self.get_instruction(task_metadata, prompt_type) or None)
+        # Symmetric tasks (no prompt type) are embedded as queries, so they look up the query prompt.
+        task_instruction = None if is_document else (
+            self.get_instruction(task_metadata, prompt_type or PromptType.query) or None)
         show = bool(kwargs.get("show_progress_bar", False))
         rows = []
         for batch in inputs:

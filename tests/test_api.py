@@ -101,6 +101,7 @@ def test_ids_are_positions_unless_given():
     ({"text": "  "}, "neither"),
     ({"text": 5}, "must be a str"),
     ({"image": 5}, "must be a PIL image or a path"),
+    ({"image": " "}, "image path is empty"),
 ])
 def test_bad_inputs_are_refused_naming_the_input(bad, message):
     with pytest.raises(DataError, match=message) as info:
@@ -245,3 +246,13 @@ def test_a_sentence_transformers_folder_loads_as_a_text_encoder(monkeypatch):
     np.testing.assert_allclose(model.encode_documents(texts), reference, atol=1e-5)
     np.testing.assert_allclose(model.encode_queries(texts), reference, atol=1e-5)
     assert model.dim == 384
+
+
+def test_records_and_relative_paths_resolve_under_image_root(model, heart_png):
+    record = mmembed.Candidate("10:1", "heart", "x.png", Modality.IMAGE_TEXT)
+    by_record = model.encode_documents([record, {"text": "heart", "image": "x.png"}], image_root=heart_png.parent)
+    np.testing.assert_allclose(by_record[0], by_record[1], atol=1e-6)
+    np.testing.assert_allclose(by_record[:1], model.encode_documents([{"text": "heart", "image": heart_png}]),
+                               atol=1e-6)
+    with pytest.raises(ImageError, match="escapes the image root"):
+        to_items([{"image": "../x.png"}], image_root=heart_png.parent)
