@@ -334,3 +334,16 @@ def test_dataloader_yields_collated_shards(mixed):
     first = batches[0]
     assert len(first.queries) == 4 and len(first.candidates) == 12 and first.step == 0
     assert torch.equal(first.target, torch.arange(4))
+
+
+def test_class_label_data_warns_how_many_rows_share_a_positive_with_their_batch(tmp_path, caplog):
+    """Queries that share positives (class labels) cannot all get conflict-free batches: say so loudly."""
+    pool = CandidatePool.from_mbeir(write_pool(tmp_path))
+    classes = ["10:0", "10:1", "10:2"]
+    queries = [Query(f"10:{500 + i}", f"query {i}", None, Modality.TEXT, (classes[i % 3],)) for i in range(48)]
+    write_queries(tmp_path / "labels.jsonl", queries)
+    data = ContrastiveDataset([mbeir_source(tmp_path / "labels.jsonl", pool, tmp_path, registry())])
+    with caplog.at_level("INFO", logger="mmembed.training.sampler"):
+        batches = global_batches(ContrastiveBatchSampler(data, 8, seed=0, lookahead=4))
+    warnings = [r for r in caplog.records if r.levelname == "WARNING" and "placed in a batch" in r.getMessage()]
+    assert batches and warnings and "rows (" in warnings[0].getMessage()

@@ -41,6 +41,8 @@ from mmembed.training.data import ContrastiveDataset, ExampleKey
 logger = logging.getLogger(__name__)
 
 STATE_FORMAT = 1
+#: Above this share of forced rows per epoch the sampler warns instead of logging at INFO.
+FORCED_WARNING_SHARE = 0.05
 TaskRemainder = Literal["drop", "mix"]
 
 
@@ -259,6 +261,12 @@ class ContrastiveBatchSampler:
             pending.extendleft(reversed(skipped))
             batches.append(batch.rows)
         if forced:
-            logger.info("epoch %d: %d rows placed in a batch that already held one of their candidates "
-                        "(lookahead %d exhausted)", epoch, forced, self.lookahead)
+            share = forced / max(len(stream), 1)
+            # A few forced rows are harmless (the loss masks the shared ids); many mean the data has
+            # too few distinct positives for this batch size, and those rows get fewer negatives.
+            level = logging.WARNING if share > FORCED_WARNING_SHARE else logging.INFO
+            logger.log(level, "epoch %d: %d of %d rows (%.0f %%) placed in a batch that already held one of their "
+                       "candidates (lookahead %d exhausted); the loss masks those in-batch duplicates, but the rows "
+                       "get fewer negatives: many queries share positives, so a smaller batch or a longer lookahead "
+                       "helps", epoch, forced, len(stream), 100 * share, self.lookahead)
         return batches, list(pending)
