@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from mmembed.cli import common
+from mmembed.errors import DataError, Location
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -39,7 +40,9 @@ def pool_and_root(data: str, split: str, image_root: str | None) -> tuple[Path, 
     path = Path(data)
     if path.is_dir():
         directory = MBEIRDirectory(path)
-        return directory.global_pool(split), image_root or directory.root
+        path, image_root = directory.global_pool(split), image_root or directory.root
+    if not path.is_file():  # before the encoder is loaded
+        raise DataError("candidate pool file not found", Location(file=str(path)))
     return path, image_root
 
 

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from mmembed.cli import common
-from mmembed.errors import ConfigError
+from mmembed.errors import ConfigError, DataError, Location
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -81,6 +81,8 @@ def _resolve_pool(args: argparse.Namespace) -> tuple[Path, str | Path | None, st
         image_root = image_root or directory.root
         if instructions is None and directory.instructions_path.is_file():
             instructions = directory.instructions_path
+    if not pool.is_file():  # before any encoder is loaded or embedding read
+        raise DataError("candidate pool file not found", Location(file=str(pool)))
     return pool, image_root, instructions
 
 
@@ -178,10 +180,5 @@ def _build_from_embeddings(args: argparse.Namespace, params: dict[str, float]) -
 
 def _count_lines(path: Path) -> int:
     """Non-blank lines of a JSONL file (= candidates), counted without parsing, for the memory estimate."""
-    from mmembed.errors import DataError, Location
-
-    try:
-        with open(path, "rb") as f:
-            return sum(1 for line in f if line.strip())
-    except FileNotFoundError:
-        raise DataError("file not found", Location(file=str(path))) from None
+    with open(path, "rb") as f:
+        return sum(1 for line in f if line.strip())
