@@ -115,7 +115,7 @@ def _build_faiss(args: argparse.Namespace, params: dict[str, float]) -> int:
     if not args.encoder:
         raise ConfigError("--encoder is required unless --from-embeddings is given")
     pool, image_root, instructions = _resolve_pool(args)
-    encoder = common.load_encoder_arg(args.encoder, args.encoder_set)
+    encoder = _load_encoder(args)
     check_memory("faiss", args.factory, args.dtype, encoder.dim, _count_lines(pool), train_rows=args.train_sample,
                  force=args.force)
     retriever = Retriever.build(encoder, pool, args.out, encoder_spec=_encoder_spec(args.encoder),
@@ -136,7 +136,7 @@ def _build_milvus(args: argparse.Namespace, params: dict[str, float]) -> int:
     if not args.encoder:
         raise ConfigError("--encoder is required unless --from-embeddings is given")
     pool, image_root, instructions = _resolve_pool(args)
-    encoder = common.load_encoder_arg(args.encoder, args.encoder_set)
+    encoder = _load_encoder(args)
     images = ImageStore(image_root or guess_image_root(pool))
     embedded = PoolEmbeddingCache(encoder, images, None, args.batch_size, sys.stderr.isatty()).embed_file(pool)
     index = make_index("milvus", encoder.dim, encoder_id=encoder.encoder_id, search_params=params, uri=args.uri,
@@ -160,7 +160,7 @@ def _build_from_embeddings(args: argparse.Namespace, params: dict[str, float]) -
     if spec is None:
         raise ConfigError(f"{args.from_embeddings} does not record its encoder; give --encoder")
     if args.encoder:  # an explicit encoder must be the one the embeddings were made with
-        encoder = common.load_encoder_arg(args.encoder, args.encoder_set)
+        encoder = _load_encoder(args)
         embeddings.check(encoder_id=encoder.encoder_id, dim=encoder.dim)
     out = Path(args.out)
     # the lists are built next to the output (same file system) and hard-linked into it
@@ -182,3 +182,10 @@ def _count_lines(path: Path) -> int:
     """Non-blank lines of a JSONL file (= candidates), counted without parsing, for the memory estimate."""
     with open(path, "rb") as f:
         return sum(1 for line in f if line.strip())
+
+
+def _load_encoder(args: argparse.Namespace):
+    """The --encoder with its --encoder-set options (the plain one-argument call when there are none)."""
+    if args.encoder_set:
+        return common.load_encoder_arg(args.encoder, args.encoder_set)
+    return common.load_encoder_arg(args.encoder)
