@@ -315,26 +315,41 @@ def test_unknown_routes_and_methods_answer_json(serve):
     assert_error(client.get("/api/v1/search"), 405, "http_405")
 
 
-def test_overload_answers_503_quickly(serve):
-    client = serve(encoder=SlowEncoder(), workers=1, queue_size=1)
-    results: list[tuple[int, float, str | None]] = []
-    barrier = threading.Barrier(6)
+class BlockedEncoder(ToyEncoder):
+    """Holds every query call until the test opens the gate."""
+
+    def __init__(self):
+        super().__init__()
+        self.gate = threading.Event()
+
+    def encode_queries(self, queries, instruction=None, **kwargs):
+        self.gate.wait(30)
+        return super().encode_queries(queries, instruction, **kwargs)
+
+
+def test_overload_answers_503_at_once(serve):
+    """With the encoder blocked, requests beyond the capacity (2) are refused while it is still
+    blocked: they do not wait behind it."""
+    encoder = BlockedEncoder()
+    client = serve(encoder=encoder, workers=1, queue_size=1)
+    results: list[tuple[int, str | None]] = []
 
     def call() -> None:
-        barrier.wait()
-        started = time.perf_counter()
         response = search(client, text="red")
-        results.append((response.status_code, time.perf_counter() - started, response.headers.get("retry-after")))
+        results.append((response.status_code, response.headers.get("retry-after")))
 
     threads = [threading.Thread(target=call) for _ in range(6)]
     for t in threads:
         t.start()
+    deadline = time.monotonic() + 30
+    while len(results) < 4:  # the 4 requests over capacity, answered with the encoder blocked
+        assert time.monotonic() < deadline, results
+        time.sleep(0.01)
+    assert results == [(503, "1")] * 4 and not encoder.gate.is_set()
+    encoder.gate.set()
     for t in threads:
         t.join()
-    ok = [r for r in results if r[0] == 200]
-    refused = [r for r in results if r[0] == 503]
-    assert len(ok) + len(refused) == 6 and len(ok) >= 2 and len(refused) >= 1, results
-    assert all(seconds < 0.75 * SLOW_ENCODE_S and retry == "1" for _, seconds, retry in refused), refused
+    assert [status for status, _ in results[4:]] == [200, 200]
     assert client.get("/api/v1/ready").json()["in_flight"] == 0
 
 
