@@ -10,11 +10,13 @@ What it does:
 
 1. builds (once, then reuses) a retrieval directory of the benchmark's global test pool with
    ``--encoder`` (pool embeddings come from the evaluation's cache when present, ``--cache``);
-2. for each mode (``unbatched``: ``--batch-max-items 1``; ``batched``: ``--batch-max-items`` and
-   ``--batch-max-wait-ms``), starts ``mmembed serve`` in a subprocess on a free localhost port, waits
-   for readiness, and for each concurrency level and query kind (text queries of emoji_task0, image
+2. starts ``mmembed serve`` in a subprocess per mode (``unbatched``: ``--batch-max-items 1``;
+   ``batched``: ``--batch-max-items`` and ``--batch-max-wait-ms``) on free localhost ports, waits for
+   readiness, and for each concurrency level and query kind (text queries of emoji_task0, image
    queries of emoji_task3) runs that many closed-loop clients until ``max(--requests, 4 x clients)``
-   queries are answered (a 503 is retried after its ``Retry-After``) or ``--seconds`` pass;
+   queries are answered (a 503 is retried after its ``Retry-After``) or ``--seconds`` pass, against
+   each mode in turn, ``--rounds`` times with the order alternating (the services idle while the
+   other is measured), so that drifting background load does not favour one mode;
 3. reports per mode p50/p99 latency, throughput, 503s, other errors and the server-side encode and
    search times, then batched/unbatched ratios per level, with the p99 target of issue 18;
 4. optionally (``--burst N``) releases N simultaneous requests at the batched service: how many
@@ -115,13 +117,14 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_service(index: Path, port: int, args: argparse.Namespace, batch_items: int, log: Path) -> subprocess.Popen:
+def start_service(index: Path, port: int, args: argparse.Namespace, batch_items: int,
+                  log: Path) -> tuple[subprocess.Popen, str]:
     command = [sys.executable, "-m", "mmembed.cli.main", "-q", "serve", str(index), "--port", str(port),
                "--workers", str(args.workers), "--queue-size", str(args.queue_size),
                "--batch-max-items", str(batch_items), "--batch-max-wait-ms", str(args.batch_max_wait_ms)]
     logger.info("starting: %s (log: %s)", " ".join(command), log)
     with open(log, "wb") as out:
-        return subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
+        return subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT), f"http://127.0.0.1:{port}"
 
 
 def wait_ready(url: str, process: subprocess.Popen, timeout: float) -> float:
@@ -256,31 +259,45 @@ def burst(url: str, query: dict, n: int) -> Result:
     return result
 
 
-def run_mode(mode: str, batch_items: int, index: Path, texts: list[dict], images: list[dict],
-             args: argparse.Namespace) -> tuple[list[Result], dict]:
-    """All levels against one service; also the service's info (what encoder it really runs)."""
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    process = start_service(index, port, args, batch_items, Path(args.index).parent / f"serve-{mode}.log")
-    results = []
+def run_all(index: Path, texts: list[dict], images: list[dict], args: argparse.Namespace) -> tuple[list[Result], dict]:
+    """Every mode's service runs at once (idle ones cost no CPU); each level runs ``--rounds`` times
+    per mode, the modes alternating, so that background load drifting over the run does not favour
+    one mode. Returns the results and the service's info (what encoder it really runs)."""
+    services = {mode: start_service(index, free_port(), args, args.batch_max_items if mode == "batched" else 1,
+                                    Path(args.index).parent / f"serve-{mode}.log") for mode in args.mode_list}
+    results: dict[tuple[str, str, int], Result] = {}
     try:
-        logger.info("%s service ready after %.1f s", mode, wait_ready(url, process, args.ready_timeout))
-        info = httpx.get(f"{url}/api/v1/info", timeout=30).json()
-        warm_up(url, texts, images)
+        for mode, (process, url) in services.items():
+            logger.info("%s service ready after %.1f s", mode, wait_ready(url, process, args.ready_timeout))
+            warm_up(url, texts, images)
+        info = httpx.get(f"{next(iter(services.values()))[1]}/api/v1/info", timeout=30).json()
         for i, clients in enumerate(args.level_list):
             for kind in args.kind_list:
-                pool = texts if kind == "text" else images
-                logger.info("%s: %s queries, %d clients ...", mode, kind, clients)
-                queries = Queries(pool, salt=(i + 1) * 100_000 + (0 if mode == "batched" else 50_000))
-                results.append(run_level(url, queries, mode, kind, clients, max(args.requests, 4 * clients),
-                                         args.seconds))
-        if args.burst and mode == "batched":
+                for turn in range(args.rounds):
+                    order = args.mode_list if turn % 2 == 0 else args.mode_list[::-1]
+                    for mode in order:
+                        salt = ((i * args.rounds + turn) * 2 + args.mode_list.index(mode) + 1) * 100_000
+                        logger.info("%s: %s queries, %d clients, round %d ...", mode, kind, clients, turn + 1)
+                        result = run_level(services[mode][1], Queries(texts if kind == "text" else images, salt),
+                                           mode, kind, clients, max(args.requests, 4 * clients), args.seconds)
+                        merge(results, result)
+        if args.burst and "batched" in services:
             logger.info("overload burst of %d ...", args.burst)
-            results.append(burst(url, Queries(texts, 0).get(0), args.burst))
+            merge(results, burst(services["batched"][1], Queries(texts, 0).get(0), args.burst))
     finally:
-        process.terminate()
-        process.wait(30)
-    return results, info
+        for process, _ in services.values():
+            process.terminate()
+            process.wait(30)
+    return list(results.values()), info
+
+
+def merge(results: dict[tuple[str, str, int], Result], result: Result) -> None:
+    key = (result.mode, result.kind, result.clients)
+    if key in results:
+        results[key].samples += result.samples
+        results[key].wall_s += result.wall_s
+    else:
+        results[key] = result
 
 
 def warm_up(url: str, texts: list[dict], images: list[dict]) -> None:
@@ -373,7 +390,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--kinds", default="text,image", help="query kinds: text, image or both")
     parser.add_argument("--modes", default="unbatched,batched", help="service modes to compare")
     parser.add_argument("--requests", type=int, default=64, help="answered requests per level (at least 4 per client)")
-    parser.add_argument("--seconds", type=float, default=20.0, help="most seconds per level and query kind")
+    parser.add_argument("--seconds", type=float, default=20.0, help="most seconds per level, kind, mode and round")
+    parser.add_argument("--rounds", type=int, default=2, help="runs of each level per mode, alternating the modes")
     parser.add_argument("--workers", type=int, default=2, help="service decoding workers")
     parser.add_argument("--queue-size", type=int, default=64, help="service queue size")
     parser.add_argument("--batch-max-items", type=int, default=32, help="batched mode: most items per encoder call")
@@ -386,8 +404,8 @@ def parse_args() -> argparse.Namespace:
     args.mode_list = [m for m in args.modes.split(",") if m]
     if not set(args.kind_list) <= {"text", "image"} or not set(args.mode_list) <= {"batched", "unbatched"}:
         parser.error("--kinds takes text and/or image; --modes takes batched and/or unbatched")
-    if min(args.level_list) < 1 or args.requests < 1:
-        parser.error("--levels and --requests must be positive")
+    if min(args.level_list) < 1 or args.requests < 1 or args.rounds < 1:
+        parser.error("--levels, --requests and --rounds must be positive")
     return args
 
 
@@ -404,11 +422,7 @@ def main() -> int:
         logger.error("%s has no test queries of %s or %s", data, TEXT_TASK, IMAGE_TASK)
         return 2
     index = ensure_index(data, Path(args.index), Path(args.cache), args.encoder)
-    results, info = [], {}
-    for mode in args.mode_list:
-        mode_results, info = run_mode(mode, args.batch_max_items if mode == "batched" else 1, index, texts,
-                                      images, args)
-        results += mode_results
+    results, info = run_all(index, texts, images, args)
     report(results, info, args)
     problems = failures(results)
     for problem in problems:
