@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import importlib
 import importlib.metadata
-import json
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -263,18 +262,12 @@ def save_checkpoint(directory: str | Path, encoder_type: str, config: Mapping[st
 
 
 def read_config(directory: str | Path) -> dict[str, Any]:
-    """The ``config.json`` of a checkpoint directory; :class:`ModelError` naming what is wrong."""
-    directory = Path(directory)
-    if not directory.is_dir():
-        raise ModelError(f"model directory {str(directory)!r} does not exist")
-    path = directory / CONFIG_FILE
-    if not path.is_file():
-        raise ModelError(f"{str(directory)!r} is not an mmembed model directory: it has no {CONFIG_FILE}")
-    try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ModelError(f"{path}: malformed JSON: {e}") from None
-    if not isinstance(config, dict) or not isinstance(config.get("encoder_type"), str):
+    """The ``config.json`` of an mmembed checkpoint; :class:`ModelError` naming what is wrong."""
+    from mmembed.encoders.folders import read_folder_config
+
+    config = read_folder_config(directory)
+    path = Path(directory) / CONFIG_FILE
+    if not isinstance(config.get("encoder_type"), str):
         raise ModelError(f"{path}: missing the 'encoder_type' key that says which encoder wrote it")
     version = config.get("format_version", FORMAT_VERSION)
     if not isinstance(version, int) or version > FORMAT_VERSION:
