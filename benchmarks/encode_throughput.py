@@ -6,7 +6,10 @@
   forward on the same, already preprocessed images (target: at least 0.85x), plus warm-cache
   figures; our tower runs in channels_last layout, so the bare forward in that layout is shown
   too, as the stricter reference;
-- image+text: cold and warm cache.
+- image+text: cold and warm cache;
+- dtypes (``--dtypes float32,bfloat16``): the same encoder built in each dtype, text and cold-cache
+  image throughput against float32 in the same run, and the cosine of each embedding to its
+  float32 embedding (a dtype is worth choosing only when faster and at least 0.999 everywhere).
 
 Texts are random sentences over a fixed word list; images are emoji rendered with Pillow from
 NotoColorEmoji (random coloured shapes when the font is missing). Run:
@@ -96,6 +99,9 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=256)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--dtypes", default="float32,bfloat16",
+                        help="encoder dtypes compared with float32 ('float32' alone: skip the table)")
+    parser.add_argument("--dtype-texts", type=int, default=500, help="texts of the dtype table")
     args = parser.parse_args()
     torch.manual_seed(0)
     from sentence_transformers import SentenceTransformer
@@ -163,6 +169,46 @@ def main() -> None:
     print(f"image, cold cache, vs bare forward: {image['bare'][0] / image['cold'][0]:.2f}x wall, "
           f"{image['bare'][1] / image['cold'][1]:.2f}x cpu (target >= 0.85); vs bare channels_last forward: "
           f"{image['bare_cl'][0] / image['cold'][0]:.2f}x wall, {image['bare_cl'][1] / image['cold'][1]:.2f}x cpu")
+    dtypes = [d for d in args.dtypes.split(",") if d and d != "float32"]
+    if dtypes:
+        dtype_table(texts[:args.dtype_texts], images, dtypes, bs, reps)
+
+
+MIN_COSINE = 0.999
+
+
+def dtype_table(texts: list[str], images: list[Image.Image], dtypes: list[str], bs: int, reps: int) -> None:
+    """Throughput of the encoder built in each dtype against float32, and the agreement of its
+    embeddings with float32's (the smallest cosine over all items)."""
+    text_items = [Item(str(i), t) for i, t in enumerate(texts)]
+    image_items = [Item(f"i{i}", None, im) for i, im in enumerate(images)]
+    encoders = {"float32": TowersEncoder()}
+    for name in dtypes:
+        encoders[name] = TowersEncoder(dtype=name)
+
+    def cold(encoder: TowersEncoder, items: list[Item]) -> Callable[[], object]:
+        def run() -> object:
+            encoder.vision.cached.cache.clear()
+            return encoder.encode_candidates(items, batch_size=bs)
+        return run
+
+    reference = {kind: cold(encoders["float32"], items)() for kind, items in (("text", text_items),
+                                                                               ("image", image_items))}
+    jobs = {}
+    for name, encoder in encoders.items():
+        jobs[f"{name} text"] = cold(encoder, text_items)
+        jobs[f"{name} image"] = cold(encoder, image_items)
+    timings = measure(jobs, reps)
+    print(f"\ndtypes: {len(texts)} texts, {len(images)} images (cold cache), best of {reps} interleaved rounds")
+    print(f"{'dtype':10s} {'kind':6s} {'items/s':>9s} {'vs fp32':>8s} {'min cosine to fp32':>19s} verdict")
+    for name, encoder in encoders.items():
+        for kind, items in (("text", text_items), ("image", image_items)):
+            wall = timings[f"{name} {kind}"][0]
+            speed = timings[f"float32 {kind}"][0] / wall
+            cosine = float(np.min(np.sum(cold(encoder, items)() * reference[kind], axis=1)))
+            verdict = "reference" if name == "float32" else (
+                "use" if speed > 1 and cosine >= MIN_COSINE else "keep float32")
+            print(f"{name:10s} {kind:6s} {len(items) / wall:9.1f} {speed:7.2f}x {cosine:19.5f} {verdict}")
 
 
 if __name__ == "__main__":

@@ -112,3 +112,21 @@ def test_rerank_route(index_dir):
     with TestClient(app_over(index_dir), base_url="http://localhost") as client:
         error = client.post("/v1/rerank", json={"query": "red", "documents": ["a"]}).json()["error"]
         assert error["code"] == "no_reranker" and "--rerank" in error["message"]
+
+
+def test_usage_counts_tokens_with_the_encoder_tokenizer_when_it_has_one():
+    from mmembed.serve.compat import count_tokens
+
+    class Tokenizer:
+        def __call__(self, texts, add_special_tokens=False):
+            return {"input_ids": [list(t) for t in texts]}  # one token per character
+
+    class Part:
+        tokenizer = Tokenizer()
+
+    class TorchLikeEncoder:
+        def __init__(self):
+            self._modules = {"text": Part()}
+
+    assert count_tokens(TorchLikeEncoder(), ["abc", "de"]) == 5
+    assert count_tokens(ToyEncoder(), ["two words", "three more words"]) == 5  # no tokenizer: words

@@ -122,7 +122,9 @@ def _find_tokenizer(model: Any) -> Any:
     found = getattr(model, "tokenizer", None)
     if callable(found):
         return found
-    for part in vars(model).values() if hasattr(model, "__dict__") else ():
+    attributes = dict(getattr(model, "__dict__", {}))
+    attributes.update(getattr(model, "_modules", None) or {})  # torch modules keep their parts here
+    for part in attributes.values():
         found = getattr(part, "tokenizer", None)
         if callable(found):
             return found
