@@ -256,3 +256,11 @@ def test_records_and_relative_paths_resolve_under_image_root(model, heart_png):
                                atol=1e-6)
     with pytest.raises(ImageError, match="escapes the image root"):
         to_items([{"image": "../x.png"}], image_root=heart_png.parent)
+
+
+def test_the_card_of_a_model_built_in_memory_names_its_parts_and_nothing_more(tmp_path):
+    saved = mmembed.load("cpu-default").save_pretrained(tmp_path / "untrained")
+    card = (saved / "README.md").read_text(encoding="utf-8")
+    assert "EfficientNet-Lite0" in card and "all-MiniLM-L6-v2" in card
+    assert "Not recorded" in card and "No evaluation was given." in card
+    assert mmembed.load(saved).encoder_id == mmembed.load("cpu-default").encoder_id
