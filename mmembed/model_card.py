@@ -68,8 +68,8 @@ class ShippedFacts:
     results: Mapping[str, str]
 
 
-RESULTS_SOURCE = ("full bundled test split, every query, random instructions, hit@5 (M-BEIR's 'Recall@5'); "
-                  "from runs/cpu-default/report.md as quoted in docs/recipes.md")
+RESULTS_SOURCE = ("full bundled test split, every query, random instructions; hit@5 is what M-BEIR calls "
+                  "Recall@5; from runs/cpu-default/report.md as quoted in docs/recipes.md")
 _STAGE1_TRAINING = ("150 steps x 64, in-batch negatives, LoRA r=16 alpha=32 on every MiniLM linear layer plus "
                     "the projector, lr 1e-3 (projector 2e-3), one CPU thread")
 SHIPPED = {
@@ -77,26 +77,26 @@ SHIPPED = {
         "recipes/cpu-default/stage1.yaml (step stage1 of recipes/cpu-default/recipe.yaml)",
         f"{BUNDLED_DATA}; {_STAGE1_TRAINING}",
         "eea0210a9982c17fa5abf1f3b099e6a597841a905f9968d90e5f62616eed36a6",
-        {"local avg": "23.4", "global avg": "22.2", "global modality error@5": "10.2 %",
+        {"local average hit@5": "23.4", "global average hit@5": "22.2", "global modality error@5": "10.2 %",
          "BEIR WordNet nDCG@10": "14.1"}),
     "cpu-default-stage2": ShippedFacts(
         "recipes/cpu-default/stage2.yaml (step stage2 of recipes/cpu-default/recipe.yaml)",
         f"{BUNDLED_DATA}; as stage 1 plus two modality-aware hard negatives per query mined with stage 1",
         "b4ed414efe1e1aa21da339ae7870c9ffd3a3e5050df82479b243a7480198f9fd",
-        {"local avg": "26.1", "global avg": "25.0", "global modality error@5": "3.2 %",
+        {"local average hit@5": "26.1", "global average hit@5": "25.0", "global modality error@5": "3.2 %",
          "BEIR WordNet nDCG@10": "9.7"}),
     "cpu-default-stage3": ShippedFacts(
         "recipes/cpu-default/stage3.yaml (step stage3 of recipes/cpu-default/recipe.yaml)",
         f"{BUNDLED_DATA}, plus the BEIR-format WordNet text set (3 of 11.4 mixture parts) with window negatives "
         "mined by stage 2; continued from stage 2 with a new LoRA r=8, 75 steps, lr 2e-4 (projector 4e-4)",
         "67207446b86268cac186a273c7287de1d1f2e7c92eb2d081617923b1d19a7766",
-        {"local avg": "25.4", "global avg": "24.4", "global modality error@5": "5.6 %",
+        {"local average hit@5": "25.4", "global average hit@5": "24.4", "global modality error@5": "5.6 %",
          "BEIR WordNet nDCG@10": "48.6"}),
     "cpu-default-fusion-stage1": ShippedFacts(
         "recipes/cpu-default/fusion.yaml (the score-fusion baseline, trained like stage 1)",
         f"{BUNDLED_DATA}; {_STAGE1_TRAINING}",
         "8d02608353b0c0be2f183570b0f4b1853841288442bfea7188054bf417084ce4",
-        {"local avg": "34.3", "global avg": "30.5", "global modality error@5": "29.0 %",
+        {"local average hit@5": "34.3", "global average hit@5": "30.5", "global modality error@5": "29.0 %",
          "BEIR WordNet nDCG@10": "21.4"}),
 }
 
@@ -129,7 +129,7 @@ class ModelCard:
         config = _read_json(source / "config.json") if source else {}
         card = cls(name, getattr(encoder, "encoder_type", "") or config.get("encoder_type", "unknown"),
                    encoder.encoder_id, encoder.dim)
-        card.settings = {k: v for k, v in config.items() if k not in ("encoder_type", "format_version", "base")}
+        card.settings = _settings(config)
         card.parts = parts_of(config.get("base") or _base_of(encoder))
         card.provenance = {f: (source / f).read_bytes() for f in PROVENANCE_FILES if source and (source / f).is_file()}
         card.shipped = _shipped_facts(name, source)
@@ -138,8 +138,10 @@ class ModelCard:
         return card
 
     def write(self, directory: str | os.PathLike) -> Path:
-        """README.md (and the provenance files) into ``directory``."""
+        """README.md (and the provenance files) into ``directory``, which holds the saved model."""
         directory = Path(directory)
+        if (directory / "config.json").is_file():  # the settings as saved (e.g. the stored precision)
+            self.settings = _settings(_read_json(directory / "config.json"))
         for filename, content in self.provenance.items():
             (directory / filename).write_bytes(content)
         path = directory / CARD_FILE
@@ -162,7 +164,7 @@ class ModelCard:
 
     def _parts(self) -> list[str]:
         lines = ["## Parts and licences", "", "| part | licence | from |", "|---|---|---|",
-                 f"| mmembed (code, prompt format, trained weights' format) | {CODE_LICENCE} | mmembed |"]
+                 f"| mmembed (the code) | {CODE_LICENCE} | mmembed |"]
         lines += [f"| {p.what} | {p.licence} | {p.source} |" for p in self.parts]
         if not self.parts:
             lines += ["", "The backbone's own licence applies; this folder does not record it."]
@@ -246,6 +248,10 @@ def evaluation_rows(results: EvalResults | str | os.PathLike) -> list[tuple[str,
         rows.append((f"{r['task']} ({r['arrow']}), {r['pool']}/{r['instructions']}, {r['metric']}",
                      f"{100 * r['score']:.1f}"))
     return rows
+
+
+def _settings(config: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in config.items() if k not in ("encoder_type", "format_version", "base")}
 
 
 def _read_json(path: Path) -> dict[str, Any]:

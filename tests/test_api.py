@@ -192,6 +192,7 @@ def test_save_pretrained_round_trips_and_writes_a_factual_card(model, tmp_path, 
     for fact in ("all-MiniLM-L6-v2", "EfficientNet-Lite0", "Apache-2.0", "recipes/cpu-default/stage3.yaml",
                  "| BEIR WordNet nDCG@10 | 48.6 |", "## Intended use", "embedding dimension: 384"):
         assert fact in card, fact
+    assert "stored_dtype" not in card  # the settings as saved here (float32), not as shipped (float16)
 
 
 def test_the_card_of_a_saved_copy_keeps_provenance_and_takes_evaluation_results(model, tmp_path):
