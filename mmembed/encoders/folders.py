@@ -8,7 +8,9 @@ Four kinds load (:func:`classify_folder`):
   ``retriever`` and ``global_image_patch_only``; see :mod:`.mmembed_native`);
 - ``vlm``: a plain transformers vision-language model (LLaVA-NeXT, Qwen2-VL, Qwen2.5-VL,
   Idefics3, SmolVLM), embedded with :class:`~mmembed.encoders.vlm.VLMEncoder`'s defaults;
-- ``clip``: a transformers CLIP / SigLIP folder (:class:`~mmembed.encoders.clip.CLIPEncoder`).
+- ``clip``: a transformers CLIP / SigLIP folder (:class:`~mmembed.encoders.clip.CLIPEncoder`);
+- ``sentence_transformers``: a text model saved by sentence-transformers (``modules.json``;
+  :mod:`.sentence_transformer`).
 
 Anything else is refused with what was found and what would have been accepted.
 """
@@ -23,7 +25,7 @@ from typing import Any, Literal
 
 from mmembed.errors import ModelError
 
-FolderKind = Literal["mmembed", "mmembed_release", "vlm", "clip"]
+FolderKind = Literal["mmembed", "mmembed_release", "vlm", "clip", "sentence_transformers"]
 CONFIG_FILE = "config.json"
 #: The fields that only the released MM-Embed's config.json has.
 RELEASE_MARKERS = ("retriever", "global_image_patch_only")
@@ -71,12 +73,14 @@ def classify_folder(path: str | os.PathLike) -> ModelFolder:
         return ModelFolder(folder, "mmembed_release", config)
     if model_type in SUPPORTED_MODEL_TYPES:
         return ModelFolder(folder, "vlm", config)
+    if (folder / "modules.json").is_file():  # sentence-transformers' own layout wins over its model_type
+        return ModelFolder(folder, "sentence_transformers", config)
     if model_type in CLIP_MODEL_TYPES:
         return ModelFolder(folder, "clip", config)
     what = f"model_type {model_type!r}" if model_type else "neither 'encoder_type' nor 'model_type'"
     raise ModelError(f"{folder / CONFIG_FILE}: {what}; mmembed loads its own checkpoints (encoder_type), the "
                      f"released MM-Embed, transformers VLMs ({', '.join(SUPPORTED_MODEL_TYPES)}) and "
-                     f"{'/'.join(CLIP_MODEL_TYPES)} folders")
+                     f"{'/'.join(CLIP_MODEL_TYPES)} and sentence-transformers folders")
 
 
 def is_kind(path: str | os.PathLike, kind: FolderKind) -> bool:

@@ -10,7 +10,7 @@ Stable API:
 - ``load_encoder(path_or_name, **overrides)``: a named model if the argument is one of those
   names, otherwise a folder of any kind :func:`~mmembed.encoders.folders.classify_folder` knows:
   an mmembed checkpoint (the class registered for its ``encoder_type`` loads it), the released
-  nvidia/MM-Embed folder, a plain transformers VLM or a CLIP/SigLIP folder. Named models take
+  nvidia/MM-Embed folder, a plain transformers VLM, a CLIP/SigLIP or a sentence-transformers folder. Named models take
   precedence over a directory of the same name; write ``./cpu-default`` to mean the directory.
 - ``registered_types()`` / ``named_models()`` / ``encoder_class(type)``.
 
@@ -119,4 +119,8 @@ def load_encoder(path_or_name: str | os.PathLike, **overrides: Any) -> Encoder:
         return encoder_class("vlm").from_hf(key, **overrides)
     if folder.kind == "clip":
         return encoder_class("clip").from_hf(key, **overrides)
+    if folder.kind == "sentence_transformers":
+        from mmembed.encoders.sentence_transformer import SentenceTransformerEncoder
+
+        return SentenceTransformerEncoder.from_folder(key, **overrides)
     return encoder_class(folder.config["encoder_type"]).from_pretrained(key, **overrides)
