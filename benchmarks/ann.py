@@ -45,7 +45,8 @@ class Spec:
     label: str
     factory: str
     dtype: str
-    params: dict
+    #: Search settings measured on the one built index, one table row each.
+    sweeps: tuple[dict, ...] = ({},)
 
 
 @dataclass
@@ -58,14 +59,18 @@ class Row:
 
 
 def specs(nlist: int, pq: int) -> list[Spec]:
+    probes = ({"nprobe": 16}, {"nprobe": 64}, {"nprobe": 128})
     return [
-        Spec("flat", "Flat (exact)", "Flat", "float32", {}),
-        Spec("fp16", "Flat fp16", "Flat", "float16", {}),
-        Spec("sq8", "SQ8", "SQ8", "float32", {}),
-        Spec("hnsw", "HNSW32 (ef 128)", "HNSW32", "float32", {"efSearch": 128}),
-        Spec("ivf", f"IVF{nlist},Flat (nprobe 32)", f"IVF{nlist},Flat", "float32", {"nprobe": 32}),
-        Spec("ivfpq", f"IVF{nlist},PQ{pq} (nprobe 32)", f"IVF{nlist},PQ{pq}", "float32", {"nprobe": 32}),
-        Spec("milvus", "Milvus Lite", "milvus", "float32", {}),
+        Spec("flat", "Flat (exact)", "Flat", "float32"),
+        Spec("fp16", "Flat fp16", "Flat", "float16"),
+        Spec("sq8", "SQ8", "SQ8", "float32"),
+        Spec("hnsw", "HNSW32", "HNSW32", "float32", ({"efSearch": 64}, {"efSearch": 256}, {"efSearch": 1024})),
+        Spec("ivf", f"IVF{nlist},Flat", f"IVF{nlist},Flat", "float32", probes),
+        Spec("ivfpq", f"IVF{nlist},PQ{pq}", f"IVF{nlist},PQ{pq}", "float32", probes[:2]),
+        # PQ to find candidates, their float16 vectors to re-rank k_factor_rf x k of them exactly
+        Spec("ivfpqr", f"IVF{nlist},PQ{pq}+fp16 refine", f"IVF{nlist},PQ{pq},Refine(SQfp16)", "float32",
+             tuple({**p, "k_factor_rf": 8} for p in probes)),
+        Spec("milvus", "Milvus Lite", "milvus", "float32"),
     ]
 
 
@@ -163,11 +168,12 @@ def build(spec: Spec, ids: list[str], x: np.ndarray, args: argparse.Namespace):
         from mmembed.index.milvus_index import MilvusIndex
 
         index = MilvusIndex(x.shape[1], index_type=args.milvus_index)
+        index.set_search_params(**json.loads(args.milvus_search))
         for start in range(0, len(ids), 100_000):
             index.add(ids[start:start + 100_000], x[start:start + 100_000])
         index.build_index()
         return index
-    index = FaissIndex(x.shape[1], spec.factory, dtype=spec.dtype, search_params=spec.params)
+    index = FaissIndex(x.shape[1], spec.factory, dtype=spec.dtype)
     if not index.is_trained:
         rows = np.random.default_rng(0).choice(len(x), min(len(x), args.train), replace=False)
         index.train(x[np.sort(rows)])
@@ -176,22 +182,32 @@ def build(spec: Spec, ids: list[str], x: np.ndarray, args: argparse.Namespace):
 
 
 def run_one(spec: Spec, ids: list[str], x: np.ndarray, queries: np.ndarray, exact: np.ndarray,
-            args: argparse.Namespace, workdir: Path) -> Row:
+            args: argparse.Namespace, workdir: Path) -> list[Row]:
     start = time.perf_counter()
     index = build(spec, ids, x, args)
     build_s = time.perf_counter() - start
-    qps, found = best_qps(index, queries, args.k, args.repeats)
     target = workdir / spec.key
     index.save(target)
     size = directory_bytes(target) - (target / "ids.json").stat().st_size  # vectors only; ids are the same
+    shutil.rmtree(target)
+    rows = []
+    for params in spec.sweeps:
+        if params:
+            index.set_search_params(**params)
+        qps, found = best_qps(index, queries, args.k, args.repeats)
+        label = spec.label
+        if spec.key == "milvus":
+            label = f"{label} {index.index_type}"
+        shown = {k: v for k, v in (index.search_params if spec.key == "milvus" else params).items()}
+        if shown:
+            label += " (" + ", ".join(f"{k} {v}" for k, v in shown.items() if k != "k_factor_rf") + ")"
+        hits = np.array([[-1 if i is None else int(i) for i in row] for row in found.tolist()])
+        rows.append(Row(label, build_s, size / len(ids), qps, recall(hits, exact)))
     if hasattr(index, "close"):
         index.close()
-    shutil.rmtree(target)
-    label = f"{spec.label} ({index.index_type})" if spec.key == "milvus" else spec.label
     del index
     gc.collect()
-    rows = np.array([[-1 if i is None else int(i) for i in row] for row in found.tolist()])
-    return Row(label, build_s, size / len(ids), qps, recall(rows, exact))
+    return rows
 
 
 def print_table(rows: list[Row], args: argparse.Namespace, dim: int) -> None:
@@ -199,12 +215,12 @@ def print_table(rows: list[Row], args: argparse.Namespace, dim: int) -> None:
     print(f"\n{args.n:,} x {dim} vectors ({args.base:,} WordNet glosses embedded by {MODEL}, replicated with "
           f"noise {args.noise}), {args.queries:,} lemma queries, k={args.k}, faiss {faiss.__version__}, "
           f"{faiss.omp_get_max_threads()} threads, best of {args.repeats}")
-    head = (f"{'index':<34} {'build s':>8} {'x Flat':>7} {'B/vector':>9} {'x Flat':>7} {'QPS':>8} "
+    head = (f"{'index':<40} {'build s':>8} {'x Flat':>7} {'B/vector':>9} {'x Flat':>7} {'QPS':>8} "
             f"{'x Flat':>7} {f'recall@{args.k}':>9}")
     print(head)
     print("-" * len(head))
     for r in rows:
-        print(f"{r.label:<34} {r.build_s:8.1f} {r.build_s / exact.build_s:7.2f} {r.bytes_per_vector:9.1f} "
+        print(f"{r.label:<40} {r.build_s:8.1f} {r.build_s / exact.build_s:7.2f} {r.bytes_per_vector:9.1f} "
               f"{r.bytes_per_vector / exact.bytes_per_vector:7.3f} {r.qps:8.0f} {r.qps / exact.qps:7.2f} "
               f"{r.recall_at_k:9.3f}")
     print(f"x Flat: ratio to exact Flat measured in this run; recall@{args.k} = share of the exact top {args.k} "
@@ -221,8 +237,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--nlist", type=int, default=1024, help="IVF lists")
     p.add_argument("--pq", type=int, default=48, help="PQ sub-quantizers")
     p.add_argument("--train", type=int, default=100_000, help="IVF/PQ training sample rows")
-    p.add_argument("--types", default="flat,fp16,sq8,hnsw,ivf,ivfpq,milvus", help="which indexes, comma-separated")
+    p.add_argument("--types", default="flat,fp16,sq8,hnsw,ivf,ivfpq,ivfpqr,milvus",
+                   help="which indexes, comma-separated")
     p.add_argument("--milvus-index", help="Milvus index type (default: chosen by size, as mmembed does)")
+    p.add_argument("--milvus-search", default="{}", help='Milvus search params as JSON, e.g. \'{"ef": 256}\'')
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=2, help="FAISS and torch threads (default 2)")
     p.add_argument("--seed", type=int, default=0)
@@ -251,8 +269,9 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory(prefix="mmembed-ann-") as tmp:
         for spec in chosen:
             log.info("running %s", spec.label)
-            rows.append(run_one(spec, ids, x, queries, exact, args, Path(tmp)))
-            log.info("  %s", rows[-1])
+            for row in run_one(spec, ids, x, queries, exact, args, Path(tmp)):
+                rows.append(row)
+                log.info("  %s", row)
     print_table(rows, args, x.shape[1])
     if args.json:
         args.json.write_text(json.dumps([asdict(r) for r in rows], indent=2) + "\n")

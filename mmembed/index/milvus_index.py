@@ -191,6 +191,10 @@ class MilvusIndex:
     def ids(self) -> list[str]:
         return list(self._ids)
 
+    def set_search_params(self, **params: Any) -> None:
+        """Search-time knobs of the Milvus index type: ``ef`` (HNSW), ``nprobe`` (IVF_*)."""
+        self._search_params.update(params)
+
     # --- adding -----------------------------------------------------------------------------
 
     def add(self, ids: Iterable[str], vectors: np.ndarray, *, batch_size: int = INSERT_BATCH) -> None:
