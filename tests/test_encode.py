@@ -106,6 +106,16 @@ def test_a_killed_run_resumes_at_the_first_missing_chunk(toy_dir, toy_encoder, t
     assert (again.encoded, again.reused) == (0, 4)
 
 
+def test_temporaries_of_a_killed_shard_are_removed_and_other_shards_left_alone(toy_dir, toy_encoder, tmp_path):
+    chunks = tmp_path / "e" / "chunks"
+    chunks.mkdir(parents=True)
+    mine, theirs = chunks / ".chunk-000000.npz.k1ll3d.tmp", chunks / ".chunk-000001.npz.wr1t1ng.tmp"
+    mine.write_bytes(b"half")
+    theirs.write_bytes(b"in progress")
+    encode_pool(toy_encoder, toy_dir / POOL, tmp_path / "e", chunk_size=5, shard=(0, 2))
+    assert not mine.exists() and theirs.exists()
+
+
 def test_a_corrupt_chunk_is_redone_on_rerun_and_refused_when_read(toy_dir, toy_encoder, tmp_path):
     encode_pool(toy_encoder, toy_dir / POOL, tmp_path / "e", chunk_size=5)
     chunk_path(tmp_path / "e", 1).write_bytes(b"not a numpy file")
