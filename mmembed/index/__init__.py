@@ -1,7 +1,9 @@
-"""Vector indexes: the :class:`VectorIndex` protocol and its FAISS implementation.
+"""Vector indexes: the :class:`VectorIndex` protocol, its FAISS and Milvus implementations.
 
 ``load_index(directory)`` opens any saved index by the engine its manifest names, so callers
-need not know which engine wrote it.
+need not know which engine wrote it. ``build`` fills indexes from precomputed embeddings,
+``memory`` estimates a build before it starts, ``ondisk`` keeps IVF lists on disk, ``integrity``
+checks the files around a saved index.
 """
 
 from __future__ import annotations
@@ -12,8 +14,17 @@ from mmembed.errors import IndexMismatchError
 from mmembed.index.base import FORMAT_VERSION, IndexManifest, SearchResult, VectorIndex, read_manifest
 from mmembed.index.faiss_index import FaissIndex
 
-__all__ = ["FORMAT_VERSION", "FaissIndex", "IndexManifest", "SearchResult", "VectorIndex", "load_index",
-           "read_manifest"]
+__all__ = ["FORMAT_VERSION", "FaissIndex", "IndexManifest", "MilvusIndex", "SearchResult", "VectorIndex",
+           "load_index", "read_manifest"]
+
+
+def __getattr__(name: str) -> type:
+    # MilvusIndex on first use only: pymilvus is an optional extra and slow to import
+    if name == "MilvusIndex":
+        from mmembed.index.milvus_index import MilvusIndex
+
+        return MilvusIndex
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 _ENGINES: dict[str, type] = {"faiss": FaissIndex}
 
