@@ -322,6 +322,11 @@ def mean(values: list[float]) -> float:
     return statistics.fmean(values) if values else float("nan")
 
 
+def num(value: float, digits: int = 0) -> str:
+    """A table cell: '–' where there was nothing to measure."""
+    return "–" if math.isnan(value) else f"{value:.{digits}f}"
+
+
 HEADER = ("| mode | queries | clients | requests | ok | p50 ms | p99 ms | ok/s | encode ms (server, mean) | "
           "search ms (server, mean) | batch items (mean) | 503 | 503 p50 ms | other errors |\n"
           "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
@@ -332,10 +337,11 @@ def row(r: Result) -> str:
     lat = r.latencies_ms()
     refused = [s.seconds * 1000 for s in r.refused()]
     batch = [s.batch_items for s in ok if s.batch_items is not None]
-    return (f"| {r.mode} | {r.kind} | {r.clients} | {len(r.samples)} | {len(ok)} | {percentile(lat, 50):.0f} | "
-            f"{percentile(lat, 99):.0f} | {r.throughput():.1f} | {mean([s.encode_ms for s in ok if s.encode_ms]):.1f}"
-            f" | {mean([s.search_ms for s in ok if s.search_ms]):.1f} | {mean(batch):.1f} | {len(refused)} | "
-            f"{percentile(refused, 50):.0f} | {r.other_errors()} |")
+    return (f"| {r.mode} | {r.kind} | {r.clients} | {len(r.samples)} | {len(ok)} | {num(percentile(lat, 50))} | "
+            f"{num(percentile(lat, 99))} | {num(r.throughput(), 1)} | "
+            f"{num(mean([s.encode_ms for s in ok if s.encode_ms]), 1)} | "
+            f"{num(mean([s.search_ms for s in ok if s.search_ms]), 1)} | {num(mean(batch), 1)} | {len(refused)} | "
+            f"{num(percentile(refused, 50))} | {r.other_errors()} |")
 
 
 RATIO_HEADER = ("| queries | clients | throughput batched/unbatched | p50 batched/unbatched | "
@@ -363,7 +369,7 @@ def ratio_rows(results: list[Result]) -> list[str]:
         met = "n/a" if math.isnan(target) or math.isnan(p99) else ("yes" if p99 <= target else "no")
         rows.append(f"| {kind} | {clients} | {ratio(batched.throughput(), unbatched.throughput())} | "
                     f"{ratio(percentile(batched.latencies_ms(), 50), percentile(unbatched.latencies_ms(), 50))} | "
-                    f"{ratio(p99, percentile(unbatched.latencies_ms(), 99))} | {p99:.0f} | {target:.0f} | {met} |")
+                    f"{ratio(p99, percentile(unbatched.latencies_ms(), 99))} | {num(p99)} | {num(target)} | {met} |")
     return rows
 
 
