@@ -90,12 +90,13 @@ def _fsync_tree(root: Path) -> None:
                 os.fsync(f.fileno())
 
 
-def iter_text_lines(path: str | os.PathLike) -> Iterator[tuple[int, str]]:
-    """Stream ``(line_number, text)`` of a UTF-8 text file, line ends removed.
+def iter_text_lines(path: str | os.PathLike, start_line: int = 1) -> Iterator[tuple[int, str]]:
+    """Stream ``(line_number, text)`` of a UTF-8 text file from ``start_line`` on, line ends removed.
 
     Lines are decoded one by one, so bytes that are not UTF-8 are a :class:`DataError` naming the
-    file, the line and the column rather than a ``UnicodeDecodeError`` naming nothing. A UTF-8 byte
-    order mark at the start is dropped.
+    file, the line and the column rather than a ``UnicodeDecodeError`` naming nothing; lines before
+    ``start_line`` are not decoded, so a reader can go on after a bad line. A UTF-8 byte order mark
+    at the start is dropped.
     """
     path = Path(path)
     try:
@@ -106,6 +107,8 @@ def iter_text_lines(path: str | os.PathLike) -> Iterator[tuple[int, str]]:
         raise DataError("is a directory, not a file", Location(file=str(path))) from None
     with f:
         for lineno, raw in enumerate(f, start=1):
+            if lineno < start_line:
+                continue
             if lineno == 1 and raw.startswith(b"\xef\xbb\xbf"):
                 raw = raw[3:]
             yield lineno, _decode_line(raw, path, lineno).rstrip("\r\n")
@@ -126,8 +129,8 @@ def iter_jsonl(path: str | os.PathLike, start_line: int = 1) -> Iterator[tuple[i
     the line (a caller that wants to go on after it restarts at the next line).
     """
     path = Path(path)
-    for lineno, line in iter_text_lines(path):
-        if lineno < start_line or not line.strip():
+    for lineno, line in iter_text_lines(path, start_line):
+        if not line.strip():
             continue
         try:
             obj = json.loads(line)

@@ -73,3 +73,13 @@ def test_a_duplicate_instruction_row_names_its_line(tmp_path):
     path.write_text("query_modality\tcand_modality\tdataset_name\tdataset_id\tprompt_1\n" + row + row)
     with pytest.raises(DataError, match=r"query_instructions\.tsv:3: duplicate instructions"):
         InstructionRegistry.from_tsv(path)
+
+
+def test_a_reader_goes_on_after_a_line_that_is_not_utf8(tmp_path):
+    from mmembed.errors import DataError
+
+    path = tmp_path / "x.jsonl"
+    path.write_bytes(b'{"a": 1}\n{"a": "\xff"}\n{"a": 3}\n')
+    with pytest.raises(DataError, match=":2: not UTF-8"):
+        list(iter_jsonl(path))
+    assert [o["a"] for _, o in iter_jsonl(path, start_line=3)] == [3]
