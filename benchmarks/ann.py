@@ -67,9 +67,9 @@ def specs(nlist: int, pq: int) -> list[Spec]:
         Spec("hnsw", "HNSW32", "HNSW32", "float32", ({"efSearch": 64}, {"efSearch": 256}, {"efSearch": 1024})),
         Spec("ivf", f"IVF{nlist},Flat", f"IVF{nlist},Flat", "float32", probes),
         Spec("ivfpq", f"IVF{nlist},PQ{pq}", f"IVF{nlist},PQ{pq}", "float32", probes[:2]),
-        # PQ to find candidates, their float16 vectors to re-rank k_factor_rf x k of them exactly
+        # PQ to find candidates, their float16 vectors to re-rank the best 32 x k of them exactly
         Spec("ivfpqr", f"IVF{nlist},PQ{pq}+fp16 refine", f"IVF{nlist},PQ{pq},Refine(SQfp16)", "float32",
-             tuple({**p, "k_factor_rf": 8} for p in probes)),
+             tuple({**p, "k_factor_rf": 32} for p in probes)),
         Spec("milvus", "Milvus Lite", "milvus", "float32"),
     ]
 
@@ -167,7 +167,7 @@ def build(spec: Spec, ids: list[str], x: np.ndarray, args: argparse.Namespace):
     if spec.key == "milvus":
         from mmembed.index.milvus_index import MilvusIndex
 
-        index = MilvusIndex(x.shape[1], index_type=args.milvus_index)
+        index = MilvusIndex(x.shape[1], index_type=args.milvus_index, index_params=json.loads(args.milvus_params))
         index.set_search_params(**json.loads(args.milvus_search))
         for start in range(0, len(ids), 100_000):
             index.add(ids[start:start + 100_000], x[start:start + 100_000])
@@ -240,6 +240,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--types", default="flat,fp16,sq8,hnsw,ivf,ivfpq,ivfpqr,milvus",
                    help="which indexes, comma-separated")
     p.add_argument("--milvus-index", help="Milvus index type (default: chosen by size, as mmembed does)")
+    p.add_argument("--milvus-params", default="{}", help='Milvus index build params as JSON, e.g. \'{"nlist": 4096}\'')
     p.add_argument("--milvus-search", default="{}", help='Milvus search params as JSON, e.g. \'{"ef": 256}\'')
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=2, help="FAISS and torch threads (default 2)")

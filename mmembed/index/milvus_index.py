@@ -21,6 +21,7 @@ import logging
 import os
 import shutil
 import tempfile
+import time
 import weakref
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -237,9 +238,30 @@ class MilvusIndex:
                                params=self._index_params)
         log.info("building Milvus %s index over %d vectors", self._index_type, len(self))
         self._flush()
-        self._client.create_index(self.collection, index_params)
+        try:
+            self._client.create_index(self.collection, index_params)
+        except Exception as e:
+            # A build of minutes can outlive the gRPC connection (Milvus Lite answers keep-alive
+            # pings with GOAWAY); pymilvus then retries and finds the index its first call made.
+            if "already exists" not in str(e):
+                raise
+            log.info("Milvus reports the index as created by the first attempt; waiting for it")
+        self._wait_for_index()
         self._client.load_collection(self.collection)
         self._indexed = True
+
+    def _wait_for_index(self, poll_s: float = 2.0) -> None:
+        """Until every row is indexed (a retried build may still be running server-side)."""
+        while True:
+            info = self._client.describe_index(self.collection, VECTOR_FIELD)
+            if info.get("index_type") != self._index_type or info.get("metric_type") != "IP":
+                raise IndexMismatchError(f"Milvus collection {self.collection!r} has a {info.get('index_type')} "
+                                         f"index with metric {info.get('metric_type')}, not {self._index_type} / IP")
+            if info.get("state") in (None, "Finished") and int(info.get("pending_index_rows", 0) or 0) == 0:
+                return
+            if info.get("state") == "Failed":
+                raise IndexMismatchError(f"Milvus failed to build the index: {info.get('index_state_fail_reason')}")
+            time.sleep(poll_s)
 
     # --- searching --------------------------------------------------------------------------
 
