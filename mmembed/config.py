@@ -52,12 +52,21 @@ def read_yaml(path: str | os.PathLike) -> dict:
     try:
         data = yaml.safe_load(decode_utf8(path.read_bytes(), path))
     except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+        raise ConfigError(_yaml_error(path, e)) from None
     if data is None:
         return {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
     return data
+
+
+def _yaml_error(path: Path, error: yaml.YAMLError) -> str:
+    """One line: file:line:column and PyYAML's reason (its own message spans several lines)."""
+    mark = getattr(error, "problem_mark", None)
+    problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+    context = getattr(error, "context", None)
+    where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
+    return f"{where}: not valid YAML: {problem}" + (f" ({context})" if context else "")
 
 
 def decode_utf8(raw: bytes, path: str | os.PathLike) -> str:

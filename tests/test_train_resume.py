@@ -232,10 +232,10 @@ def test_the_cli_reports_bad_training_input_in_one_line(toy_root, tmp_path):
     assert not (tmp_path / "o" / "metrics.jsonl").exists()
 
 
-def test_every_image_is_checked_before_the_first_step(toy_root, tmp_path):
+def test_every_image_is_checked_before_the_first_step(toy_root, tmp_path, caplog):
     import shutil
 
-    from mmembed.errors import ValidationFailed
+    from mmembed.errors import ImageError
 
     root = tmp_path / "toy"
     shutil.copytree(toy_root, root)
@@ -243,9 +243,11 @@ def test_every_image_is_checked_before_the_first_step(toy_root, tmp_path):
     images[0].write_bytes(b"not a png")
     images[1].unlink()
     config = write_config(tmp_path / "run.yaml", root)
-    with pytest.raises(ValidationFailed) as err:
+    with pytest.raises(ImageError) as err:
         Trainer(load_train_config(config, [f"output_dir={tmp_path / 'o'}"]))
     text = str(err.value)
-    assert "2 problem(s)" in text and images[0].name in text and "unreadable image" in text
-    assert images[1].name in text and "image file not found" in text
+    assert "\n" not in text and "field 'img_path'" in text and "and 1 more image problem(s)" in text
+    assert images[0].name in text or images[1].name in text
+    assert f"{images[0].name}, item" in caplog.text and "unreadable image" in caplog.text
+    assert f"{images[1].name}, item" in caplog.text and "image file not found" in caplog.text
     assert not (tmp_path / "o").exists()

@@ -120,7 +120,9 @@ def mine_mbeir(encoder: Encoder, data_dir: str | os.PathLike, output_dir: str | 
     if not pool_path.is_file():
         raise DataError("the split's global candidate pool is needed for mining", Location(str(pool_path)))
     queries_of = {task.name: read_queries(task.queries) for task in tasks}
-    inputs = _mbeir_inputs(directory, tasks, pool_path, queries_of, config, out)
+    candidates = read_candidates(pool_path)
+    _check_positives(tasks, queries_of, {c.did for c in candidates}, pool_path)
+    inputs = _mbeir_inputs(directory, tasks, pool_path, candidates, queries_of, config, out)
     job = ChunkedJob(out, asdict(config), encoder.encoder_id, shard or default_shard(), inputs)
     if (done := job.finished()) is not None:
         return done
@@ -153,8 +155,24 @@ def mine_mbeir(encoder: Encoder, data_dir: str | os.PathLike, output_dir: str | 
     return merge(job, units, config.chunk_size, extra)
 
 
-def _mbeir_inputs(directory: MBEIRDirectory, tasks: Sequence, pool_path: Path, queries_of: dict[str, list[Query]],
-                  config: MiningConfig, out: Path) -> dict:
+def _check_positives(tasks: Sequence, queries_of: dict[str, list[Query]], pool: set[str], pool_path: Path) -> None:
+    """Every query needs a positive in the pool: without one, mining would rank "above the positive"
+    against a candidate that can never be retrieved, and write wrong type-1 negatives."""
+    for task in tasks:
+        for query in queries_of[task.name]:
+            if not query.pos:
+                raise DataError("a query to mine needs at least one positive",
+                                Location(str(task.queries), None, "pos_cand_list", query.qid))
+            missing = [did for did in query.pos if did not in pool]
+            if missing:
+                raise DataError(f"candidate {missing[0]!r} is not in the pool {pool_path.name}",
+                                Location(str(task.queries), None, "pos_cand_list", query.qid))
+        if not queries_of[task.name]:
+            logger.warning("%s holds no query: nothing to mine for task %s", task.queries, task.name)
+
+
+def _mbeir_inputs(directory: MBEIRDirectory, tasks: Sequence, pool_path: Path, candidates: list,
+                  queries_of: dict[str, list[Query]], config: MiningConfig, out: Path) -> dict:
     """What a mining run reads, by content: every query file, the pool, the instructions, the images.
 
     A reuse keyed by settings alone would hand back old negatives after the data changed (a query
@@ -165,7 +183,7 @@ def _mbeir_inputs(directory: MBEIRDirectory, tasks: Sequence, pool_path: Path, q
         files.append(directory.instructions_path)
     root = Path(directory.root)
     hashes = {_relative(path, root): file_sha256(path) if path.is_file() else "missing" for path in files}
-    paths = candidate_image_paths(read_candidates(pool_path), directory.images)
+    paths = candidate_image_paths(candidates, directory.images)
     for queries in queries_of.values():
         paths += [directory.images.resolve(q.image, q.qid) for q in queries if q.image]
     store = Path(config.cache_dir) / IMAGE_FINGERPRINTS if config.cache_dir else out / f".{IMAGE_FINGERPRINTS}"

@@ -35,7 +35,7 @@ from PIL import Image
 from mmembed.data.images import ImageStore, check_pixels
 from mmembed.data.mbeir import iter_candidates, read_queries
 from mmembed.encoders.base import Item
-from mmembed.errors import ConfigError, DataError, ImageError, Location, ValidationFailed
+from mmembed.errors import ConfigError, DataError, ImageError, Location
 from mmembed.fileio import iter_jsonl
 from mmembed.instructions import INSTRUCTION_MODES, InstructionMode, InstructionRegistry
 from mmembed.losses.contrastive import hash_ids, pack_key_sets
@@ -301,7 +301,7 @@ def check_images(dataset: ContrastiveDataset) -> int:
     """Check every image training can read before the first step; returns how many were checked.
 
     A missing or broken image would otherwise stop the run at the first batch that holds it, maybe
-    hours in; :class:`ValidationFailed` lists every problem instead.
+    hours in. Every problem is logged; the :class:`ImageError` raised names the first in one line.
     """
     images = _images_to_read(dataset)
     problems = []
@@ -309,8 +309,11 @@ def check_images(dataset: ContrastiveDataset) -> int:
         problem = _image_problem(store, rel, item_id)
         if problem is not None:
             problems.append(problem)
+    for problem in problems[:50]:
+        logger.error("training image: %s", problem)
     if problems:
-        raise ValidationFailed(problems)
+        more = f" (and {len(problems) - 1} more image problem(s), logged above)" if len(problems) > 1 else ""
+        raise ImageError(problems[0].reason + more, problems[0].location)
     return len(images)
 
 
