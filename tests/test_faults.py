@@ -180,6 +180,7 @@ class Outcome:
     message: str
     traceback: str | None = None
     lines: list[str] = field(default_factory=list)
+    stdout: str = ""
 
 
 RESULTS: dict[tuple[str, str], tuple[str, Outcome]] = {}
@@ -234,7 +235,7 @@ def run_cli(args: list[str], capsys) -> Outcome:
     lines = [line for line in captured.err.splitlines() if line.strip()]
     if code != 0:  # data validate lists its problems on stdout
         lines += [line for line in captured.out.splitlines() if line.strip()]
-    return Outcome(code, lines[0] if lines else "", lines=lines)
+    return Outcome(code, lines[0] if lines else "", lines=lines, stdout=captured.out)
 
 
 def check(fault_name: str, command: str, expected: str, outcome: Outcome, where: str) -> None:
@@ -327,6 +328,51 @@ def test_recipe_names_the_step_whose_configuration_is_bad(pristine, tmp_path, ca
     assert not (tmp_path / "recipe" / "stage1").exists()  # the first step never started
 
 
+# ----------------------------------------------------------------------------- checkpoints
+
+
+@pytest.fixture(scope="module")
+def trained(pristine, tmp_path_factory) -> Path:
+    """A 4-step run with checkpoints at steps 2 and 4."""
+    work = tmp_path_factory.mktemp("trained")
+    config = train_yaml(work / "train.yaml", pristine, train={"max_steps": 4},
+                        checkpoint={"every_steps": 2, "keep_last": 3})
+    assert main(["-q", "train", str(config)]) == 0
+    return work
+
+
+def halve(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[: max(1, path.stat().st_size // 2)])
+
+
+CHECKPOINT_FAULTS = [  # (name, damage of the newest checkpoint)
+    ("ckpt-state-truncated", lambda c: halve(c / "trainer_state.json")),
+    ("ckpt-weights-truncated", lambda c: halve(c / "trainable.safetensors")),
+    ("ckpt-rng-truncated", lambda c: halve(c / "rng.json")),
+    ("ckpt-optimizer-truncated", lambda c: halve(c / "optimizer.pt")),
+    ("ckpt-config-missing", lambda c: (c / "config.yaml").unlink()),
+]
+
+
+@pytest.mark.parametrize("name, damage", CHECKPOINT_FAULTS, ids=[c[0] for c in CHECKPOINT_FAULTS])
+def test_checkpoint_fault(name, damage, trained, tmp_path, capsys, caplog):
+    work = tmp_path / "work"
+    shutil.copytree(trained, work)
+    config = yaml.safe_load((work / "train.yaml").read_text())
+    config["output_dir"] = str(work / "train-out")
+    (work / "train.yaml").write_text(yaml.safe_dump(config))
+    damage(work / "train-out" / "checkpoints" / "step-00000004")
+    outcome = run_cli(["train", str(work / "train.yaml"), "--resume", "--set", "train.max_steps=5"], capsys)
+    warning = next((r.getMessage() for r in caplog.records if "skipping damaged checkpoint" in r.getMessage()), "")
+    resumed = re.search(r"resumed from (\d+)", outcome.stdout)
+    if outcome.code == 0:
+        outcome.message = f"resumed from step {resumed.group(1) if resumed else '?'}; warning: {warning}"
+    RESULTS[(name, "train --resume")] = (OK, outcome)
+    check(name, "train --resume", OK, outcome, "")
+    assert resumed and resumed.group(1) == "2" and "step-00000004" in warning
+    assert (work / "train-out" / "final").is_dir()
+
+
 # ----------------------------------------------------------------------------- the table
 
 
@@ -341,7 +387,7 @@ def test_zz_write_the_table():
         if outcome.traceback:
             got = f"traceback: {outcome.traceback[:120]}"
         elif outcome.code == 0:
-            got = "exit 0"
+            got = "exit 0" + (f": {_short(outcome.message)}" if outcome.message else "")
         else:
             got = f"exit {outcome.code}: {_short(outcome.message)}"
         rows.append(f"| {case}{' (' + what[case] + ')' if case in what else ''} | {command} | {expected} | {got} |")
@@ -350,5 +396,5 @@ def test_zz_write_the_table():
 
 def _short(message: str) -> str:
     """The error line without temporary directories, for the docs."""
-    message = re.sub(r"/tmp/\S*?/(toy|train\.yaml|recipe)", r"\1", message)
-    return message.replace("|", "\\|")[:220]
+    message = re.sub(r"/tmp/pytest-of-[^/]+/pytest-\d+/[^/\s]+/", "", message)
+    return message.replace("|", "\\|")[:200]
