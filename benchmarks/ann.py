@@ -186,10 +186,6 @@ def run_one(spec: Spec, ids: list[str], x: np.ndarray, queries: np.ndarray, exac
     start = time.perf_counter()
     index = build(spec, ids, x, args)
     build_s = time.perf_counter() - start
-    target = workdir / spec.key
-    index.save(target)
-    size = directory_bytes(target) - (target / "ids.json").stat().st_size  # vectors only; ids are the same
-    shutil.rmtree(target)
     rows = []
     for params in spec.sweeps:
         if params:
@@ -202,9 +198,16 @@ def run_one(spec: Spec, ids: list[str], x: np.ndarray, queries: np.ndarray, exac
         if shown:
             label += " (" + ", ".join(f"{k} {v}" for k, v in shown.items() if k != "k_factor_rf") + ")"
         hits = np.array([[-1 if i is None else int(i) for i in row] for row in found.tolist()])
-        rows.append(Row(label, build_s, size / len(ids), qps, recall(hits, exact)))
+        rows.append(Row(label, build_s, 0.0, qps, recall(hits, exact)))
+    # saved after searching: a saved Milvus Lite index reconnects to its new place, removed below
+    target = workdir / spec.key
+    index.save(target)
+    size = directory_bytes(target) - (target / "ids.json").stat().st_size  # vectors only; ids are the same
     if hasattr(index, "close"):
         index.close()
+    shutil.rmtree(target)
+    for row in rows:
+        row.bytes_per_vector = size / len(ids)
     del index
     gc.collect()
     return rows
