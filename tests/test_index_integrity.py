@@ -126,3 +126,19 @@ def test_compressed_and_trained_indexes_from_embeddings(toy_dir, toy_encoder, tm
         index = index_from_embeddings(embeddings, factory=factory, search_params=params, train_rows=12)
         assert index.search(queries, 3).ids.tolist() == exact.search(queries, 3).ids.tolist()
     assert embeddings.sample(4).shape == (4, 64)
+
+
+def test_cli_search_params_are_kept_and_bad_ones_refused_before_encoding(toy_dir, toy_encoder, tmp_path, monkeypatch,
+                                                                         capsys):
+    monkeypatch.setattr("mmembed.encoders.registry.load_encoder", lambda spec, **kw: toy_encoder)
+    assert main(["index", "build", str(toy_dir), "--encoder", "toy", "--out", str(tmp_path / "i"), "--factory",
+                 "HNSW8", "--search-param", "efSearch=48"]) == 0
+    assert FaissIndex.load(tmp_path / "i" / "vectors").search_params == {"efSearch": 48}
+    calls = toy_encoder.calls
+    assert main(["index", "build", str(toy_dir), "--encoder", "toy", "--out", str(tmp_path / "j"),
+                 "--search-param", "nprobe=4"]) == 2
+    assert "'nprobe' does not apply to index 'Flat'" in capsys.readouterr().err
+    assert main(["index", "build", str(toy_dir), "--encoder", "toy", "--out", str(tmp_path / "j"),
+                 "--factory", "IVF9,Nonsense"]) == 2
+    assert "FAISS cannot build index 'IVF9,Nonsense'" in capsys.readouterr().err
+    assert toy_encoder.calls == calls and not (tmp_path / "j").exists()

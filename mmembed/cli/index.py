@@ -109,6 +109,7 @@ def run_build(args: argparse.Namespace) -> int:
 
 
 def _build_faiss(args: argparse.Namespace, params: dict[str, float]) -> int:
+    from mmembed.index import FaissIndex
     from mmembed.index.build import check_memory
     from mmembed.retrieval import Retriever
 
@@ -116,6 +117,8 @@ def _build_faiss(args: argparse.Namespace, params: dict[str, float]) -> int:
         raise ConfigError("--encoder is required unless --from-embeddings is given")
     pool, image_root, instructions = _resolve_pool(args)
     encoder = _load_encoder(args)
+    # factory, dtype and search parameters are checked on an empty index before anything is encoded
+    FaissIndex(encoder.dim, args.factory, dtype=args.dtype, search_params=params)
     check_memory("faiss", args.factory, args.dtype, encoder.dim, _count_lines(pool), train_rows=args.train_sample,
                  force=args.force)
     retriever = Retriever.build(encoder, pool, args.out, encoder_spec=_encoder_spec(args.encoder),
