@@ -50,6 +50,7 @@ INSERT_BATCH = 2_048
 MAX_K = 16_384
 #: Below this many vectors an exact (FLAT) index is fast enough and exact.
 EXACT_UP_TO = 200_000
+TOKEN_ENV = "MILVUS_TOKEN"
 INDEX_TYPES = ("FLAT", "HNSW", "IVF_FLAT", "IVF_SQ8", "IVF_PQ", "DISKANN", "AUTOINDEX")
 
 
@@ -140,7 +141,10 @@ class MilvusIndex:
     def _connect(self, uri: str) -> Any:
         pymilvus = _pymilvus()
         try:
-            return pymilvus.MilvusClient(uri=uri, **({"token": self._token} if self._token else {}))
+            # a server's credentials come from the caller or MILVUS_TOKEN ("user:password" or an API key),
+            # never from the saved index
+            token = self._token or (None if is_lite(uri) else os.environ.get(TOKEN_ENV))
+            return pymilvus.MilvusClient(uri=uri, **({"token": token} if token else {}))
         except Exception as e:  # pymilvus raises its own and gRPC errors; say where it failed
             hint = " (is milvus-lite installed? pip install milvus-lite)" if is_lite(uri) else \
                 " (is the Milvus server running and reachable?)"
