@@ -25,6 +25,7 @@ import hashlib
 import logging
 import os
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, NamedTuple
@@ -262,10 +263,15 @@ def beir_source(root: str | os.PathLike, name: str, *, split: str = "train", ins
 # ----------------------------------------------------------------------------- images, before training
 
 
+#: Threads checking image headers before training.
+IMAGE_CHECK_THREADS = 8
+
+
 def _images_to_read(dataset: ContrastiveDataset) -> dict[tuple[str, str], tuple[ImageStore, str]]:
     """Every (image root, path) training can read: queries, positives, negatives, padding groups."""
     pads = dataset.num_negatives > 0 and dataset.negative_padding == "random"
     found: dict[tuple[str, str], tuple[ImageStore, str]] = {}
+    whole_pools: set[tuple[str, int]] = set()  # sources of one split share their pool: walk it once
     for source in dataset.sources:
         if source.images is None:
             continue
@@ -274,6 +280,9 @@ def _images_to_read(dataset: ContrastiveDataset) -> dict[tuple[str, str], tuple[
             if row.image:
                 found.setdefault((root, row.image), (source.images, row.qid))
         # random padding may draw any candidate of the pool, so all of them are checked then
+        if pads and (root, id(source.pool)) in whole_pools:
+            continue
+        whole_pools.add((root, id(source.pool)))
         dids = source.pool.ids() if pads else {d for row in source.rows for d in (*row.pos, *row.neg)}
         for did in dids:
             image = source.pool.record(did).image
@@ -304,11 +313,11 @@ def check_images(dataset: ContrastiveDataset) -> int:
     hours in. Every problem is logged; the :class:`ImageError` raised names the first in one line.
     """
     images = _images_to_read(dataset)
-    problems = []
-    for (_, rel), (store, item_id) in images.items():
-        problem = _image_problem(store, rel, item_id)
-        if problem is not None:
-            problems.append(problem)
+    # opening files is I/O-bound (network file systems above all): threads overlap the waits
+    with ThreadPoolExecutor(max_workers=IMAGE_CHECK_THREADS) as pool:
+        checked = pool.map(lambda entry: _image_problem(entry[1][0], entry[0][1], entry[1][1]), images.items(),
+                           chunksize=256)
+        problems = [problem for problem in checked if problem is not None]
     for problem in problems[:50]:
         logger.error("training image: %s", problem)
     if problems:
