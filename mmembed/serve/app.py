@@ -422,12 +422,19 @@ class RequestGuard:
             await refusal(scope, receive, send)
             return
 
+        body_done = False
+
         async def bounded_receive() -> Message:
+            nonlocal body_done
+            if body_done:  # afterwards only a disconnect can come, whenever it comes
+                return await receive()
             try:
-                return await asyncio.wait_for(receive(), self.body_timeout_s or None)
+                message = await asyncio.wait_for(receive(), self.body_timeout_s or None)
             except asyncio.TimeoutError:
                 scope["mmembed.body_timeout"] = True  # read by the error handler: 408, not a parse error
                 raise BodyTimeout from None
+            body_done = message.get("type") != "http.request" or not message.get("more_body", False)
+            return message
 
         await self.app(scope, bounded_receive, send)
 
