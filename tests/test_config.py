@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import pytest
+import yaml
 
 from mmembed.config import load_config, save_config
 from mmembed.errors import ConfigError
@@ -153,3 +154,29 @@ def test_every_mining_field_is_checked_with_its_key(override, key):
     with pytest.raises(ConfigError) as err:
         load_config(MiningConfig, None, [override])
     assert key in str(err.value)
+
+
+def test_a_recipe_is_checked_whole_before_its_first_step(tmp_path):
+    from mmembed.recipe import load_recipe
+    from mmembed.recipe.runner import check_recipe
+
+    stage = tmp_path / "stage.yaml"
+    stage.write_text(yaml.safe_dump({"data": {"mbeir": [{"root": str(tmp_path)}]}}))
+    bad_stage = tmp_path / "bad.yaml"
+    bad_stage.write_text(yaml.safe_dump({"data": {"mbeir": [{"root": str(tmp_path)}]}, "optim": {"eps": 0}}))
+
+    def recipe(steps: list, models: dict) -> object:
+        path = tmp_path / "recipe.yaml"
+        path.write_text(yaml.safe_dump({"output_dir": str(tmp_path / "out"), "data": str(tmp_path), "steps": steps,
+                                        "evaluate": {"models": models}}))
+        return load_recipe(path)
+
+    mine = {"name": "mine", "mine": {"data": str(tmp_path), "encoder": "stage1"}}
+    check_recipe(recipe([{"name": "stage1", "train": str(stage)}, mine], {"m": "stage1"}))  # all fine
+    with pytest.raises(ConfigError, match=r"recipe step stage2: .*bad\.yaml: optim\.eps must be > 0"):
+        check_recipe(recipe([{"name": "stage1", "train": str(stage)}, {"name": "stage2", "train": str(bad_stage)}],
+                            {"m": "stage1"}))
+    with pytest.raises(ConfigError, match=r"recipe step mine: mine\.encoder: 'stage1' is a step that does not come"):
+        check_recipe(recipe([mine, {"name": "stage1", "train": str(stage)}], {"m": "stage1"}))
+    with pytest.raises(ConfigError, match=r"recipe evaluate: evaluate\.models\.m: 'nothing' is neither"):
+        check_recipe(recipe([{"name": "stage1", "train": str(stage)}], {"m": "nothing"}))
