@@ -222,7 +222,8 @@ class Trainer:
         if cfg.optim.max_grad_norm:
             norm = acc.clip_grad_norm_(self.wrapped.parameters(), cfg.optim.max_grad_norm)
             grad_norm = float(norm) if norm is not None else None
-            if grad_norm is not None and not math.isfinite(grad_norm):
+            # under fp16 an infinite norm is an overflow the loss scaler skips, not a divergence
+            if grad_norm is not None and not math.isfinite(grad_norm) and cfg.train.mixed_precision != "fp16":
                 self._diverged(f"the gradient norm is {grad_norm}")
         self.optimizer.step()
         self.scheduler.step()
