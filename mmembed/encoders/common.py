@@ -59,6 +59,29 @@ def check_items(items: Sequence[Item], *, accepts_images: bool = True, encoder_n
             raise DataError(f"this item has an image but {encoder_name} encodes text only", Location(item=item.id))
 
 
+#: Characters per token assumed before a text is tokenized to find where it can be cut.
+CHARS_PER_TOKEN_BUDGET = 32
+
+
+def clip_to_tokens(text: str | None, count_tokens: Callable[[str], int], max_tokens: int) -> str | None:
+    """A prefix of ``text`` that still has more than ``max_tokens`` tokens, or ``text`` itself.
+
+    Tokenizing a 10 MB string to keep its first 256 tokens costs seconds and gigabytes, so long
+    texts are cut first. The cut is at whitespace, before which every tokenizer here (WordPiece,
+    byte-level BPE, SentencePiece) tokenizes the same with or without what follows; a prefix is
+    kept only once it tokenizes to more than ``max_tokens`` tokens, so the tokens a model sees
+    after truncation are exactly those of the full text. The budget grows 4x until it is enough.
+    """
+    budget = max(max_tokens, 1) * CHARS_PER_TOKEN_BUDGET
+    while text is not None and len(text) > budget:
+        cut = max(text.rfind(" ", 0, budget), text.rfind("\n", 0, budget))
+        prefix = text[:cut] if cut > 0 else text[:budget]
+        if count_tokens(prefix) > max_tokens:
+            return prefix
+        budget *= 4
+    return text
+
+
 _warned_truncation: set[str] = set()
 
 

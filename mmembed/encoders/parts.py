@@ -29,6 +29,7 @@ from torch import nn
 from mmembed.encoders import efficientnet
 from mmembed.encoders.common import (
     BatchedEncoder,
+    clip_to_tokens,
     load_checkpoint,
     package_version,
     save_checkpoint,
@@ -124,7 +125,8 @@ class TextBackbone(nn.Module):
 
     def tokenize(self, texts: Sequence[str], item_ids: Sequence[str], who: str) -> tuple[torch.Tensor, torch.Tensor]:
         """Right-padded ``input_ids`` and ``attention_mask``; over-long inputs keep their [SEP]."""
-        encodings = self._backend.encode_batch(list(texts))
+        texts = [clip_to_tokens(t, self._count, self.max_length) for t in texts]  # a 10 MB text costs nothing
+        encodings = self._backend.encode_batch(texts)
         rows = []
         for enc, item_id in zip(encodings, item_ids):
             ids = enc.ids
@@ -141,9 +143,13 @@ class TextBackbone(nn.Module):
         device = self.model.device
         return input_ids.to(device), attention_mask.to(device)
 
+    def _count(self, text: str) -> int:
+        return len(self._backend.encode(text).ids)
+
     def token_counts(self, texts: Sequence[str]) -> list[int]:
         """Tokens per text (with [CLS]/[SEP]), in one batched call: to group similar lengths."""
-        return [len(enc.ids) for enc in self._backend.encode_batch(list(texts))]
+        clipped = [clip_to_tokens(t, self._count, self.max_length) for t in texts]
+        return [len(enc.ids) for enc in self._backend.encode_batch(clipped)]
 
     def forward(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Token states (batch, tokens, 384) of already embedded inputs."""

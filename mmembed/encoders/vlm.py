@@ -36,7 +36,14 @@ from torch import nn
 
 from mmembed.data.images import as_pil
 from mmembed.encoders.bidirectional import set_bidirectional
-from mmembed.encoders.common import BatchedEncoder, check_items, resolve_device, resolve_dtype, warn_truncation
+from mmembed.encoders.common import (
+    BatchedEncoder,
+    check_items,
+    clip_to_tokens,
+    resolve_device,
+    resolve_dtype,
+    warn_truncation,
+)
 from mmembed.encoders.pooling import POOLING_MODES, LatentAttentionPooler, pool
 from mmembed.encoders.prompts import (
     IMAGE_PLACEHOLDER,
@@ -215,19 +222,23 @@ class VLMEncoder(BatchedEncoder):
             return Prompt(prompt.text + self.tokenizer.eos_token, prompt.prefix, prompt.has_image)
         return prompt
 
+    def _count_text(self, text: str) -> int:
+        return len(self.tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"])
+
     def _length(self, text: str) -> int:
         return len(self.tokenizer(text, add_special_tokens=True, verbose=False)["input_ids"])
 
     def _prompt(self, item: Any, role: Role, instruction: str | None) -> Prompt:
         """The item's prompt, its text cut so that the whole fits in ``max_length`` tokens."""
         has_image = item.image is not None
-        prompt = self._render(item.text, has_image, role, instruction)
+        text = clip_to_tokens(item.text, self._count_text, self.max_length)  # a 10 MB text costs nothing
+        prompt = self._render(text, has_image, role, instruction)
         if self.adapter.truncates_tokens:
             return prompt  # cut in token space by the adapter
         excess = self._length(prompt.text) - self.max_length
         if excess <= 0 or not item.text:
             return prompt
-        ids = self.tokenizer(item.text, add_special_tokens=False, verbose=False)["input_ids"]
+        ids = self.tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"]
         keep = len(ids) - excess
         while keep > 0:  # re-tokenizing at the cut can merge differently: check again
             prompt = self._render(self.tokenizer.decode(ids[:keep]), has_image, role, instruction)
