@@ -102,6 +102,14 @@ def garble_image(root: Path) -> None:
     image_of(root).write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 40)
 
 
+def truncate_image(root: Path) -> None:
+    """A noisy PNG cut after its header: the size reads, the pixels do not."""
+    noise = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    Image.fromarray(noise).save(image_of(root))
+    data = image_of(root).read_bytes()
+    image_of(root).write_bytes(data[: len(data) // 2])
+
+
 def deep_image(root: Path) -> None:
     """The red image as 16-bit greyscale: valid, and must decode to grey (not white)."""
     Image.fromarray(np.full((32, 32), 30000, dtype=np.uint16)).save(image_of(root))
@@ -162,6 +170,9 @@ FAULTS = [
           note="qrels are read by mmembed/data/mbeir.py (read_qrels), not yet through fileio.iter_text_lines"),
     Fault("image-missing", "an image file is deleted", remove_image, ALL_FAIL, IMAGE_WHERE),
     Fault("image-garbled", "an image file is not a decodable PNG", garble_image, ALL_FAIL, IMAGE_WHERE),
+    Fault("image-truncated", "an image file cut in half (header intact)", truncate_image, ALL_FAIL,
+          IMAGE_WHERE + "|truncated",
+          note="train checks headers before the first step; a file cut after its header fails when read"),
     Fault("image-16-bit", "an image is a 16-bit greyscale PNG (valid)", deep_image, {}, ""),
     Fault("image-escapes-root", "an img_path climbs out of the data root", escape_root, ALL_FAIL,
           r"escapes the image root|must be relative"),
@@ -255,12 +266,12 @@ def test_data_fault(fault, pristine, tmp_path, capsys):
     root = tmp_path / "toy"
     shutil.copytree(pristine, root)
     fault.apply(root)
-    for command in COMMANDS:
-        expected = fault.expect.get(command, OK)
+    for command in COMMANDS:  # every command runs (and is recorded) before any is judged
         work = tmp_path / command
         work.mkdir()
-        outcome = run_cli(argv(command, root, work), capsys)
-        RESULTS[(fault.name, command)] = (expected, outcome)
+        RESULTS[(fault.name, command)] = (fault.expect.get(command, OK), run_cli(argv(command, root, work), capsys))
+    for command in COMMANDS:
+        expected, outcome = RESULTS[(fault.name, command)]
         check(fault.name, command, expected, outcome, fault.where)
 
 
@@ -323,6 +334,8 @@ def test_recipe_names_the_step_whose_configuration_is_bad(pristine, tmp_path, ca
     path = tmp_path / "recipe.yaml"
     path.write_text(yaml.safe_dump(recipe))
     outcome = run_cli(["recipe", "run", str(path)], capsys)
+    if (tmp_path / "recipe" / "stage1").exists():
+        outcome.message += " (after training step stage1 had run)"
     RESULTS[("recipe-mine-window", "recipe")] = (FAIL, outcome)
     check("recipe", "recipe", FAIL, outcome, r"recipe step mine: .*window 9-14 must lie within ranks 1-12")
     assert not (tmp_path / "recipe" / "stage1").exists()  # the first step never started
