@@ -144,28 +144,25 @@ class PoolEmbeddingCache:
         # shared by every encoder's cache under cache_dir: image content does not depend on the encoder
         self.fingerprints = ImageFingerprints(Path(cache_dir) / IMAGE_FINGERPRINTS if cache_dir else None)
 
-    def key(self, pool_path: str | os.PathLike, candidates: list[Candidate]) -> str:
-        """The cache key of a pool: its file's hash and (with a cache directory) the content of its images.
-
-        Without a cache directory vectors live only as long as this process, so the images are not
-        read an extra time to fingerprint them.
-        """
-        if self.cache_dir is None:
-            return file_sha256(pool_path)
+    def key(self, file_key: str, candidates: list[Candidate]) -> str:
+        """The on-disk cache key of a pool: its file's hash (``file_key``) and the content of its images."""
         images = self.fingerprints.digest(candidate_image_paths(candidates, self.images))
-        return hashlib.sha256(f"{file_sha256(pool_path)}\0{images}".encode()).hexdigest()
+        return hashlib.sha256(f"{file_key}\0{images}".encode()).hexdigest()
 
     def embed_file(self, pool_path: str | os.PathLike) -> EmbeddedPool:
+        # In memory, vectors live as long as this command: the pool file's hash keys them. On disk
+        # they outlive it, so the content of every image joins the key there.
+        file_key = file_sha256(pool_path)
+        if file_key in self._memory:
+            return self._memory[file_key]
         candidates = read_candidates(pool_path)
-        key = self.key(pool_path, candidates)
-        if key in self._memory:
-            return self._memory[key]
+        key = self.key(file_key, candidates) if self.cache_dir is not None else file_key
         pool = self._load(key)
         if pool is None:
             logger.info("embedding %d candidates of %s", len(candidates), Path(pool_path).name)
             pool = self.embed_candidates(candidates)
             self._store(key, pool, Path(pool_path).name)
-        self._memory[key] = pool
+        self._memory[file_key] = pool
         return pool
 
     def embed_candidates(self, candidates: list[Candidate]) -> EmbeddedPool:
