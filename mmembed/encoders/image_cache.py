@@ -5,15 +5,19 @@ encoding (30-120 ms per image), so features are kept by the SHA-256 of the RGB p
 size and the tower id (weights + preprocessing + output shape): a resized or re-encoded copy is a
 different image, while the same image under two ids or paths is computed once.
 
-Two levels: an in-memory LRU bounded in bytes, and optionally a directory of ``.safetensors``
-files (one per image, written atomically, read without pickle), so features survive the process
-and are shared by runs that use the same tower.
+Two levels: an in-memory LRU bounded in bytes, and a directory of ``.safetensors`` files (one per
+image, written atomically, read without pickle), so features survive the process and are shared
+by every command (evaluate, mine, index build, train) that uses the same tower. The directory is on
+by default, under the user cache directory (:func:`feature_cache_dir`), and bounded in size: past
+``disk_max_bytes`` the least recently used files are removed.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
+import os
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -26,6 +30,29 @@ from mmembed.fileio import atomic_open
 logger = logging.getLogger(__name__)
 
 DEFAULT_MAX_BYTES = 256 * 1024 * 1024
+#: Default bound of the on-disk level (about 25,000 images at the default 4x4 grid).
+DEFAULT_DISK_BYTES = 2 * 1024 ** 3
+#: Environment: the cache directory of mmembed, and ``off`` or a path for the image features.
+CACHE_ENV, IMAGE_CACHE_ENV = "MMEMBED_CACHE_DIR", "MMEMBED_IMAGE_CACHE"
+OFF = ("", "off", "none", "false", "0")
+
+
+def feature_cache_dir(requested: str | os.PathLike | bool | None = None) -> Path | None:
+    """Where image features are kept on disk (``None``: memory only).
+
+    ``requested`` wins when given (a path, or ``False`` / ``"off"`` for none); otherwise
+    ``$MMEMBED_IMAGE_CACHE`` (a path or ``off``), otherwise ``image-features`` under
+    ``$MMEMBED_CACHE_DIR``, ``$XDG_CACHE_HOME/mmembed`` or ``~/.cache/mmembed``.
+    """
+    if requested is False or (isinstance(requested, str) and requested.strip().lower() in OFF):
+        return None
+    if requested is not None and requested is not True:
+        return Path(requested)
+    env = os.environ.get(IMAGE_CACHE_ENV)
+    if env is not None:
+        return None if env.strip().lower() in OFF else Path(env)
+    root = os.environ.get(CACHE_ENV) or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "mmembed"
+    return Path(root) / "image-features"
 
 
 def image_key(image: Image.Image, tower_id: str) -> str:
@@ -40,11 +67,14 @@ def image_key(image: Image.Image, tower_id: str) -> str:
 class FeatureCache:
     """LRU of feature tensors in memory (bounded in bytes), backed by an optional directory."""
 
-    def __init__(self, max_bytes: int = DEFAULT_MAX_BYTES, directory: str | Path | None = None):
+    def __init__(self, max_bytes: int = DEFAULT_MAX_BYTES, directory: str | Path | None = None,
+                 disk_max_bytes: int = DEFAULT_DISK_BYTES):
         self.max_bytes = max_bytes
         self.directory = Path(directory) if directory is not None else None
+        self.disk_max_bytes = disk_max_bytes
         self._memory: OrderedDict[str, torch.Tensor] = OrderedDict()
         self._bytes = 0
+        self._disk_bytes: int | None = None  # scanned on the first write
         self.hits = 0
         self.misses = 0
 
@@ -101,18 +131,60 @@ class FeatureCache:
         from safetensors.torch import load
 
         try:
-            return load(path.read_bytes())["features"]
+            tensor = load(path.read_bytes())["features"]
         except Exception as e:  # a corrupt file is a miss, recomputed and overwritten
             logger.warning("ignoring unreadable cached features %s: %s", path, e)
             return None
+        with contextlib.suppress(OSError):
+            os.utime(path)  # recently used: evicted last
+        return tensor
 
     def _write_disk(self, key: str, tensor: torch.Tensor) -> None:
         if self.directory is None:
             return
         from safetensors.torch import save
 
-        with atomic_open(self._path(key), "wb") as f:
-            f.write(save({"features": tensor}))
+        data = save({"features": tensor})
+        try:
+            with atomic_open(self._path(key), "wb") as f:
+                f.write(data)
+        except OSError as e:  # a full or read-only disk costs speed, never a result
+            logger.warning("cannot cache image features in %s: %s", self.directory, e)
+            return
+        if self._disk_bytes is None:
+            self._disk_bytes = sum(size for _, size, _ in self._files())
+        else:
+            self._disk_bytes += len(data)
+        if self._disk_bytes > self.disk_max_bytes:
+            self._evict()
+
+    def _files(self) -> list[tuple[float, int, Path]]:
+        """(last use, size, path) of every cached file."""
+        found = []
+        assert self.directory is not None
+        for path in self.directory.glob("*/*.safetensors"):
+            try:
+                stat = path.stat()
+            except OSError:
+                continue  # removed by another process meanwhile
+            found.append((stat.st_mtime, stat.st_size, path))
+        return found
+
+    def _evict(self) -> None:
+        """Remove the least recently used files until the directory is back under 90 % of its bound."""
+        files = sorted(self._files())
+        total = sum(size for _, size, _ in files)
+        target = int(0.9 * self.disk_max_bytes)
+        removed = 0
+        for _, size, path in files:
+            if total <= target:
+                break
+            path.unlink(missing_ok=True)
+            total -= size
+            removed += 1
+        self._disk_bytes = total
+        logger.info("image feature cache %s: removed %d least recently used files (bound %d MB)", self.directory,
+                    removed, self.disk_max_bytes // 2 ** 20)
 
 
 class CachedTower:

@@ -29,7 +29,7 @@ from torch import nn
 from mmembed.data.images import as_pil
 from mmembed.encoders.base import Item
 from mmembed.encoders.common import check_items, resolve_device, resolve_dtype
-from mmembed.encoders.image_cache import DEFAULT_MAX_BYTES, FeatureCache
+from mmembed.encoders.image_cache import DEFAULT_DISK_BYTES, DEFAULT_MAX_BYTES, FeatureCache, feature_cache_dir
 from mmembed.encoders.parts import PartsModel, TextBackbone, VisionTower
 from mmembed.encoders.pooling import POOLING_MODES, LatentAttentionPooler, pool
 from mmembed.encoders.prompts import IMAGE_PLACEHOLDER, Role, build_prompt, count_prefix_tokens
@@ -48,8 +48,9 @@ class TowersEncoder(PartsModel):
     def __init__(self, *, max_length: int = 256, image_grid: int = 4, pooling: str = "mean",
                  num_latents: int = 512, latent_heads: int = 8, crop_fraction: float = 0.875,
                  train_backbone: bool = False, seed: int = 0, device: str | None = "cpu",
-                 dtype: str | None = None, image_cache_dir: str | Path | None = None,
-                 image_cache_bytes: int = DEFAULT_MAX_BYTES, image_cache: FeatureCache | None = None):
+                 dtype: str | None = None, image_cache_dir: str | Path | bool | None = None,
+                 image_cache_bytes: int = DEFAULT_MAX_BYTES, image_cache_disk_bytes: int = DEFAULT_DISK_BYTES,
+                 image_cache: FeatureCache | None = None):
         super().__init__()
         if pooling not in POOLING_MODES:
             raise ConfigError(f"unknown pooling {pooling!r}; expected one of {', '.join(POOLING_MODES)}")
@@ -58,7 +59,9 @@ class TowersEncoder(PartsModel):
         self.settings = {"max_length": max_length, "image_grid": image_grid, "pooling": pooling,
                          "num_latents": num_latents, "latent_heads": latent_heads,
                          "crop_fraction": crop_fraction, "train_backbone": train_backbone, "seed": seed}
-        cache = image_cache if image_cache is not None else FeatureCache(image_cache_bytes, image_cache_dir)
+        cache = image_cache
+        if cache is None:  # on disk under the user cache directory unless image_cache_dir says otherwise
+            cache = FeatureCache(image_cache_bytes, feature_cache_dir(image_cache_dir), image_cache_disk_bytes)
         self.text = TextBackbone(max_length)
         self.vision = VisionTower(image_grid, crop_fraction, cache)
         hidden = self.text.hidden_size

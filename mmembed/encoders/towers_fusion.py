@@ -26,7 +26,7 @@ from torch import nn
 from mmembed.data.images import as_pil
 from mmembed.encoders.base import Item
 from mmembed.encoders.common import check_items, resolve_device, resolve_dtype
-from mmembed.encoders.image_cache import DEFAULT_MAX_BYTES, FeatureCache
+from mmembed.encoders.image_cache import DEFAULT_DISK_BYTES, DEFAULT_MAX_BYTES, FeatureCache, feature_cache_dir
 from mmembed.encoders.parts import PartsModel, TextBackbone, VisionTower
 from mmembed.encoders.pooling import pool
 from mmembed.encoders.prompts import Role
@@ -44,7 +44,8 @@ class FusionTowersEncoder(PartsModel):
 
     def __init__(self, *, max_length: int = 256, instruction_mode: str = "prepend", crop_fraction: float = 0.875,
                  train_backbone: bool = False, seed: int = 0, device: str | None = "cpu", dtype: str | None = None,
-                 image_cache_dir: str | Path | None = None, image_cache_bytes: int = DEFAULT_MAX_BYTES,
+                 image_cache_dir: str | Path | bool | None = None, image_cache_bytes: int = DEFAULT_MAX_BYTES,
+                 image_cache_disk_bytes: int = DEFAULT_DISK_BYTES,
                  image_cache: FeatureCache | None = None):
         super().__init__()
         if instruction_mode not in INSTRUCTION_MODES:
@@ -53,7 +54,9 @@ class FusionTowersEncoder(PartsModel):
         self.settings = {"max_length": max_length, "instruction_mode": instruction_mode,
                          "crop_fraction": crop_fraction, "train_backbone": train_backbone, "seed": seed}
         self.text = TextBackbone(max_length)
-        cache = image_cache if image_cache is not None else FeatureCache(image_cache_bytes, image_cache_dir)
+        cache = image_cache
+        if cache is None:  # on disk under the user cache directory unless image_cache_dir says otherwise
+            cache = FeatureCache(image_cache_bytes, feature_cache_dir(image_cache_dir), image_cache_disk_bytes)
         self.vision = VisionTower(1, crop_fraction, cache)
         self.dim = self.text.hidden_size
         with torch.random.fork_rng(devices=[]):
