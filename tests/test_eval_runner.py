@@ -79,7 +79,7 @@ def test_metric_and_task_selection(toy_dir, toy_encoder, tmp_path):
 
 
 def test_cli_evaluate_with_yaml_and_overrides(toy_dir, toy_encoder, tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(common, "load_encoder_arg", lambda spec: toy_encoder)
+    monkeypatch.setattr(common, "load_encoder_arg", lambda *args, **kwargs: toy_encoder)
     yaml_file = tmp_path / "eval.yaml"
     yaml_file.write_text("pools: [local]\ninstruction_modes: [none]\nseed: 3\n")
     code = main(["evaluate", str(toy_dir), "--encoder", "toy", "--config", str(yaml_file),
@@ -105,6 +105,6 @@ def test_beir_text_evaluation(tmp_path, toy_encoder, monkeypatch, capsys):
     assert result.num_queries == 4 and result.corpus_size == 4
     assert result.scores["ndcg@10"] == 1.0 and result.scores["mrr@10"] == 1.0
     assert (tmp_path / "out" / "runs" / "beir-beir-test.trec").is_file()
-    monkeypatch.setattr(common, "load_encoder_arg", lambda spec: toy_encoder)
+    monkeypatch.setattr(common, "load_encoder_arg", lambda *args, **kwargs: toy_encoder)
     assert main(["evaluate", str(root), "--encoder", "toy"]) == 0
     assert "ndcg@10" in capsys.readouterr().out

@@ -6,11 +6,11 @@ import argparse
 import sys
 from pathlib import Path
 
+from mmembed.cli import common
 from mmembed.cli.common import (
     ENCODER_SET_HELP,
     add_config_arguments,
     add_rerank_arguments,
-    load_encoder_arg,
     rerank_config_from_args,
 )
 from mmembed.errors import ConfigError
@@ -46,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
     base = {"show_progress": sys.stderr.isatty(), **({"image_root": args.image_root} if args.image_root else {})}
     config = load_config(EvalConfig, args.config, args.set, base=base)
     rerank_config = rerank_config_from_args(args, show_progress=sys.stderr.isatty())
-    encoder = load_encoder_arg(args.encoder, args.encoder_set)
+    encoder = common.load_encoder_arg(args.encoder, args.encoder_set)  # looked up at call time (tests patch it)
     if (Path(args.data) / "corpus.jsonl").is_file():
         if rerank_config is not None:
             raise ConfigError(f"{args.data}: --rerank works on M-BEIR directories; BEIR directories are not "
