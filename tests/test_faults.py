@@ -24,8 +24,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from mmembed.cli import evaluate as evaluate_cli
-from mmembed.cli import mine as mine_cli
+from mmembed.cli import common
 from mmembed.cli.main import main
 
 pytest.importorskip("accelerate")
@@ -166,8 +165,7 @@ FAULTS = [
           {"validate": OPEN, "mine": FAIL, "evaluate": FAIL, "train": FAIL}, r"query_instructions\.tsv",
           note="validate: whether a directory without instructions is valid is data validate's call"),
     Fault("qrels-not-utf8", "a qrels file holds a byte that is not UTF-8 (line 1)", qrels_byte,
-          {"validate": OPEN, "evaluate": OPEN}, r"qrels\.txt:1\b",
-          note="qrels are read by mmembed/data/mbeir.py (read_qrels), not yet through fileio.iter_text_lines"),
+          {"validate": FAIL, "evaluate": FAIL}, r"qrels\.txt:1\b"),
     Fault("image-missing", "an image file is deleted", remove_image, ALL_FAIL, IMAGE_WHERE),
     Fault("image-garbled", "an image file is not a decodable PNG", garble_image, ALL_FAIL, IMAGE_WHERE),
     Fault("image-truncated", "an image file cut in half (header intact)", truncate_image, ALL_FAIL,
@@ -177,11 +175,10 @@ FAULTS = [
     Fault("image-escapes-root", "an img_path climbs out of the data root", escape_root, ALL_FAIL,
           r"escapes the image root|must be relative"),
     Fault("positive-not-in-pool", "a query's positive is in no pool", dangling_positive,
-          {"validate": FAIL, "mine": FAIL, "evaluate": OPEN, "train": FAIL}, r"'10:999' is not in the pool",
-          note="evaluate does not yet run validate's record checks (issue 14, another share)"),
+          ALL_FAIL, r"'10:999' is not in the pool|-> '10:999'"),
     Fault("queries-empty", "a query file of 0 bytes", empty_queries,
-          {"validate": OPEN, "mine": OPEN, "evaluate": OPEN, "train": OPEN}, r"task0",
-          note="whether an empty task file is an error is decided by the data layer (another share)"),
+          {"validate": FAIL, "mine": OPEN, "evaluate": FAIL, "train": OPEN}, r"task0.*no query|no query.*task0",
+          note="mine and train skip a task with no queries (mine warns); validate and evaluate refuse it"),
 ]
 
 
@@ -207,8 +204,7 @@ def pristine(tmp_path_factory) -> Path:
 
 @pytest.fixture(autouse=True)
 def toy_encoder(monkeypatch):
-    monkeypatch.setattr(mine_cli, "load_encoder_arg", lambda *args, **kwargs: ToyEncoder())
-    monkeypatch.setattr(evaluate_cli, "load_encoder_arg", lambda *args, **kwargs: ToyEncoder())
+    monkeypatch.setattr(common, "load_encoder_arg", lambda *args, **kwargs: ToyEncoder())
 
 
 def train_yaml(path: Path, root: Path, **extra) -> Path:

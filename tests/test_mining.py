@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from mmembed.cli import mine as mine_cli
+from mmembed.cli import common
 from mmembed.cli.main import main
 from mmembed.data.mbeir import read_queries
 from mmembed.errors import ConfigError
@@ -189,7 +189,7 @@ def test_text_mining_and_cli(tmp_path, monkeypatch, capsys):
     assert result.complete and len(rows) == 8
     assert all(len(r["neg_cand_list"]) == 2 and f"d{r['qid'][1:]}" not in r["neg_cand_list"] for r in rows)
 
-    monkeypatch.setattr(mine_cli, "load_encoder_arg", lambda *args, **kwargs: ToyEncoder())
+    monkeypatch.setattr(common, "load_encoder_arg", lambda *args, **kwargs: ToyEncoder())
     assert main(["mine", str(root), "--encoder", "toy", "--out", str(tmp_path / "cli"), "--set", "k=10",
                  "--set", "window=[6,10]"]) == 0
     assert "type2" in capsys.readouterr().out

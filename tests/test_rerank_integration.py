@@ -164,7 +164,7 @@ def fake_models(monkeypatch, toy_encoder):
         built.append(cls(top_k=config.top_k, alpha=config.alpha))
         return built[-1]
 
-    monkeypatch.setattr(common, "load_encoder_arg", lambda spec: toy_encoder)
+    monkeypatch.setattr(common, "load_encoder_arg", lambda *args, **kwargs: toy_encoder)
     monkeypatch.setattr("mmembed.encoders.registry.load_encoder", lambda spec: toy_encoder)
     monkeypatch.setattr(mmembed.rerank, "build_reranker", build)
     return built

@@ -51,7 +51,7 @@ def test_index_of_another_encoder_is_refused(toy_dir, toy_encoder, tmp_path):
 
 
 def test_cli_index_build_and_search(toy_dir, toy_encoder, tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(common, "load_encoder_arg", lambda spec: toy_encoder)
+    monkeypatch.setattr(common, "load_encoder_arg", lambda *args, **kwargs: toy_encoder)
     monkeypatch.setattr("mmembed.encoders.registry.load_encoder", lambda spec: toy_encoder)
     out = tmp_path / "idx"
     assert main(["index", "build", str(toy_dir), "--encoder", "toy", "--out", str(out)]) == 0

@@ -6,7 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from mmembed.cli.common import ENCODER_SET_HELP, add_config_arguments, load_encoder_arg
+from mmembed.cli import common
+from mmembed.cli.common import ENCODER_SET_HELP, add_config_arguments
 from mmembed.errors import ConfigError
 
 
@@ -47,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
 
     config = load_config(MiningConfig, args.config, args.set)
     shard = parse_shard(args.shard)
-    encoder = load_encoder_arg(args.encoder, args.encoder_set)
+    encoder = common.load_encoder_arg(args.encoder, args.encoder_set)  # looked up at call time (tests patch it)
     mine = mine_beir if (Path(args.data) / "corpus.jsonl").is_file() else mine_mbeir
     result = mine(encoder, args.data, args.out, config, shard=shard, show_progress=sys.stderr.isatty())
     if not result.complete:

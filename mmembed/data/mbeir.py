@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from mmembed.errors import DataError, Location
-from mmembed.fileio import atomic_open, iter_jsonl, write_jsonl
+from mmembed.fileio import atomic_open, iter_jsonl, iter_text_lines, write_jsonl
 from mmembed.types import Candidate, Modality, Qrels, Query, Task
 
 QUERY_FIELDS = ("qid", "query_txt", "query_img_path", "query_modality", "query_src_content",
@@ -170,29 +170,26 @@ def write_candidates(path: str | os.PathLike, candidates: Iterable[Candidate]) -
 def iter_qrels_lines(path: str | os.PathLike) -> Iterator[tuple[int, str, str, int, int | None]]:
     """Stream ``(line, qid, did, relevance, task_id)``; the fifth column is optional (TREC style)."""
     path = Path(path)
-    if not path.is_file():
-        raise DataError("file not found", Location(str(path)))
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            cols = line.split()
-            if not cols:
-                continue
-            loc = Location(str(path), lineno)
-            if len(cols) not in (4, 5):
-                raise DataError(f"expected 'qid 0 did relevance [task_id]', got {len(cols)} columns", loc)
-            qid, _, did, rel = cols[:4]
+    for lineno, line in iter_text_lines(path):  # bytes that are not UTF-8: file:line, never a traceback
+        cols = line.split()
+        if not cols:
+            continue
+        loc = Location(str(path), lineno)
+        if len(cols) not in (4, 5):
+            raise DataError(f"expected 'qid 0 did relevance [task_id]', got {len(cols)} columns", loc)
+        qid, _, did, rel = cols[:4]
+        try:
+            relevance = int(rel)
+        except ValueError:
+            raise DataError(f"relevance {rel!r} is not an integer",
+                            Location(str(path), lineno, "relevance")) from None
+        task_id = None
+        if len(cols) == 5:
             try:
-                relevance = int(rel)
-            except ValueError:
-                raise DataError(f"relevance {rel!r} is not an integer",
-                                Location(str(path), lineno, "relevance")) from None
-            task_id = None
-            if len(cols) == 5:
-                try:
-                    task_id = Task.from_id(cols[4]).id
-                except DataError as e:
-                    raise DataError(e.reason, Location(str(path), lineno, "task_id")) from None
-            yield lineno, qid, did, relevance, task_id
+                task_id = Task.from_id(cols[4]).id
+            except DataError as e:
+                raise DataError(e.reason, Location(str(path), lineno, "task_id")) from None
+        yield lineno, qid, did, relevance, task_id
 
 
 def read_qrels(path: str | os.PathLike) -> Qrels:

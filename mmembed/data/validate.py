@@ -148,7 +148,10 @@ class _Validator:
                 except DataError as e:
                     self.problem(DataError(e.reason, Location(loc.file, lineno, None, q.qid)), path)
 
+        before = len(self.report.problems)
         self.scan(path, parse_query, on_query)
+        if not qids and len(self.report.problems) == before:  # a task with nothing to evaluate or train on
+            self.problem(DataError("no query in this file", Location(str(path))), path)
         return qids
 
     def check_ids(self, ids, field_name: str, pool: dict[str, Modality], task: TaskFiles, loc: Location,

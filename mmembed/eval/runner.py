@@ -69,6 +69,10 @@ class EvalConfig:
         for mode in self.instruction_modes:
             if mode not in INSTRUCTION_MODES:
                 raise ConfigError(f"unknown instruction mode {mode!r}; expected one of {', '.join(INSTRUCTION_MODES)}")
+        for key in ("batch_size", "depth", "modality_error_k", "max_queries"):
+            value = getattr(self, key)
+            if not (value is None and key == "max_queries") and (not isinstance(value, int) or value < 1):
+                raise ConfigError(f"{key} must be a positive integer, got {value!r}")
         if self.text_format not in TEXT_FORMATS:
             raise ConfigError(f"text_format must be one of {', '.join(TEXT_FORMATS)}, got {self.text_format!r}")
         metrics = [parse_metric(m) for m in [*(self.extra_metrics or ()), *([self.metric] if self.metric else [])]]
@@ -161,6 +165,8 @@ def run_evaluation(encoder: Encoder, data_dir: str | os.PathLike, config: EvalCo
     out = Path(output_dir) if output_dir else None
     for task in tasks:
         queries = read_queries(task.queries)[: config.max_queries]
+        if not queries:
+            raise DataError("no query in this file", Location(str(task.queries)))
         qrels, unjudged = _qrels_for(task, queries)
         logger.info("%s (%s): local pool %s", task.name, task.split, _relative(task.local_pool, directory.root))
         for mode in config.instruction_modes:
@@ -170,6 +176,7 @@ def run_evaluation(encoder: Encoder, data_dir: str | os.PathLike, config: EvalCo
                                                    batch_size=config.batch_size, show_progress=config.show_progress)
             for pool_name in config.pools:
                 pool = global_pool if pool_name == "global" else _local_pool(cache, task, global_pool)
+                _check_positives(task, queries, qrels, pool, pool_name)
                 result, run = _score(task, queries, qrels, query_vectors, pool, pool_name, mode, config)
                 result.pool_file = _relative(task.local_pool if pool_name == "local" else
                                              directory.global_pool(config.split), directory.root)
@@ -206,6 +213,21 @@ def _qrels_for(task: TaskFiles, queries: list[Query]) -> tuple[dict[str, dict[st
         logger.warning("%s: %d of %d queries have no line in %s and are not scored: %s", task.name, len(missing),
                        len(queries), task.qrels.name, shown)
     return {q.qid: qrels[q.qid] for q in queries if q.qid in qrels}, missing
+
+
+def _check_positives(task: TaskFiles, queries: list[Query], qrels: dict[str, dict[str, int]], pool: EmbeddedPool,
+                     pool_name: str) -> None:
+    """A positive missing from the pool could never be retrieved: refuse rather than count a miss.
+
+    Both the judgments and the queries' own ``pos_cand_list`` are checked, as ``data validate`` does.
+    """
+    judged = [(qid, did, task.qrels) for qid, docs in qrels.items() for did, grade in docs.items() if grade > 0]
+    listed = [(q.qid, did, task.queries) for q in queries for did in q.pos]
+    missing = [(qid, did, file) for qid, did, file in judged + listed if did not in pool.position]
+    if missing:
+        qid, did, file = missing[0]
+        raise DataError(f"{len(missing)} positive(s) of {task.name} are not in its {pool_name} pool (first: query "
+                        f"{qid!r} -> {did!r}); `mmembed data validate` lists them", Location(str(file), item=qid))
 
 
 def _relative(path: Path, root: Path) -> str:

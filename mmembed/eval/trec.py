@@ -13,7 +13,7 @@ from pathlib import Path
 
 from mmembed.errors import DataError, Location
 from mmembed.eval.metrics import rank_documents
-from mmembed.fileio import atomic_open
+from mmembed.fileio import atomic_open, iter_text_lines
 from mmembed.types import Run
 
 
@@ -31,17 +31,16 @@ def read_run(path: str | os.PathLike) -> Run:
     if not path.is_file():
         raise DataError("file not found", Location(str(path)))
     run: Run = {}
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            cols = line.split()
-            if not cols:
-                continue
-            if len(cols) != 6:
-                raise DataError(f"expected 'qid Q0 did rank score tag', got {len(cols)} columns",
-                                Location(str(path), lineno))
-            try:
-                score = float(cols[4])
-            except ValueError:
-                raise DataError(f"score {cols[4]!r} is not a number", Location(str(path), lineno, "score")) from None
-            run.setdefault(cols[0], {})[cols[2]] = score
+    for lineno, line in iter_text_lines(path):
+        cols = line.split()
+        if not cols:
+            continue
+        if len(cols) != 6:
+            raise DataError(f"expected 'qid Q0 did rank score tag', got {len(cols)} columns",
+                            Location(str(path), lineno))
+        try:
+            score = float(cols[4])
+        except ValueError:
+            raise DataError(f"score {cols[4]!r} is not a number", Location(str(path), lineno, "score")) from None
+        run.setdefault(cols[0], {})[cols[2]] = score
     return run
