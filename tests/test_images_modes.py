@@ -109,3 +109,33 @@ def test_a_truncated_file_is_an_error_naming_it(tmp_path):
     path.write_bytes(path.read_bytes()[:60])
     with pytest.raises(ImageError, match=r"t\.png.*unreadable image"):
         load_image_file(path, "x")
+
+
+def test_loading_images_never_changes_the_warnings_filters(tmp_path):
+    """Threads loading images must not race on warnings state (catch_warnings is not thread-safe)."""
+    import threading
+    import warnings as warnings_module
+
+    from mmembed.data.images import load_image_file
+    from mmembed.errors import ImageError
+
+    Image.new("RGB", (8, 8)).save(tmp_path / "small.png")
+    Image.new("1", (13000, 13000)).save(tmp_path / "big.png")  # 169 M pixels, a few kB
+    before = list(warnings_module.filters)
+    failures = []
+
+    def work():
+        for _ in range(5):
+            load_image_file(tmp_path / "small.png", "s")
+            try:
+                load_image_file(tmp_path / "big.png", "b", max_pixels=1_000_000)
+                failures.append("big image accepted")
+            except ImageError:
+                pass
+
+    threads = [threading.Thread(target=work) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not failures and list(warnings_module.filters) == before

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import re
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -98,13 +97,15 @@ def load_image_file(path: Path, item_id: str | None, max_pixels: int = DEFAULT_M
     loc = Location(file=str(path), item=item_id)
     if not path.is_file():
         raise ImageError("image file not found", loc)
+    # No warnings filter is changed here: ``warnings.catch_warnings`` is not thread-safe, and
+    # concurrent callers once left an "error" filter installed for good. The declared size is
+    # compared with ``max_pixels`` before any pixel is decoded; Pillow's own bomb check still raises
+    # above twice its limit (and may print a DecompressionBombWarning in between).
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as im:
-                check_pixels(im.size, item_id, max_pixels)  # before decoding any pixel data
-                im.load()
-                return to_rgb(im)
+        with Image.open(path) as im:
+            check_pixels(im.size, item_id, max_pixels)  # before decoding any pixel data
+            im.load()
+            return to_rgb(im)
     except ImageError as e:
         raise ImageError(e.reason, loc) from None  # the file, which pixel and mode checks do not know
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
