@@ -169,7 +169,10 @@ def test_mined_files_feed_training(toy_root, tmp_path):
     data = DataSettings(mbeir=[MBEIRData(root=str(toy_root), negatives=str(tmp_path / "mined"))], num_negatives=2)
     dataset = build_dataset(data, seed=0)
     example = dataset[ExampleKey(0, 0, 0)]
-    assert len(example.negatives) == 2 and example.num_padded == 0
+    row = read_rows(tmp_path / "mined" / "toy_task0.jsonl")[0]
+    # the typed sets are drawn from; a type without candidates is padded at random, as mining's fallback
+    empty = sum(1 for kind in ("type1", "type2") if not row["neg_cand_sets"][kind])
+    assert len(example.negatives) == 2 and example.num_padded == empty
     with pytest.raises(ConfigError, match="not a finished mining run"):
         build_dataset(DataSettings(mbeir=[MBEIRData(root=str(toy_root), negatives=str(tmp_path))]), seed=0)
 
@@ -305,3 +308,57 @@ def test_the_pool_cache_is_keyed_by_image_content(toy_root, tmp_path):
     Image.new("RGB", (32, 32), (3, 2, 1)).save(image)
     calls, changed = embed()
     assert calls == 1 and not (changed == first).all()
+
+
+def test_mined_rows_store_the_full_typed_candidate_sets(toy_root, tmp_path):
+    config = small_config(k=12, window=[2, 12])  # a wide window: several type-2 candidates per query
+    result = mine_mbeir(ToyEncoder(), toy_root, tmp_path / "mined", config, show_progress=False)
+    pool = {c["did"]: c["modality"] for c in read_rows(toy_root / "cand_pool" / "global"
+                                                      / "mbeir_union_train_cand_pool.jsonl")}
+    for task, target in (("toy_task0", "image"), ("toy_task3", "text")):
+        for row in read_rows(tmp_path / "mined" / f"{task}.jsonl"):
+            sets, quota = row["neg_cand_sets"], row["neg_cand_quota"]
+            assert quota == {"type1": 1, "type2": 1} and set(sets) == {"type1", "type2"}
+            assert len(sets["type2"]) > 1 and not set(sets["type1"] + sets["type2"]) & set(row["pos_cand_list"])
+            # today's fixed sample is drawn from the sets (or is a random fallback)
+            for did, kind in zip(row["neg_cand_list"], row["neg_cand_types"]):
+                assert kind == "random" or did in sets[kind]
+            assert all(pool[d] != target for d in sets["type1"]) and all(pool[d] == target for d in sets["type2"])
+    stats = result.stats["toy_task3"]
+    assert stats.candidates["type2"] >= stats.negatives["type2"] and stats.slots == 6 * 5
+    assert 0 <= stats.modality_error <= 1
+    plain = mine_mbeir(ToyEncoder(), toy_root, tmp_path / "plain", small_config(typed_sets=False), show_progress=False)
+    assert plain.complete and "neg_cand_sets" not in read_rows(tmp_path / "plain" / "toy_task0.jsonl")[0]
+
+
+def test_mining_statistics_use_the_evaluation_modality_error(toy_root, tmp_path):
+    """mod.err@k counts top-k slots of the wrong modality, as mmembed.eval.runner does."""
+    from mmembed.eval.runner import EvalConfig, run_evaluation
+
+    config = small_config(split="test", modality_error_k=5, instruction_mode="none")
+    mined = mine_mbeir(ToyEncoder(), toy_root, tmp_path / "mined", config, show_progress=False)
+    results = run_evaluation(ToyEncoder(), toy_root, EvalConfig(instruction_modes=["none"], modality_error_k=5,
+                                                                 show_progress=False), tmp_path / "eval").to_dict()
+    for row in results["results"]:
+        if row["pool"] == "global":
+            assert mined.stats[row["task"]].modality_error == pytest.approx(row["modality_error"])
+    assert "mod.err@k" in miner_module.stats_table(mined)
+
+
+def test_folds_split_the_queries_and_together_cover_them(toy_root, tmp_path):
+    from mmembed.mining.folds import fold_of
+
+    qids = [f"10:{n}" for n in range(200)]
+    counts = [sum(fold_of(q, 3, seed=1) == f for q in qids) for f in range(3)]
+    assert sum(counts) == 200 and min(counts) > 40
+    assert [fold_of(q, 3, seed=1) for q in qids] != [fold_of(q, 3, seed=2) for q in qids]
+    mined = [mine_mbeir(ToyEncoder(), toy_root, tmp_path / f"fold{f}", small_config(folds=2, fold=f),
+                        show_progress=False) for f in range(2)]
+    for task in ("toy_task0", "toy_task1", "toy_task3"):
+        parts = [read_rows(tmp_path / f"fold{f}" / f"{task}.jsonl") for f in range(2)]
+        assert all(fold_of(r["qid"], 2, 0) == f for f, rows in enumerate(parts) for r in rows)
+        every = read_queries(toy_root / "query" / "train" / f"mbeir_{task}_train.jsonl")
+        assert sorted(r["qid"] for rows in parts for r in rows) == sorted(q.qid for q in every)
+        assert sum(m.stats[task].queries for m in mined) == 6
+    with pytest.raises(ConfigError, match="fold"):
+        small_config(folds=2, fold=2).validate()

@@ -347,3 +347,90 @@ def test_class_label_data_warns_how_many_rows_share_a_positive_with_their_batch(
         batches = global_batches(ContrastiveBatchSampler(data, 8, seed=0, lookahead=4))
     warnings = [r for r in caplog.records if r.levelname == "WARNING" and "placed in a batch" in r.getMessage()]
     assert batches and warnings and "rows (" in warnings[0].getMessage()
+
+
+# --- typed candidate sets (mining format 2) ------------------------------------------------------
+
+def typed_queries(root: Path) -> Path:
+    """Mined rows: a type-1 set of texts, a type-2 set of images (one positive listed in it too)."""
+    type1 = [f"10:{100 + n}" for n in range(12)]
+    rows = []
+    for n in range(6):
+        type2 = [f"10:{10 + 5 * n + j}" for j in range(5)] + [f"10:{n}"]  # the positive: never drawn
+        rows.append(Query(f"10:{n}", f"query {n}", None, Modality.TEXT, (f"10:{n}",), (type1[0], type2[0]),
+                          extra={"neg_cand_sets": {"type1": type1[n:], "type2": type2},
+                                 "neg_cand_quota": {"type1": 1, "type2": 1}}))
+    path = root / "typed.jsonl"
+    write_queries(path, rows)
+    return path
+
+
+def test_typed_sets_are_drawn_afresh_each_epoch_seeded_and_never_a_positive(tmp_path):
+    source = mbeir_source(typed_queries(tmp_path), write_pool(tmp_path), tmp_path, registry())
+    data = ContrastiveDataset([source], num_negatives=2, seed=3)
+    for row in range(6):
+        draws = [data.resolve(row, epoch) for epoch in range(12)]
+        for ids in draws:
+            type1, type2 = ids.negatives
+            assert int(type1[3:]) >= 100 and 10 <= int(type2[3:]) < 40  # one of each type
+            assert ids.positive not in ids.negatives and ids.num_padded == 0
+        assert len({ids.negatives for ids in draws}) > 3  # not one fixed pair
+        assert draws == [ContrastiveDataset([source], num_negatives=2, seed=3).resolve(row, e) for e in range(12)]
+    assert [data.resolve(0, e) for e in range(5)] != [ContrastiveDataset([source], num_negatives=2, seed=4)
+                                                        .resolve(0, e) for e in range(5)]
+    # the stored sample of an older mining run is used when the sets are absent
+    plain = mbeir_source(hand_t2i(tmp_path), write_pool(tmp_path), tmp_path, registry())
+    assert all(not r.neg_sets for r in plain.rows)
+    assert "negative_sets" not in ContrastiveDataset([plain]).fingerprint()
+
+
+def test_a_short_typed_set_is_padded_and_bad_sets_are_refused(tmp_path):
+    pool = write_pool(tmp_path)
+    path = tmp_path / "short.jsonl"
+    write_queries(path, [Query("10:0", "q", None, Modality.TEXT, ("10:0",), (),
+                               extra={"neg_cand_sets": {"type1": [], "type2": ["10:7"]},
+                                      "neg_cand_quota": {"type1": 1, "type2": 1}})])
+    ids = ContrastiveDataset([mbeir_source(path, pool, tmp_path, registry())], num_negatives=2).resolve(0, 0)
+    assert ids.negatives[0] == "10:7" and ids.num_padded == 1 and "10:0" not in ids.negatives
+    write_queries(path, [Query("10:0", "q", None, Modality.TEXT, ("10:0",), (),
+                               extra={"neg_cand_sets": {"type1": ["10:999"]}, "neg_cand_quota": {"type1": 1}})])
+    with pytest.raises(DataError, match="neg_cand_sets"):
+        mbeir_source(path, pool, tmp_path, registry())
+    write_queries(path, [Query("10:0", "q", None, Modality.TEXT, ("10:0",), (),
+                               extra={"neg_cand_sets": {"type1": "10:7"}, "neg_cand_quota": {"type1": 1}})])
+    with pytest.raises(DataError, match="neg_cand_quota"):
+        mbeir_source(path, pool, tmp_path, registry())
+
+
+def test_resuming_with_typed_sets_continues_exactly_and_other_sets_are_refused(tmp_path):
+    source = mbeir_source(typed_queries(tmp_path), write_pool(tmp_path), tmp_path, registry())
+    data = ContrastiveDataset([source], num_negatives=2, seed=3)
+    reference = ContrastiveBatchSampler(data, 2, seed=5)
+    expected = [[data.resolve(k.row, k.epoch) for k in keys] for _ in range(3) for keys in reference]
+    first = ContrastiveBatchSampler(data, 2, seed=5)
+    seen = [[data.resolve(k.row, k.epoch) for k in keys] for keys in first]  # epoch 0
+    state = first.state_dict()
+    resumed = ContrastiveBatchSampler(ContrastiveDataset([source], num_negatives=2, seed=3), 2, seed=5)
+    resumed.load_state_dict(state)
+    seen += [[data.resolve(k.row, k.epoch) for k in keys] for _ in range(2) for keys in resumed]
+    assert seen == expected
+    other_rows = [r.__class__(**{**r.__dict__, "neg_sets": r.neg_sets[:1]}) for r in source.rows]
+    other = source.__class__(source.name, other_rows, source.pool, source.images, source.prompts, source.group)
+    with pytest.raises(ConfigError, match="dataset"):
+        ContrastiveBatchSampler(ContrastiveDataset([other], num_negatives=2, seed=3), 2, seed=5).load_state_dict(state)
+
+
+def test_beir_sources_read_typed_sets_from_a_text_mining_output(tmp_path):
+    import json
+
+    root = write_beir(tmp_path / "beir")
+    mined = tmp_path / "negatives.jsonl"
+    mined.write_text("\n".join(json.dumps({"qid": f"q{n}", "neg_cand_list": [f"d{n + 5}"], "neg_cand_types": ["type2"],
+                                           "neg_cand_sets": {"type2": [f"d{n + 5}", f"d{n + 6}", f"d{n}"]},
+                                           "neg_cand_quota": {"type2": 1}}) for n in range(3)) + "\n")
+    source = beir_source(root, "sci", hard_negatives=mined)
+    row = next(r for r in source.rows if r.qid == "sci:q0")
+    assert row.neg_sets == (("type2", ("sci:d5", "sci:d6"), 1),)  # the positive d0 is dropped
+    data = ContrastiveDataset([source], num_negatives=1)
+    drawn = {data.resolve(source.rows.index(row), e).negatives for e in range(10)}
+    assert drawn == {("sci:d5",), ("sci:d6",)}

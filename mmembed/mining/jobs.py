@@ -28,34 +28,68 @@ logger = logging.getLogger(__name__)
 
 MANIFEST = "mining.json"
 PARTS = ".parts"
-FORMAT_VERSION = 1
+#: 2: rows carry the full typed candidate sets (``neg_cand_sets``) and the statistics slot counts.
+FORMAT_VERSION = 2
 
 
 @dataclass
 class MiningStats:
-    """Per-task counts; ``wrong_modality_first`` = queries whose top hit had the wrong modality."""
+    """Per-task counts.
+
+    - ``negatives``: the stored sample (``neg_cand_list``) by type; ``random`` counts fallbacks;
+    - ``candidates``: the sizes of the full typed sets (``neg_cand_sets``) summed over queries, and
+      ``with_candidates`` how many queries have at least one candidate of each type;
+    - ``wrong_modality_first``: queries whose top hit had the wrong modality ("top-1 modality miss");
+    - ``wrong_modality_slots`` / ``slots``: top-``modality_error_k`` results of the wrong modality
+      over all top-k results: the evaluation's modality error@k (``mmembed.eval.runner``), computed
+      on the training queries.
+    """
 
     queries: int = 0
     negatives: dict[str, int] = field(default_factory=lambda: dict.fromkeys(NEGATIVE_TYPES, 0))
     wrong_modality_first: int = 0
     positive_in_top_k: int = 0
+    candidates: dict[str, int] = field(default_factory=dict)
+    with_candidates: dict[str, int] = field(default_factory=dict)
+    wrong_modality_slots: int = 0
+    slots: int = 0
 
-    def count(self, chosen: list[tuple[str, str]]) -> None:
-        """Count one query's chosen ``(id, type)`` negatives."""
+    def count(self, chosen: list[tuple[str, str]], sets: dict[str, list[str]] | None = None) -> None:
+        """Count one query's chosen ``(id, type)`` negatives and its typed candidate sets."""
         self.queries += 1
         for _, kind in chosen:
             self.negatives[kind] = self.negatives.get(kind, 0) + 1
+        for kind, ids in (sets or {}).items():
+            self.candidates[kind] = self.candidates.get(kind, 0) + len(ids)
+            self.with_candidates[kind] = self.with_candidates.get(kind, 0) + bool(ids)
+
+    def count_slots(self, modalities: list[str], target: str, k: int) -> None:
+        top = modalities[:k]
+        self.slots += len(top)
+        self.wrong_modality_slots += sum(m != target for m in top)
+
+    @property
+    def modality_error(self) -> float | None:
+        """Share of top-k slots of the wrong modality (the evaluation's definition); None without slots."""
+        return self.wrong_modality_slots / self.slots if self.slots else None
 
     def add(self, other: MiningStats) -> None:
         self.queries += other.queries
         self.wrong_modality_first += other.wrong_modality_first
         self.positive_in_top_k += other.positive_in_top_k
-        for kind, n in other.negatives.items():
-            self.negatives[kind] = self.negatives.get(kind, 0) + n
+        self.wrong_modality_slots += other.wrong_modality_slots
+        self.slots += other.slots
+        for mine, theirs in ((self.negatives, other.negatives), (self.candidates, other.candidates),
+                             (self.with_candidates, other.with_candidates)):
+            for kind, n in theirs.items():
+                mine[kind] = mine.get(kind, 0) + n
 
     @classmethod
     def from_dict(cls, obj: dict) -> MiningStats:
-        return cls(obj["queries"], dict(obj["negatives"]), obj["wrong_modality_first"], obj["positive_in_top_k"])
+        """Also reads manifests of format 1, which had no candidate sets or slot counts."""
+        return cls(obj["queries"], dict(obj["negatives"]), obj["wrong_modality_first"], obj["positive_in_top_k"],
+                   dict(obj.get("candidates", {})), dict(obj.get("with_candidates", {})),
+                   int(obj.get("wrong_modality_slots", 0)), int(obj.get("slots", 0)))
 
 
 @dataclass

@@ -39,8 +39,17 @@ from mmembed.eval.pool_cache import (
 )
 from mmembed.index.faiss_index import FaissIndex
 from mmembed.instructions import INSTRUCTION_MODES
+from mmembed.mining.folds import check_fold, fold_of
 from mmembed.mining.jobs import ChunkedJob, MiningResult, MiningStats, default_shard, merge
-from mmembed.mining.rule import NegativeRule, modality_aware_negatives, window_negatives
+from mmembed.mining.rule import (
+    TYPE1,
+    TYPE2,
+    NegativeRule,
+    modality_aware_negatives,
+    modality_aware_sets,
+    window_negatives,
+    window_set,
+)
 from mmembed.types import Query
 
 logger = logging.getLogger(__name__)
@@ -69,6 +78,15 @@ class MiningConfig:
     chunk_size: int = 2048
     batch_size: int = 64
     cache_dir: str | None = None
+    #: Store every type-1 and type-2 candidate of each query (``neg_cand_sets``), which training
+    #: samples afresh each epoch; ``False`` writes only the fixed sample (``neg_cand_list``).
+    typed_sets: bool = True
+    #: The k of the mining statistics' modality error (the evaluation's ``modality_error_k``).
+    modality_error_k: int = 5
+    #: Cross-fitting: mine only the training queries of fold ``fold`` of ``folds`` (by a seeded
+    #: hash of the qid, :func:`mmembed.mining.folds.fold_of`); ``folds: 1`` mines every query.
+    folds: int = 1
+    fold: int = 0
 
     def rule(self) -> NegativeRule:
         self.validate()
@@ -84,7 +102,8 @@ class MiningConfig:
         if self.instruction_mode not in INSTRUCTION_MODES:
             raise ConfigError(f"instruction_mode: unknown mode {self.instruction_mode!r}; expected one of "
                               f"{', '.join(INSTRUCTION_MODES)}")
-        for key in ("chunk_size", "batch_size"):
+        check_fold(self.folds, self.fold)
+        for key in ("chunk_size", "batch_size", "modality_error_k"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"{key} must be >= 1, got {getattr(self, key)}")
         if not 0 <= self.seed < 2**32:
@@ -119,7 +138,7 @@ def mine_mbeir(encoder: Encoder, data_dir: str | os.PathLike, output_dir: str | 
     pool_path = directory.global_pool(config.split)
     if not pool_path.is_file():
         raise DataError("the split's global candidate pool is needed for mining", Location(str(pool_path)))
-    queries_of = {task.name: read_queries(task.queries) for task in tasks}
+    queries_of = {task.name: _in_fold(read_queries(task.queries), config) for task in tasks}
     candidates = read_candidates(pool_path)
     _check_positives(tasks, queries_of, {c.did for c in candidates}, pool_path)
     inputs = _mbeir_inputs(directory, tasks, pool_path, candidates, queries_of, config, out)
@@ -149,7 +168,7 @@ def mine_mbeir(encoder: Encoder, data_dir: str | os.PathLike, output_dir: str | 
                             if registry else None for q in chunk]
             vectors = _embed_queries(encoder, as_items(chunk, directory.images), instructions, config, show_progress)
             ids, _ = index.search(vectors, min(rule.k, len(pool.ids)))
-            return _mine_chunk(chunk, ids, pool_modality, fallbacks, target, rule, config.seed)
+            return _mine_chunk(chunk, ids, pool_modality, fallbacks, target, rule, config)
 
         job.run(task.name, len(queries), config.chunk_size, work)
     return merge(job, units, config.chunk_size, extra)
@@ -205,24 +224,44 @@ def _fallback_groups(pool_modality: dict[str, str]) -> dict[tuple[int, str], lis
     return groups
 
 
+def _in_fold(queries: list[Query], config: MiningConfig) -> list[Query]:
+    """The queries of the configured fold (all of them without cross-fitting)."""
+    if config.folds == 1:
+        return queries
+    return [q for q in queries if fold_of(q.qid, config.folds, config.seed) == config.fold]
+
+
 def _mine_chunk(queries: Sequence[Query], ids: np.ndarray, pool_modality: dict[str, str],
                 fallbacks: dict[tuple[int, str], list[str]], target: str, rule: NegativeRule,
-                seed: int) -> tuple[list[dict], MiningStats]:
+                config: MiningConfig) -> tuple[list[dict], MiningStats]:
     rows, stats = [], MiningStats()
     for query, ranked in zip(queries, ids):
         ranked = [did for did in ranked if did is not None]
         modalities = [pool_modality[did] for did in ranked]
         positives = set(query.pos)
-        chosen = modality_aware_negatives(ranked, modalities, positives, target, rule, key=f"{seed}:{query.qid}",
-                                          fallback=fallbacks.get((query.dataset_id, target), ()))
-        stats.count(chosen)
+        sets = modality_aware_sets(ranked, modalities, positives, target, rule)
+        chosen = modality_aware_negatives(ranked, modalities, positives, target, rule, key=f"{config.seed}:{query.qid}",
+                                          fallback=fallbacks.get((query.dataset_id, target), ()), sets=sets)
+        stats.count(chosen, sets)
+        stats.count_slots(modalities, target, config.modality_error_k)
         stats.wrong_modality_first += bool(modalities) and modalities[0] != target
         stats.positive_in_top_k += any(did in positives for did in ranked[: rule.k])
         row = query_to_dict(query)
         row["neg_cand_list"] = [did for did, _ in chosen]
         row["neg_cand_types"] = [kind for _, kind in chosen]
+        if config.typed_sets:
+            row.update(typed_fields(sets, {TYPE1: rule.num_type1, TYPE2: rule.num_type2}))
         rows.append(row)
     return rows, stats
+
+
+def typed_fields(sets: dict[str, list[str]], quota: dict[str, int]) -> dict:
+    """The extra row fields of typed candidate sets (M-BEIR readers ignore unknown fields).
+
+    ``neg_cand_sets``: every candidate of each type, best ranked first; ``neg_cand_quota``: how
+    many of each type a query gets (training draws that many per epoch, random padding fills a short type).
+    """
+    return {"neg_cand_sets": {k: list(v) for k, v in sets.items()}, "neg_cand_quota": dict(quota)}
 
 
 # ----------------------------------------------------------------------------- text (BEIR)
@@ -247,6 +286,8 @@ def mine_beir(encoder: Encoder, beir_dir: str | os.PathLike, output_dir: str | o
     job.start()
     doc_ids = sorted(beir.corpus)
     qids = [q for q in sorted(beir.queries) if any(s > 0 for s in beir.qrels.get(q, {}).values())]
+    if config.folds > 1:
+        qids = [q for q in qids if fold_of(q, config.folds, config.seed) == config.fold]
     units = {"beir": (BEIR_OUTPUT, len(qids))}
     extra = {"beir_dir": str(beir_dir)}
     if job.done(units, config.chunk_size):
@@ -265,11 +306,14 @@ def mine_beir(encoder: Encoder, beir_dir: str | os.PathLike, output_dir: str | o
         for qid, ranked in zip(chunk, found):
             positives = {d for d, s in beir.qrels[qid].items() if s > 0}
             ranked = [d for d in ranked if d is not None]
+            window = window_set(ranked, positives, rule)
             chosen = window_negatives(ranked, positives, rule, key=f"{config.seed}:{qid}", fallback=doc_ids)
-            stats.count(chosen)
+            stats.count(chosen, {TYPE2: window})
             stats.positive_in_top_k += any(d in positives for d in ranked)
-            rows.append({"qid": qid, "neg_cand_list": [d for d, _ in chosen],
-                         "neg_cand_types": [kind for _, kind in chosen]})
+            row = {"qid": qid, "neg_cand_list": [d for d, _ in chosen], "neg_cand_types": [kind for _, kind in chosen]}
+            if config.typed_sets:
+                row.update(typed_fields({TYPE2: window}, {TYPE2: rule.num_type2}))
+            rows.append(row)
         return rows, stats
 
     job.run("beir", len(qids), config.chunk_size, work)
@@ -277,18 +321,35 @@ def mine_beir(encoder: Encoder, beir_dir: str | os.PathLike, output_dir: str | o
 
 
 def stats_table(result: MiningResult) -> str:
-    """A Markdown table: negatives per type and how often the top hit had the wrong modality."""
-    lines = ["| unit | queries | type1 | type2 | random | wrong modality ranked first | positive in top k |",
-             "|---|---:|---:|---:|---:|---:|---:|"]
+    """A Markdown table: the stored sample per type, the full typed sets, fallbacks and modality errors.
 
-    def row(name: str, s: MiningStats) -> str:
-        share = 100 * s.wrong_modality_first / max(s.queries, 1)
-        hit = 100 * s.positive_in_top_k / max(s.queries, 1)
-        n = s.negatives
-        return (f"| {name} | {s.queries:,} | {n.get('type1', 0):,} | {n.get('type2', 0):,} | {n.get('random', 0):,} "
-                f"| {share:.1f}% | {hit:.1f}% |")
+    "mod.err@k" is the evaluation's modality error (share of top-k slots of the wrong modality);
+    "top-1 wrong modality" is the share of queries whose first hit had the wrong modality.
+    """
+    return _table([(name, stats) for name, stats in result.stats.items()]
+                  + ([("all", result.total())] if len(result.stats) > 1 else []))
 
-    lines += [row(name, s) for name, s in result.stats.items()]
-    if len(result.stats) > 1:
-        lines.append(row("all", result.total()))
+
+STATS_HEADER = ["queries", "type1", "type2", "random", "type1 candidates", "queries with type1",
+                "type2 candidates", "top-1 wrong modality", "mod.err@k", "positive in top k"]
+
+
+def stats_cells(s: MiningStats) -> list[str]:
+    """One row of :data:`STATS_HEADER` (shared by ``mmembed mine`` and the recipe report)."""
+    n, c, w = s.negatives, s.candidates, s.with_candidates
+
+    def pct(part: int, whole: int) -> str:
+        return f"{100 * part / whole:.1f}%" if whole else "-"
+
+    error = "-" if s.modality_error is None else f"{100 * s.modality_error:.1f}%"
+    sets = bool(c)  # manifests of format 1 have no candidate sets
+    return [f"{s.queries:,}", f"{n.get('type1', 0):,}", f"{n.get('type2', 0):,}", f"{n.get('random', 0):,}",
+            f"{c.get('type1', 0):,}" if sets else "-",
+            pct(w.get("type1", 0), s.queries) if sets else "-", f"{c.get('type2', 0):,}" if sets else "-",
+            pct(s.wrong_modality_first, s.queries), error, pct(s.positive_in_top_k, s.queries)]
+
+
+def _table(rows: list[tuple[str, MiningStats]]) -> str:
+    lines = ["| unit | " + " | ".join(STATS_HEADER) + " |", "|---|" + "---:|" * len(STATS_HEADER)]
+    lines += ["| " + " | ".join([name, *stats_cells(s)]) + " |" for name, s in rows]
     return "\n".join(lines)

@@ -81,34 +81,50 @@ def _fill(chosen: list[tuple[str, str]], wanted: int, fallback: Sequence[str], e
     return chosen + [(did, RANDOM) for did in draws]
 
 
-def modality_aware_negatives(ranked: Sequence[str], modalities: Sequence[str], positives: set[str],
-                             target: str, rule: NegativeRule, *, key: str,
-                             fallback: Sequence[str] = ()) -> list[tuple[str, str]]:
-    """``[(candidate id, type)]`` for one query; ``ranked`` is best first, ``modalities`` parallel to it.
+def modality_aware_sets(ranked: Sequence[str], modalities: Sequence[str], positives: set[str], target: str,
+                        rule: NegativeRule) -> dict[str, list[str]]:
+    """Every candidate of each type for one query, best ranked first: ``{"type1": [...], "type2": [...]}``.
 
-    ``key`` seeds the choice (e.g. ``f"{seed}:{qid}"``); ``fallback`` holds candidates of the target
-    modality to draw random negatives from.
+    Training may draw from these sets afresh each epoch; :func:`modality_aware_negatives` picks
+    today's fixed sample from them.
     """
     top = list(zip(ranked[: rule.k], modalities[: rule.k]))
     first_positive = next((i for i, (did, _) in enumerate(top) if did in positives), len(top))
     type1 = [did for did, m in top[:first_positive] if m != target]
     low, high = rule.window
     type2 = [did for did, m in top[low - 1: high] if m == target and did not in positives]
-    chosen = [(did, TYPE1) for did in _pick(type1, rule.num_type1, f"{key}:1")]
+    return {TYPE1: type1, TYPE2: type2}
+
+
+def modality_aware_negatives(ranked: Sequence[str], modalities: Sequence[str], positives: set[str],
+                             target: str, rule: NegativeRule, *, key: str,
+                             fallback: Sequence[str] = (),
+                             sets: dict[str, list[str]] | None = None) -> list[tuple[str, str]]:
+    """``[(candidate id, type)]`` for one query; ``ranked`` is best first, ``modalities`` parallel to it.
+
+    ``key`` seeds the choice (e.g. ``f"{seed}:{qid}"``); ``fallback`` holds candidates of the target
+    modality to draw random negatives from; ``sets`` are :func:`modality_aware_sets` when already known.
+    """
+    sets = sets if sets is not None else modality_aware_sets(ranked, modalities, positives, target, rule)
+    chosen = [(did, TYPE1) for did in _pick(sets[TYPE1], rule.num_type1, f"{key}:1")]
     if rule.random_fallback:
         chosen = _fill(chosen, rule.num_type1, fallback, positives, f"{key}:r1")
-    chosen += [(did, TYPE2) for did in _pick(type2, rule.num_type2, f"{key}:2") if did not in dict(chosen)]
+    chosen += [(did, TYPE2) for did in _pick(sets[TYPE2], rule.num_type2, f"{key}:2") if did not in dict(chosen)]
     if rule.random_fallback:
         chosen = _fill(chosen, rule.num_type1 + rule.num_type2, fallback, positives, f"{key}:r2")
     return chosen
 
 
+def window_set(ranked: Sequence[str], positives: set[str], rule: NegativeRule) -> list[str]:
+    """Text mining: every non-positive of the rank window, best ranked first."""
+    low, high = rule.window
+    return [did for did in ranked[low - 1: high] if did not in positives]
+
+
 def window_negatives(ranked: Sequence[str], positives: set[str], rule: NegativeRule, *, key: str,
                      fallback: Sequence[str] = ()) -> list[tuple[str, str]]:
     """Text mining: ``num_type2`` non-positives from the rank window (no modality rule)."""
-    low, high = rule.window
-    window = [did for did in ranked[low - 1: high] if did not in positives]
-    chosen = [(did, TYPE2) for did in _pick(window, rule.num_type2, f"{key}:2")]
+    chosen = [(did, TYPE2) for did in _pick(window_set(ranked, positives, rule), rule.num_type2, f"{key}:2")]
     if rule.random_fallback:
         chosen = _fill(chosen, rule.num_type2, fallback, positives, f"{key}:r2")
     return chosen

@@ -6,7 +6,11 @@ candidate pool. :class:`ContrastiveDataset` turns a row into a :class:`TrainingE
 on worker order, on the number of processes, or on what was drawn before:
 
 - one positive among the query's positives, per epoch;
-- ``num_negatives`` hard negatives from ``neg_cand_list`` (without replacement), per epoch. When a
+- ``num_negatives`` hard negatives from ``neg_cand_list`` (without replacement), per epoch; a row
+  mined with typed candidate sets (``neg_cand_sets`` + ``neg_cand_quota``, written by ``mmembed
+  mine`` since format 2) instead draws its quota of each type afresh from the full set of that
+  type each epoch, so training keeps meeting new hard negatives (the fixed ``neg_cand_list`` of
+  older mining runs, or of ``typed_sets: false``, is used as before). When a
   query has fewer, ``negative_padding="random"`` (default) tops up with random candidates of the
   same pool group — same dataset id and modality as the task's targets for M-BEIR, the whole
   corpus for BEIR — that are not positives; ``"none"`` keeps fewer (batches become ragged, which
@@ -149,6 +153,10 @@ class CandidatePool:
         return (dataset_id_of(did), rec.modality) if self.grouping == "dataset_modality" else ()
 
 
+#: One type of a row's typed negatives: (type, every candidate id of that type, how many to draw).
+TypedSet = tuple[str, tuple[str, ...], int]
+
+
 @dataclass(frozen=True)
 class _Row:
     qid: str
@@ -157,6 +165,8 @@ class _Row:
     pos: tuple[str, ...]
     neg: tuple[str, ...]
     task_key: str
+    #: Typed candidate sets drawn from each epoch instead of ``neg`` (empty: use ``neg``).
+    neg_sets: tuple[TypedSet, ...] = ()
 
 
 @dataclass
@@ -207,8 +217,39 @@ def mbeir_source(queries: str | os.PathLike, pool: CandidatePool | str | os.Path
                 prompts[key] = instructions.prompts(q.dataset_id, task.query_modality, task.cand_modality)
             except DataError as e:
                 raise DataError(e.reason, Location(str(path), None, None, q.qid)) from None
-        rows.append(_Row(q.qid, q.text, q.image, q.pos, tuple(d for d in q.neg if d not in q.pos), key))
+        sets = typed_sets(q.extra, set(q.pos), pool, Location(str(path), None, "neg_cand_sets", q.qid))
+        rows.append(_Row(q.qid, q.text, q.image, q.pos, tuple(d for d in q.neg if d not in q.pos), key, sets))
     return TrainingSource(name or path.stem, rows, pool, images, prompts, group)
+
+
+def typed_sets(fields: Mapping, positives: set[str], pool: CandidatePool | None, where: Location,
+               prefix: str = "") -> tuple[TypedSet, ...]:
+    """The typed candidate sets of a mined row (``neg_cand_sets``, ``neg_cand_quota``), checked.
+
+    Absent fields give ``()`` (an older mining run: its ``neg_cand_list`` is used). Positives are
+    dropped, so they are never drawn; an id missing from the pool is an error naming the row.
+    """
+    sets, quota = fields.get("neg_cand_sets"), fields.get("neg_cand_quota")
+    if sets is None:
+        return ()
+    if not isinstance(sets, dict) or not isinstance(quota, dict) or set(quota) - set(sets) or not all(
+            isinstance(ids, list) and all(isinstance(d, str) for d in ids) for ids in sets.values()) or not all(
+            isinstance(n, int) and n >= 0 for n in quota.values()):
+        raise DataError("expected neg_cand_sets {type: [id, ...]} and neg_cand_quota {type: count >= 0}", where)
+    out = []
+    for kind, ids in sets.items():
+        kept = tuple(prefix + d for d in ids if prefix + d not in positives)
+        for did in kept:
+            if pool is not None and did not in pool:
+                raise DataError(f"candidate {did!r} of neg_cand_sets.{kind} is not in the pool", where)
+        out.append((kind, kept, int(quota.get(kind, 0))))
+    return tuple(out)
+
+
+def read_negative_sets(path: str | os.PathLike) -> dict[str, dict]:
+    """``{qid: row}`` of a BEIR mining output whose rows hold typed sets (empty for an older one)."""
+    return {obj["qid"]: obj for _, obj in iter_jsonl(path)
+            if isinstance(obj.get("qid"), str) and "neg_cand_sets" in obj}
 
 
 def read_hard_negatives(path: str | os.PathLike) -> dict[str, list[str]]:
@@ -238,7 +279,9 @@ def beir_source(root: str | os.PathLike, name: str, *, split: str = "train", ins
         raise ConfigError(f"BEIR source name {name!r} must be non-empty, without ':' and not a number "
                           "(it prefixes ids and must not look like an M-BEIR dataset id)")
     beir = load_beir(root, split)
+    mined: dict[str, dict] = {}
     if isinstance(hard_negatives, str | os.PathLike):
+        mined = read_negative_sets(hard_negatives)
         hard_negatives = read_hard_negatives(hard_negatives)
     negs = hard_negatives or {}
     pool = CandidatePool({f"{name}:{d}": _Record(doc.full_text, None, Modality.TEXT) for d, doc in beir.corpus.items()},
@@ -253,7 +296,10 @@ def beir_source(root: str | os.PathLike, name: str, *, split: str = "train", ins
         for did in neg:
             if did not in pool:
                 raise DataError(f"hard negative {did!r} is not in the corpus", Location(str(root), None, "neg", qid))
-        rows.append(_Row(f"{name}:{qid}", text, None, pos, tuple(d for d in neg if d not in pos), f"beir/{name}"))
+        sets = typed_sets(mined.get(qid, {}), set(pos), pool, Location(str(root), None, "neg_cand_sets", qid),
+                          prefix=f"{name}:")
+        rows.append(_Row(f"{name}:{qid}", text, None, pos, tuple(d for d in neg if d not in pos), f"beir/{name}",
+                         sets))
     if skipped:
         logger.info("BEIR %s: skipped %d queries without a positive (score >= %d)", name, skipped, min_score)
     return TrainingSource(name, rows, pool, None, {f"beir/{name}": tuple(instructions)} if instructions else {},
@@ -283,12 +329,17 @@ def _images_to_read(dataset: ContrastiveDataset) -> dict[tuple[str, str], tuple[
         if pads and (root, id(source.pool)) in whole_pools:
             continue
         whole_pools.add((root, id(source.pool)))
-        dids = source.pool.ids() if pads else {d for row in source.rows for d in (*row.pos, *row.neg)}
+        dids = source.pool.ids() if pads else {d for row in source.rows for d in _row_ids(row)}
         for did in dids:
             image = source.pool.record(did).image
             if image:
                 found.setdefault((root, image), (source.images, did))
     return found
+
+
+def _row_ids(row: _Row) -> tuple[str, ...]:
+    """Every candidate id a row can bring to a batch: positives, negatives, typed sets."""
+    return (*row.pos, *row.neg, *(did for _, ids, _ in row.neg_sets for did in ids))
 
 
 def _image_problem(store: ImageStore, rel: str, item_id: str) -> ImageError | None:
@@ -386,6 +437,7 @@ class ContrastiveDataset:
             self.source_ranges.append(range(start, start + len(s.rows)))
             start += len(s.rows)
         self._stops = [r.stop for r in self.source_ranges]
+        self._sets_digest: str | None = None
 
     def __len__(self) -> int:
         return self.source_ranges[-1].stop
@@ -402,8 +454,25 @@ class ContrastiveDataset:
 
     def fingerprint(self) -> dict:
         """What a sampler state depends on; a resumed run must match it."""
-        return {"sources": [[s.name, len(s.rows)] for s in self.sources], "seed": self.seed,
-                "num_negatives": self.num_negatives, "negative_padding": self.negative_padding}
+        found = {"sources": [[s.name, len(s.rows)] for s in self.sources], "seed": self.seed,
+                 "num_negatives": self.num_negatives, "negative_padding": self.negative_padding}
+        if digest := self._negative_sets_digest():  # only then: states saved before typed sets still load
+            found["negative_sets"] = digest
+        return found
+
+    def _negative_sets_digest(self) -> str | None:
+        """A hash of every typed candidate set: the epoch's draws depend on them, so a resumed run must
+        see the same ones (another mining run would silently change the negatives)."""
+        if self._sets_digest is None:
+            h = hashlib.blake2b(digest_size=16)
+            found = False
+            for source in self.sources:
+                for r in source.rows:
+                    if r.neg_sets:
+                        found = True
+                        h.update(repr((r.qid, r.neg_sets)).encode("utf-8"))
+            self._sets_digest = h.hexdigest() if found else ""
+        return self._sets_digest or None
 
     def resolve(self, row: int, epoch: int) -> ResolvedIds:
         """The positive and negatives of ``row`` in ``epoch`` (ids only: cheap, no image access)."""
@@ -411,7 +480,8 @@ class ContrastiveDataset:
         draws = _Draws(f"{self.seed}\x1f{epoch}\x1f{r.qid}")
         positive = r.pos[draws.below(len(r.pos))] if len(r.pos) > 1 else r.pos[0]
         k = self.num_negatives
-        negatives = _sample(r.neg, k, draws) if len(r.neg) > k else list(r.neg)
+        drawn = _draw_typed(r.neg_sets, draws) if r.neg_sets else r.neg
+        negatives = _sample(drawn, k, draws) if len(drawn) > k else list(drawn)
         padded = 0
         if len(negatives) < k and self.negative_padding == "random":
             extra = _padding(source.pool.group(positive), set(r.pos) | set(negatives), k - len(negatives), draws)
@@ -452,6 +522,16 @@ def _sample(population: Sequence[str], k: int, draws: _Draws) -> list[str]:
         j = i + draws.below(len(pool) - i)
         pool[i], pool[j] = pool[j], pool[i]
     return pool[:k]
+
+
+def _draw_typed(sets: Sequence[TypedSet], draws: _Draws) -> list[str]:
+    """This epoch's typed negatives: each type's quota drawn without replacement from its full set
+    (a short set gives what it has; random padding fills the rest, as mining's fallback does)."""
+    out: list[str] = []
+    for _, ids, quota in sets:
+        fresh = [d for d in ids if d not in out]  # an id in two sets is drawn once
+        out += _sample(fresh, quota, draws) if len(fresh) > quota else fresh
+    return out
 
 
 def _padding(group: list[str], exclude: set[str], k: int, draws: _Draws) -> list[str]:
