@@ -26,6 +26,11 @@ class MineSpec:
     encoder: str = ""
     #: ``mmembed.mining.MiningConfig`` keys.
     config: dict = field(default_factory=dict)
+    #: Cross-fitted mining with K folds (1: off). ``encoder`` must then name a training step: its
+    #: configuration is trained K more times, each on the training queries outside one fold (folds
+    #: by a hash of (``config.seed``, qid)), and each fold is mined by the model that did not see it;
+    #: the merged output reads like any mining output. Costs K extra training runs. M-BEIR data only.
+    cross_fit: int = 1
 
 
 @dataclass
@@ -72,6 +77,13 @@ class RecipeConfig:
                 raise ConfigError(f"recipe step {step.name!r}: give exactly one of 'train' or 'mine'")
             if step.mine is not None and not (step.mine.data and step.mine.encoder):
                 raise ConfigError(f"recipe step {step.name!r}: 'mine' needs 'data' and 'encoder'")
+            if step.mine is not None and not (isinstance(step.mine.cross_fit, int) and step.mine.cross_fit >= 1):
+                raise ConfigError(f"recipe step {step.name!r}: mine.cross_fit must be an integer >= 1 (1: off), "
+                                  f"got {step.mine.cross_fit!r}")
+            if step.mine is not None and step.mine.cross_fit > 1 and not any(
+                    s.name == step.mine.encoder and s.train is not None for s in self.steps):
+                raise ConfigError(f"recipe step {step.name!r}: cross_fit needs 'encoder' to name a training step "
+                                  "of the recipe (its configuration trains the fold models)")
             seen.add(step.name)
         if not self.evaluate.models:
             raise ConfigError("recipe: 'evaluate.models' must name at least one model")

@@ -74,21 +74,23 @@ def task_table(evaluations: Sequence, pool: str, key: str = "score") -> str:
 
 
 def mining_table(mining_dirs: dict[str, Path]) -> str | None:
+    """Per mining step and task: the stored sample by type, the typed candidate sets, fallbacks and
+    the modality error of the miner's top k (the evaluation's definition, on the training queries)."""
+    from mmembed.mining.jobs import MiningStats
+    from mmembed.mining.miner import STATS_HEADER, stats_cells
+
     rows = []
     for name, directory in mining_dirs.items():
         path = directory / "mining.json"
         if not path.is_file():
             continue
         manifest = json.loads(path.read_text(encoding="utf-8"))
+        label = f"{name} (cross-fit {manifest['cross_fit']['folds']})" if manifest.get("cross_fit") else name
         for unit, s in manifest["stats"].items():
-            n = s["negatives"]
-            rows.append([name, unit, f"{s['queries']:,}", f"{n.get('type1', 0):,}", f"{n.get('type2', 0):,}",
-                         f"{n.get('random', 0):,}", f"{100 * s['wrong_modality_first'] / max(s['queries'], 1):.1f}",
-                         f"{100 * s['positive_in_top_k'] / max(s['queries'], 1):.1f}"])
+            rows.append([label, unit, *stats_cells(MiningStats.from_dict(s))])
     if not rows:
         return None
-    return markdown_table(["step", "task", "queries", "type1", "type2", "random", "wrong modality first (%)",
-                           "positive in top k (%)"], rows)
+    return markdown_table(["step", "task", *STATS_HEADER], rows)
 
 
 def read_losses(run_dir: Path) -> list[tuple[int, float]]:

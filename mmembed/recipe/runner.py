@@ -114,6 +114,8 @@ def check_recipe(recipe: RecipeConfig) -> None:
                 mining_config(step)
                 _check_model_spec(recipe, step.mine.encoder, trained, "mine.encoder")
                 _check_input_dir(recipe, step.mine.data, "mine.data")
+                if step.mine.cross_fit > 1 and (Path(step.mine.data) / "corpus.jsonl").is_file():
+                    raise ConfigError("mine.cross_fit applies to M-BEIR data, not to a BEIR text set")
         except MMEmbedError as e:
             raise ConfigError(f"recipe step {step.name}: {e}") from None
     try:
@@ -147,6 +149,11 @@ def _check_input_dir(recipe: RecipeConfig, data: str, key: str) -> None:
 
 
 def _run_train(recipe: RecipeConfig, step: Step) -> str:
+    return train_config(step_train_config(recipe, step), step.name)
+
+
+def train_config(config, label: str) -> str:
+    """Train ``config`` unless its output directory already holds a model of that configuration."""
     import torch
 
     from mmembed.config import to_dict
@@ -155,7 +162,6 @@ def _run_train(recipe: RecipeConfig, step: Step) -> str:
     from mmembed.training.saving import TRAIN_CONFIG_FILE
     from mmembed.training.trainer import Trainer
 
-    config = step_train_config(recipe, step)
     out = Path(config.output_dir)
     final = out / FINAL / TRAIN_CONFIG_FILE
     if final.is_file():
@@ -163,7 +169,7 @@ def _run_train(recipe: RecipeConfig, step: Step) -> str:
         if done == wanted:
             return "skipped"
         changed = sorted(k for k in set(done) | set(wanted) if done.get(k) != wanted.get(k))
-        raise ConfigError(f"recipe step {step.name}: {out} holds a model trained with another configuration "
+        raise ConfigError(f"recipe step {label}: {out} holds a model trained with another configuration "
                           f"(sections {', '.join(changed)} differ); delete {out} to train it again")
     resume = bool(ckpt.list_checkpoints(out))
     threads = torch.get_num_threads()
@@ -179,19 +185,23 @@ def _run_mine(recipe: RecipeConfig, step: Step, show_progress: bool) -> str:
     from mmembed.mining import mine_beir, mine_mbeir, stats_table
 
     assert step.mine is not None
+    if step.mine.cross_fit > 1:
+        from mmembed.recipe.cross_fit import run_cross_fit
+
+        return run_cross_fit(recipe, step, show_progress)
     config = mining_config(step)
     encoder = load_encoder(resolve_model(recipe, step.mine.encoder))
     mine = mine_beir if (Path(step.mine.data) / "corpus.jsonl").is_file() else mine_mbeir
     target = Path(recipe.output_dir) / step.name
     mined = mine(encoder, step.mine.data, target, config, show_progress=show_progress)
     if not mined.complete:  # launched in several processes: each mined its shard; wait for the last one
-        _wait_for(target / MINING_MANIFEST, f"the other processes' mining shards of step {step.name}")
+        wait_for(target / MINING_MANIFEST, f"the other processes' mining shards of step {step.name}")
         return "ran"
     logger.info("mining statistics of %s:\n%s", step.name, stats_table(mined))
     return "skipped" if mined.reused else "ran"
 
 
-def _wait_for(path: Path, what: str, poll_s: float = 10.0) -> None:
+def wait_for(path: Path, what: str, poll_s: float = 10.0) -> None:
     logger.info("waiting for %s (%s)", what, path)
     while not path.is_file():
         time.sleep(poll_s)
