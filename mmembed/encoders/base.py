@@ -8,13 +8,18 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import numpy as np
 
 from mmembed.data.images import ImageLike, ImageStore
 from mmembed.errors import DataError, Location
 from mmembed.types import Candidate, Modality, Query
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
 
 Instructions = str | None | Sequence[str | None]
 
@@ -86,3 +91,67 @@ def l2_normalize(x: np.ndarray) -> np.ndarray:
     x = np.asarray(x, dtype=np.float32)
     norms = np.linalg.norm(x, axis=-1, keepdims=True)
     return x / np.maximum(norms, 1e-12)
+
+
+@dataclass
+class TrainableParts:
+    """Where a trainable encoder's parts are (``None`` when it has no such part)."""
+
+    #: The language backbone (what LoRA adapts and gradient checkpointing applies to).
+    language: nn.Module
+    projector: nn.Module | None
+    pooler: nn.Module | None
+    vision: list[nn.Parameter]
+    #: The vision tower's output is cached without gradients (training it is impossible).
+    vision_cached: bool
+
+
+@runtime_checkable
+class TrainableEncoder(Protocol):
+    """An encoder that :mod:`mmembed.training` can train: the trainer depends on this and nothing else.
+
+    The CPU towers models (:class:`~mmembed.encoders.parts.PartsModel`) and
+    :class:`~mmembed.encoders.vlm.VLMEncoder` implement it. Every parameter is frozen until the
+    trainer unfreezes what the configuration asks for.
+    """
+
+    def torch_module(self) -> nn.Module:
+        """One ``nn.Module`` holding every parameter, named as the encoder names them (what DDP wraps)."""
+        ...
+
+    def trainable_parts(self) -> TrainableParts:
+        """The language backbone, projector, pooler and vision parameters."""
+        ...
+
+    def train(self, mode: bool = True) -> Any:
+        """Training (dropout on) or evaluation mode, as ``nn.Module.train``."""
+        ...
+
+    def embed(self, items: Sequence[Item], role: str, instructions: Sequence[str | None] | None = None
+              ) -> torch.Tensor:
+        """L2-normalised (batch, dim) embeddings with gradients outside ``torch.no_grad``."""
+        ...
+
+    def length_keys(self, items: Sequence[Item]) -> list[float]:
+        """Cost estimates of items (to embed similar lengths together)."""
+        ...
+
+    def for_language_training(self) -> TrainableEncoder:
+        """This encoder, or a copy of it, that saves its language backbone's weights when they change.
+
+        The trainer calls it before anything else when LoRA or ``train_patterns`` will change the
+        language backbone, and trains what it returns.
+        """
+        ...
+
+    def add_lora(self, *, r: int, alpha: int, dropout: float, target_modules: Sequence[str] | None) -> None:
+        """Add a fresh trainable LoRA adapter to the language backbone (only its weights trainable).
+
+        A LoRA update loaded with the encoder stays in effect, frozen, under the new adapter, and
+        :meth:`save_pretrained` keeps both.
+        """
+        ...
+
+    def save_pretrained(self, directory: str | Path, *, dtype: torch.dtype | None = None) -> Path:
+        """Write the encoder (LoRA included) so that ``load_encoder(directory)`` reads it back."""
+        ...

@@ -27,11 +27,13 @@ from PIL import Image
 from torch import nn
 
 from mmembed.encoders import efficientnet
+from mmembed.encoders.base import TrainableEncoder, TrainableParts
 from mmembed.encoders.common import (
     BatchedEncoder,
     clip_to_tokens,
     load_checkpoint,
     package_version,
+    require_module,
     save_checkpoint,
     warn_truncation,
 )
@@ -224,8 +226,8 @@ def base_state(text_prefix: str | None = "text.model.", vision_prefix: str | Non
 LORA_A, LORA_B = ".lora_A", ".lora_B"
 
 
-class PartsModel(nn.Module, BatchedEncoder):
-    """What the models built from these parts share: identity, trainable weights, checkpoints.
+class PartsModel(nn.Module, BatchedEncoder, TrainableEncoder):
+    """What the models built from these parts share: identity, training, checkpoints.
 
     Subclasses set ``SETTINGS`` (constructor arguments saved in config.json), fill
     ``self.settings`` in ``__init__`` and keep BERT at ``self.text`` and the tower at ``self.vision``.
@@ -259,6 +261,56 @@ class PartsModel(nn.Module, BatchedEncoder):
         """What training updates (the vision tower is always frozen; BERT when train_backbone)."""
         return [p for p in self.parameters() if p.requires_grad]
 
+    # ------------------------------------------------------------ the TrainableEncoder protocol
+
+    def torch_module(self) -> nn.Module:
+        return self
+
+    def _projector_and_pooler(self) -> tuple[nn.Module | None, nn.Module | None]:
+        """The subclass's projector of image features and its pooler (``None`` when absent)."""
+        raise NotImplementedError
+
+    def trainable_parts(self) -> TrainableParts:
+        projector, pooler = self._projector_and_pooler()
+        # the vision tower's features come from a cache, without gradients
+        return TrainableParts(self.text.model, projector, pooler, list(self.vision.parameters()), True)
+
+    def for_language_training(self) -> PartsModel:
+        """This model rebuilt with ``train_backbone=True`` (BERT's weights then count as its own), same weights.
+
+        A rebuild rather than flipping the flag: building the model draws from torch's global RNG
+        (transformers initialises BERT before loading it), and the runs that produced the shipped
+        checkpoints built it twice; doing the same keeps their bytes reproducible.
+        """
+        if self.settings.get("train_backbone"):
+            return self
+        param = next(self.parameters())
+        settings = {**self.settings, "train_backbone": True}
+        rebuilt = type(self)(**settings, device=str(param.device), dtype=str(self.weights_dtype).removeprefix("torch."),
+                             image_cache=self.vision.cached.cache)
+        rebuilt.load_state_dict(self.state_dict())
+        rebuilt._low_rank = dict(self._low_rank) if self._low_rank else None
+        rebuilt._hash_text = True
+        return rebuilt
+
+    def add_lora(self, *, r: int, alpha: int, dropout: float, target_modules: Sequence[str] | None) -> None:
+        """peft LoRA layers in BERT (default: every linear layer); only their weights are trainable.
+
+        A low-rank update loaded with this model is already merged into BERT's weights, so the new
+        adapter trains on top of it; :meth:`save_pretrained` stores both as one set of factors.
+        """
+        if live_lora_layers(self.text.model):
+            raise ModelError("this model already has a LoRA adapter being trained")
+        peft = require_module("peft", extra="train", what="peft (LoRA)")
+        targets = list(target_modules) if target_modules else linear_layer_names(self.text.model)
+        config = peft.LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets)
+        peft.inject_adapter_in_model(config, self.text.model)
+        self.settings["train_backbone"] = True  # BERT's weights now change: hash and save them
+        self._hash_text = True
+        self._id_cache = None
+        for name, p in self.text.model.named_parameters():
+            p.requires_grad_("lora_" in name)
+
     @property
     def weights_dtype(self) -> torch.dtype:
         return self.text.model.dtype
@@ -271,10 +323,20 @@ class PartsModel(nn.Module, BatchedEncoder):
         ``low_rank`` maps a linear layer's name to factors ``(A, B)`` of an update ``B @ A`` to
         its weight (a LoRA run's adapters), stored as ``NAME.lora_A`` / ``NAME.lora_B`` and merged
         on loading. ``dtype`` stores floating tensors in another precision (e.g. float16, to ship
-        a small checkpoint); loading casts them back to the model's dtype.
+        a small checkpoint); loading casts them back to the model's dtype. peft LoRA layers being
+        trained (:meth:`add_lora`) are saved the same way, as their factors.
         """
+        with lora_as_factors(self.text.model, "text.model.") as live:
+            return self._save(Path(directory), save_all, {**live, **(low_rank or {})}, dtype)
+
+    def _save(self, directory: Path, save_all: bool, low_rank: Mapping[str, tuple[torch.Tensor, torch.Tensor]],
+              dtype: torch.dtype | None) -> Path:
         state = self.state_dict()
-        low_rank = self._with_loaded_low_rank(low_rank or {})
+        if save_all:  # every weight is saved as it is: updates not yet merged are added to it
+            for name, (a, b) in low_rank.items():
+                key = f"{name}.weight"
+                state[key] = state[key] + (b.float() @ a.float()).to(state[key].dtype)
+        low_rank = self._with_loaded_low_rank(low_rank)
         if not save_all:
             # The vision tower is always frozen; BERT can only differ when trained or loaded so.
             state = {k: v for k, v in state.items() if not k.startswith("vision.net.")}
@@ -283,7 +345,7 @@ class PartsModel(nn.Module, BatchedEncoder):
             else:
                 state = {k: v for k, v in state.items() if not k.startswith("text.model.")}
         else:
-            low_rank = {}  # every weight is saved as it is, updates included
+            low_rank = {}  # every weight is saved as it is, updates included (above)
         for name, (a, b) in low_rank.items():
             if f"{name}.weight" in state:  # trained in full as well: the saved weight holds everything
                 continue
@@ -357,3 +419,43 @@ class PartsModel(nn.Module, BatchedEncoder):
             raise ModelError(f"{where}: weights do not fit this {self.encoder_type!r} model: {e}") from None
         self._hash_text = self._hash_text or any(k.startswith("text.") for k in [*tensors, *low_rank])
         self._id_cache = None
+
+
+def linear_layer_names(module: nn.Module) -> list[str]:
+    """The distinct last name parts of every ``nn.Linear`` in ``module`` (peft target names)."""
+    return sorted({name.rsplit(".", 1)[-1] for name, m in module.named_modules() if isinstance(m, nn.Linear)})
+
+
+def live_lora_layers(module: nn.Module) -> list[tuple[str, nn.Module]]:
+    """``(name, layer)`` of every peft LoRA layer under ``module``."""
+    return [(name, child) for name, child in module.named_modules()
+            if getattr(child, "base_layer", None) is not None and hasattr(child, "lora_A")
+            and hasattr(child, "active_adapters")]
+
+
+@contextlib.contextmanager
+def lora_as_factors(module: nn.Module, prefix: str = "") -> Iterator[dict[str, tuple[torch.Tensor, torch.Tensor]]]:
+    """Temporarily put every peft LoRA layer under ``module`` back to its plain base layer.
+
+    Inside the block the state dict has the original names and weights, and the yielded mapping
+    holds each adapted layer's low-rank update as ``{prefix + layer name: (A, scale * B)}`` so that
+    ``W + B @ A`` is the trained weight. Saving the factors instead of merged weights keeps a
+    checkpoint of a LoRA run small (a few MB instead of every adapted BERT matrix). The LoRA layers
+    are put back after the block.
+    """
+    swaps, factors = [], {}
+    for name, child in live_lora_layers(module):
+        (adapter,) = child.active_adapters  # add_lora adds one adapter, and refuses a second
+        a = child.lora_A[adapter].weight.detach()
+        b = child.lora_B[adapter].weight.detach() * child.scaling[adapter]
+        factors[prefix + name] = (a.clone(), b.clone())
+        parent_name, _, attr = name.rpartition(".")
+        parent = module.get_submodule(parent_name) if parent_name else module
+        swaps.append((parent, attr, child))
+    for parent, attr, child in swaps:
+        setattr(parent, attr, child.base_layer)
+    try:
+        yield factors
+    finally:
+        for parent, attr, child in reversed(swaps):
+            setattr(parent, attr, child)

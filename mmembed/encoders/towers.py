@@ -84,6 +84,9 @@ class TowersEncoder(PartsModel):
     def dtype(self) -> torch.dtype:
         return self.projector[0].weight.dtype
 
+    def _projector_and_pooler(self) -> tuple[nn.Module | None, nn.Module | None]:
+        return self.projector, self.pooler
+
     # -------------------------------------------------------------- embedding
 
     def embed(self, items: Sequence[Item], role: Role, instructions: Sequence[str | None] | None = None

@@ -69,6 +69,9 @@ class FusionTowersEncoder(PartsModel):
         self.to(device=device_, dtype=resolve_dtype(dtype, device_))
         self.eval()
 
+    def _projector_and_pooler(self) -> tuple[nn.Module | None, nn.Module | None]:
+        return self.image_proj, None
+
     def embed(self, items: Sequence[Item], role: Role, instructions: Sequence[str | None] | None = None
               ) -> torch.Tensor:
         """L2-normalised (batch, 384) embeddings; differentiable w.r.t. the trainable weights."""

@@ -35,6 +35,7 @@ import torch
 from torch import nn
 
 from mmembed.data.images import as_pil
+from mmembed.encoders.base import TrainableEncoder, TrainableParts
 from mmembed.encoders.bidirectional import set_bidirectional
 from mmembed.encoders.common import (
     BatchedEncoder,
@@ -67,7 +68,7 @@ DEFAULT_LATENT = {"num_latents": 512, "num_heads": 8}
 
 
 @register("vlm")
-class VLMEncoder(BatchedEncoder):
+class VLMEncoder(BatchedEncoder, TrainableEncoder):
     """A bi-encoder over a Hugging Face vision-language model (see the module docstring)."""
 
     def __init__(self, model: nn.Module, processor: Any, *, pooling: str = "mean", bidirectional: bool = False,
@@ -136,10 +137,17 @@ class VLMEncoder(BatchedEncoder):
 
         return load_vlm_checkpoint(cls, directory, **overrides)
 
-    def save_pretrained(self, directory: str | Path, *, copy_backbone: bool = False) -> Path:
-        """Write a checkpoint; see :func:`mmembed.encoders.vlm_checkpoint.save_vlm_checkpoint`."""
+    def save_pretrained(self, directory: str | Path, *, copy_backbone: bool = False,
+                        dtype: torch.dtype | None = None) -> Path:
+        """Write a checkpoint; see :func:`mmembed.encoders.vlm_checkpoint.save_vlm_checkpoint`.
+
+        ``dtype`` (the towers models' stored precision) does not apply: a VLM checkpoint holds the
+        adapter and the few trained tensors in the model's own dtype.
+        """
         from mmembed.encoders.vlm_checkpoint import save_vlm_checkpoint
 
+        if dtype is not None:
+            logger.warning("a stored dtype applies to the towers models only; the VLM is saved as it is")
         return save_vlm_checkpoint(self, directory, copy_backbone=copy_backbone)
 
     def enable_lora(self, r: int = 8, alpha: int = 64, dropout: float = 0.0,
@@ -162,17 +170,39 @@ class VLMEncoder(BatchedEncoder):
         bidir = "-bidir" if self.bidirectional else ""
         return f"vlm:{self.model_type}:{name}:{self.pooling}{bidir}"
 
-    # ------------------------------------------------------------------ training helpers
+    # ------------------------------------------------------------------ the TrainableEncoder protocol
 
-    def modules(self) -> list[nn.Module]:
-        return [self.model] + ([self.latent_pooler] if self.latent_pooler is not None else [])
+    def torch_module(self) -> nn.ModuleDict:
+        """The transformers model (``model``) and the latent-attention pooler (``latent_pooler``) in one module."""
+        modules: dict[str, nn.Module] = {"model": self.model}
+        if self.latent_pooler is not None:
+            modules["latent_pooler"] = self.latent_pooler
+        return nn.ModuleDict(modules)
 
     def trainable_parameters(self) -> list[nn.Parameter]:
-        return [p for m in self.modules() for p in m.parameters() if p.requires_grad]
+        return [p for p in self.torch_module().parameters() if p.requires_grad]
+
+    def trainable_parts(self) -> TrainableParts:
+        language, projector = self.adapter.language_model, self.adapter.projector
+        own = {id(p) for p in language.parameters()} | {id(p) for p in projector.parameters()}
+        vision = [p for p in self.model.parameters() if id(p) not in own]  # the rest of the model
+        return TrainableParts(language, projector, self.latent_pooler, vision, False)
+
+    def for_language_training(self) -> VLMEncoder:
+        """This encoder: a checkpoint stores every backbone tensor that is trainable when saved."""
+        return self
+
+    def add_lora(self, *, r: int, alpha: int, dropout: float, target_modules: Sequence[str] | None) -> None:
+        """A fresh trainable LoRA adapter on the LLM; an adapter loaded with the encoder stays, frozen.
+
+        See :func:`mmembed.encoders.vlm_checkpoint.add_trainable_adapter`.
+        """
+        from mmembed.encoders.vlm_checkpoint import add_trainable_adapter
+
+        add_trainable_adapter(self, r=r, alpha=alpha, dropout=dropout, target_modules=target_modules)
 
     def train(self, mode: bool = True) -> VLMEncoder:
-        for module in self.modules():
-            module.train(mode)
+        self.torch_module().train(mode)
         return self
 
     def eval(self) -> VLMEncoder:

@@ -7,7 +7,9 @@ A checkpoint directory holds:
 - ``model.safetensors``: the latent-attention pooler (``pooler.*``) and every backbone tensor that
   was trainable when saved (``backbone.*``, e.g. the vision-language projector) — the backbone is
   frozen on load, so these are exactly the tensors training may have changed outside LoRA;
-- ``adapter/``: the peft LoRA adapter, when the encoder has one;
+- ``adapter/``: the peft LoRA adapter, when the encoder has one; a run continued from a LoRA
+  checkpoint adds a fresh adapter on top of the frozen earlier ones, saved by peft in
+  ``adapter/<name>/`` (``stage1``, ``stage2`` ...) and all active on loading;
 - ``backbone/``: with ``copy_backbone=True`` only, a full transformers copy of the backbone
   (LoRA not merged) and its processor.
 
@@ -30,32 +32,71 @@ from typing import Any
 import torch
 
 from mmembed.encoders.common import load_checkpoint, load_state_strict, require_module, save_checkpoint
-from mmembed.errors import ModelError
+from mmembed.errors import ConfigError, ModelError
 
 ADAPTER_DIR = "adapter"
 BACKBONE_DIR = "backbone"
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
+def _lora_config(encoder, r: int, alpha: int, dropout: float, target_modules: Sequence[str] | None):
+    peft = require_module("peft", extra="train", what="peft (LoRA)")
+    names = "|".join(re.escape(n) for n in (target_modules or LORA_TARGETS))
+    lm = re.escape(encoder.adapter.language_model_attr)
+    return peft.LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=rf"{lm}\..*\.({names})")
+
+
 def enable_lora(encoder, *, r: int = 8, alpha: int = 64, dropout: float = 0.0,
-                target_modules: Sequence[str] | None = None, train_projector: bool = True) -> None:
+                target_modules: Sequence[str] | None = None, train_projector: bool = True,
+                train_pooler: bool = True) -> None:
     """Inject LoRA into the encoder's LLM (in place) and make LoRA, projector and pooler trainable."""
     peft = require_module("peft", extra="train", what="peft (LoRA)")
     if encoder.peft_model is not None:
         raise ModelError("this encoder already has a LoRA adapter")
-    names = "|".join(re.escape(n) for n in (target_modules or LORA_TARGETS))
-    lm = re.escape(encoder.adapter.language_model_attr)
-    config = peft.LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=rf"{lm}\..*\.({names})")
-    encoder.peft_model = peft.get_peft_model(encoder.model, config)  # injects into encoder.model in place
+    config = _lora_config(encoder, r, alpha, dropout, target_modules)
+    try:
+        encoder.peft_model = peft.get_peft_model(encoder.model, config)  # injects into encoder.model in place
+    except ValueError as e:  # peft: no module matches the target names
+        raise ConfigError(f"LoRA target_modules {list(target_modules or LORA_TARGETS)}: {e}") from None
     if train_projector:
         encoder.adapter.projector.requires_grad_(True)
-    if encoder.latent_pooler is not None:
+    if train_pooler and encoder.latent_pooler is not None:
         encoder.latent_pooler.requires_grad_(True)
 
 
+def add_trainable_adapter(encoder, *, r: int, alpha: int, dropout: float,
+                          target_modules: Sequence[str] | None) -> None:
+    """A fresh LoRA adapter with these settings, the only trainable LLM weights.
+
+    An adapter loaded with the encoder (a run continued from a LoRA checkpoint) stays active and
+    frozen: the new one learns on top of it, as the towers models' new adapter learns on top of
+    the loaded update merged into BERT. Both are saved; nothing else changes trainability.
+    """
+    if encoder.peft_model is None:
+        enable_lora(encoder, r=r, alpha=alpha, dropout=dropout, target_modules=target_modules,
+                    train_projector=False, train_pooler=False)
+        name = "default"
+    else:
+        earlier = list(encoder.peft_model.peft_config)
+        name = f"stage{len(earlier)}"
+        try:
+            encoder.peft_model.add_adapter(name, _lora_config(encoder, r, alpha, dropout, target_modules))
+        except ValueError as e:
+            raise ConfigError(f"LoRA target_modules {list(target_modules or LORA_TARGETS)}: {e}") from None
+        encoder.peft_model.base_model.set_adapter([*earlier, name])
+    for param_name, p in encoder.adapter.language_model.named_parameters():
+        p.requires_grad_(_is_lora(param_name) and f".{name}." in param_name)
+
+
 def load_lora(encoder, adapter_dir: Path) -> None:
+    """The saved adapter(s): ``adapter_dir`` itself and any adapter peft saved in a sub-directory, all active."""
     peft = require_module("peft", extra="train", what="peft (LoRA)")
     encoder.peft_model = peft.PeftModel.from_pretrained(encoder.model, str(adapter_dir), is_trainable=False)
+    more = sorted(p.name for p in adapter_dir.iterdir() if (p / "adapter_config.json").is_file())
+    for name in more:
+        encoder.peft_model.load_adapter(str(adapter_dir / name), adapter_name=name, is_trainable=False)
+    if more:
+        encoder.peft_model.base_model.set_adapter(["default", *more], inference_mode=True)
     encoder.model.eval()
 
 

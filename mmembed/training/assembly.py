@@ -2,8 +2,9 @@
 
 - :func:`load_training_encoder`: a named model or any folder that
   :func:`~mmembed.encoders.registry.load_encoder` reads (an mmembed checkpoint, a transformers VLM,
-  the released MM-Embed). A towers model whose MiniLM will be trained is built with
-  ``train_backbone=True``, so that its checkpoints store the BERT weights that change.
+  the released MM-Embed); it must implement :class:`~mmembed.encoders.base.TrainableEncoder`.
+  When LoRA or ``train_patterns`` will change its language backbone, the encoder's
+  ``for_language_training()`` is trained instead (the towers models then save BERT's changes).
 - :func:`build_sources` / :func:`build_dataset`: M-BEIR task files (each task a source, sharing one
   candidate pool per pool file) and BEIR text sets.
 """
@@ -14,15 +15,16 @@ import logging
 from pathlib import Path
 
 from mmembed.data.layout import MBEIRDirectory
+from mmembed.encoders.base import TrainableEncoder
 from mmembed.errors import ConfigError
 from mmembed.training.config import DataSettings, ModelSettings
 from mmembed.training.data import CandidatePool, ContrastiveDataset, TrainingSource, beir_source, mbeir_source
-from mmembed.training.lora import needs_text_training
+from mmembed.training.trainable import language_will_train
 
 logger = logging.getLogger(__name__)
 
 
-def load_training_encoder(settings: ModelSettings):
+def load_training_encoder(settings: ModelSettings) -> TrainableEncoder:
     """The encoder a run starts from (see the module docstring)."""
     from mmembed.encoders.registry import load_encoder
 
@@ -30,12 +32,11 @@ def load_training_encoder(settings: ModelSettings):
     if settings.trust_remote_code:
         overrides["trust_remote_code"] = True
     encoder = load_encoder(settings.encoder, **overrides)
-    towers_settings = getattr(encoder, "settings", None)
-    if isinstance(towers_settings, dict) and not towers_settings.get("train_backbone", True):
-        names = [n for n, _ in encoder.named_parameters()]
-        if needs_text_training(settings, names):
-            logger.info("rebuilding %s with train_backbone=True: its MiniLM weights will be trained", settings.encoder)
-            encoder = load_encoder(settings.encoder, **{**overrides, "train_backbone": True})
+    if not isinstance(encoder, TrainableEncoder):
+        raise ConfigError(f"model.encoder: {settings.encoder!r} loads as a {type(encoder).__name__}, which cannot "
+                          "be trained (trainable: the towers models and transformers VLMs)")
+    if language_will_train(encoder, settings):
+        encoder = encoder.for_language_training()
     return encoder
 
 

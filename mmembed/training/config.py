@@ -184,7 +184,7 @@ class DistributedSettings:
     """Passed to :class:`accelerate.Accelerator`; ``accelerate launch`` configs work as well."""
 
     #: DDP's search for parameters a step did not use. Not needed: every trainable parameter takes
-    #: part in every forward pass (see ``EmbeddingModel``), so it only costs a graph traversal.
+    #: part in every forward pass (see ``EmbeddingModule``), so it only costs a graph traversal.
     find_unused_parameters: bool = False
     #: A DeepSpeed config (a JSON file path or the mapping), e.g. ``{zero_optimization: {stage: 2}}``.
     deepspeed: Any = None

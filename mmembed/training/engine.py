@@ -24,7 +24,7 @@ from torch import nn
 from mmembed.encoders.common import require_module
 from mmembed.errors import ConfigError
 from mmembed.training.config import OptimSettings, TrainConfig
-from mmembed.training.lora import INNER
+from mmembed.training.embedding_module import INNER
 
 #: Parameters that get no weight decay (biases and normalisation weights), by name.
 NO_DECAY = re.compile(r"(^|\.)(bias|LayerNorm\.weight|layer_norm\.weight|norm\.weight|ln_\w+\.weight)$")

@@ -14,10 +14,10 @@ from typing import Any
 import torch
 
 from mmembed.config import save_config
+from mmembed.encoders.base import TrainableEncoder
 from mmembed.fileio import atomic_directory, write_json
 from mmembed.training import checkpoint as ckpt
 from mmembed.training.config import TrainConfig
-from mmembed.training.lora import encoder_parts, lora_as_factors, module_prefix
 
 logger = logging.getLogger(__name__)
 
@@ -25,23 +25,17 @@ TRAIN_CONFIG_FILE = "train_config.yaml"
 TRAINING_META_FILE = "training.json"
 
 
-def export_encoder(encoder, directory: str | Path, config: TrainConfig, step: int) -> Path:
+def export_encoder(encoder: TrainableEncoder, directory: str | Path, config: TrainConfig, step: int) -> Path:
     """The encoder in ``save_pretrained`` format (loads with ``load_encoder``), with the run's config.
 
-    A towers model with LoRA stores the adapters' low-rank factors, merged into BERT on loading; a
-    VLM keeps its peft adapter directory. ``checkpoint.export_dtype`` sets the stored precision of
-    a towers model (float16 halves a shipped checkpoint).
+    How LoRA is stored is the encoder's choice: a towers model stores the adapters' low-rank
+    factors, merged into BERT on loading; a VLM keeps its peft adapter directory.
+    ``checkpoint.export_dtype`` sets the stored precision where the encoder supports it (the
+    towers models: float16 halves a shipped checkpoint).
     """
     directory = Path(directory)
-    if hasattr(encoder, "enable_lora"):  # VLMEncoder
-        if config.checkpoint.export_dtype:
-            logger.warning("checkpoint.export_dtype applies to the towers models only; the VLM is saved as it is")
-        encoder.save_pretrained(directory)
-    else:
-        language = encoder_parts(encoder).language
-        dtype = getattr(torch, config.checkpoint.export_dtype) if config.checkpoint.export_dtype else None
-        with lora_as_factors(language, module_prefix(encoder, language)) as low_rank:
-            encoder.save_pretrained(directory, low_rank=low_rank, dtype=dtype)
+    dtype = getattr(torch, config.checkpoint.export_dtype) if config.checkpoint.export_dtype else None
+    encoder.save_pretrained(directory, dtype=dtype)
     save_config(config, directory / TRAIN_CONFIG_FILE)
     write_json(directory / TRAINING_META_FILE, {"step": step, **ckpt.run_metadata()})
     return directory

@@ -39,19 +39,13 @@ from mmembed.training import checkpoint as ckpt
 from mmembed.training.assembly import build_dataset, load_training_encoder
 from mmembed.training.config import DataSettings, ModelSettings, TrainConfig
 from mmembed.training.data import ContrastiveBatch, check_images, collate_examples
+from mmembed.training.embedding_module import INNER, EmbeddingModule
 from mmembed.training.engine import build_accelerator, build_optimizer, build_scheduler
 from mmembed.training.gradcache import GradCache
-from mmembed.training.lora import (
-    INNER,
-    EmbeddingModel,
-    configure_trainable,
-    disable_dropout,
-    enable_gradient_checkpointing,
-    encoder_parts,
-)
 from mmembed.training.monitor import PLOT_FILE, Monitor, peak_memory_mb, plot_loss
 from mmembed.training.sampler import ContrastiveBatchSampler
 from mmembed.training.saving import export_encoder, full_parameters, write_checkpoint
+from mmembed.training.trainable import configure_trainable, disable_dropout, enable_gradient_checkpointing
 
 logger = logging.getLogger(__name__)
 
@@ -105,13 +99,13 @@ class Trainer:
     def _build_model(self) -> None:
         settings = self.config.model
         self.encoder = _load_encoder(settings)
-        self.model = EmbeddingModel(self.encoder, anchor=self.config.distributed.fsdp is None,
+        self.model = EmbeddingModule(self.encoder, anchor=self.config.distributed.fsdp is None,
                                     length_buckets=self.config.train.length_buckets)
         self.trainable_names = configure_trainable(self.encoder, self.model, settings)
         if not settings.dropout:
             disable_dropout(self.model)
         if settings.gradient_checkpointing:
-            enable_gradient_checkpointing(encoder_parts(self.encoder))
+            enable_gradient_checkpointing(self.encoder.trainable_parts())
 
     def _build_data(self) -> None:
         cfg, acc = self.config, self.accelerator
