@@ -1,0 +1,66 @@
+"""``mmembed recipe run --data DIR``: the recipe written for one's own M-BEIR directory, run end to end."""
+
+from __future__ import annotations
+
+import argparse
+
+import pytest
+import yaml
+
+from mmembed.cli.main import main
+from mmembed.cli.recipe import recipe_path
+from mmembed.data.beir import BeirDoc, write_corpus, write_qrels, write_queries
+from mmembed.errors import ConfigError
+from mmembed.recipe.own_data import own_data_recipe, scaled_settings
+from tests.toy import COLOURS, make_toy_mbeir
+
+
+def make_beir(root):
+    write_corpus(root / "corpus.jsonl", [BeirDoc(f"d{i}", c, f"the colour {c}") for i, c in enumerate(COLOURS)])
+    write_queries(root / "queries.jsonl", {f"q{i}": f"{c} things" for i, c in enumerate(COLOURS)})
+    for split in ("train", "test"):
+        write_qrels(root / "qrels" / f"{split}.tsv", {f"q{i}": {f"d{i}": 1} for i in range(len(COLOURS))})
+    return root
+
+
+def test_one_command_trains_mines_and_reports_on_a_users_directory(tmp_path, capsys):
+    root, beir, out = make_toy_mbeir(tmp_path / "mine"), make_beir(tmp_path / "text"), tmp_path / "out"
+    code = main(["recipe", "run", "--data", str(root), "--beir", str(beir), "--out", str(out), "--max-steps", "2"])
+    assert code == 0
+    printed = capsys.readouterr().out
+    for step in ("stage1: ran", "mine: ran", "stage2: ran", "mine-text: ran", "stage3: ran"):
+        assert step in printed
+    report = (out / "report.md").read_text()
+    for section in ("## Summary", "## Local pool, per task", "## Global pool, per task", "## Modality error@5",
+                    "## Hard-negative mining", "## Training runs"):
+        assert section in report
+    summary = report.split("## Summary")[1].split("## Local pool")[0]
+    labels = [line.split("|")[1].strip() for line in summary.splitlines() if line.startswith("|")]
+    assert labels[2:] == ["start", "stage1", "stage2", "stage3"]  # after the header and its rule
+    recipe = yaml.safe_load((out / "recipe.yaml").read_text())
+    assert recipe["evaluate"]["config"]["split"] == "test" and recipe["evaluate"]["beir"] == str(beir)
+    stage2 = yaml.safe_load((out / "config" / "stage2.yaml").read_text())
+    assert stage2["data"]["mbeir"][0]["negatives"] == str(out / "mine") and stage2["train"]["max_steps"] == 2
+    assert (out / "stage3" / "final").is_dir() and (out / "mine" / "toy_task0.jsonl").is_file()
+    # a second run finds every step done
+    assert main(["recipe", "run", "--data", str(root), "--beir", str(beir), "--out", str(out), "--max-steps", "2"]) == 0
+    assert "stage1: skipped" in capsys.readouterr().out
+
+
+def test_sizes_scale_with_the_data():
+    small, large = scaled_settings(18, 12), scaled_settings(48_000, 45_000)
+    assert (small.batch_size, small.max_steps, small.k, small.window) == (2, 27, 12, (8, 12))
+    assert (large.batch_size, large.max_steps, large.k, large.window) == (64, 600, 50, (46, 50))
+    assert scaled_settings(18, 12, max_steps=3).max_steps == 3
+    with pytest.raises(ConfigError, match="no query"):
+        scaled_settings(0, 10)
+
+
+def test_a_directory_without_a_train_split_or_an_evaluation_split_is_refused(tmp_path):
+    with pytest.raises(ConfigError, match="train split"):
+        own_data_recipe(str(tmp_path), str(tmp_path / "out"))
+    root = make_toy_mbeir(tmp_path / "toy")
+    with pytest.raises(ConfigError, match="no val split"):
+        own_data_recipe(str(root), str(tmp_path / "out"), eval_split_name="val")
+    with pytest.raises(ConfigError, match="either a recipe file or --data"):
+        recipe_path(argparse.Namespace(recipe=None, data=None))
