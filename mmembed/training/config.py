@@ -290,8 +290,21 @@ def _check_model(model: ModelSettings) -> None:
     for n, name in enumerate(lora.target_modules or []):
         if not name:
             raise ConfigError(f"model.lora.target_modules[{n}] must not be empty")
+    _check_lora_used(lora)
     for n, pattern in enumerate(model.train_patterns):
         _regex(f"model.train_patterns[{n}]", pattern)
+
+
+def _check_lora_used(lora: LoraSettings) -> None:
+    """LoRA settings given while LoRA is off would be silently ignored: refuse them, naming them."""
+    if lora.enabled:
+        return
+    default = LoraSettings()
+    ignored = [f"model.lora.{k}" for k in ("r", "alpha", "dropout", "target_modules")
+               if getattr(lora, k) != getattr(default, k)]
+    if ignored:
+        raise ConfigError(f"{', '.join(ignored)} set but model.lora.enabled is false: they would be ignored "
+                          "(set model.lora.enabled: true, or remove them)")
 
 
 def _check_data(data: DataSettings) -> None:
