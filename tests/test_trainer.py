@@ -246,6 +246,18 @@ def test_lr_schedule():
     assert lr_factor(7, 10, 0, "constant") == 1.0
 
 
+def test_lr_schedule_equals_transformers_after_the_warmup():
+    """Why lr_factor is not transformers.get_scheduler: the same decay, a warmup that starts above 0."""
+    from transformers import get_scheduler
+
+    for kind, theirs_name in (("linear", "linear"), ("cosine", "cosine"), ("constant", "constant_with_warmup")):
+        optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+        theirs = get_scheduler(theirs_name, optimizer, num_warmup_steps=2, num_training_steps=10).lr_lambdas[0]
+        ours = [lr_factor(s, 10, 2, kind) for s in range(11)]
+        assert ours[2:] == pytest.approx([theirs(s) for s in range(2, 11)]), kind
+        assert (theirs(0), theirs(1)) == (0.0, 0.5) and ours[:2] == [0.5, 1.0], kind
+
+
 def test_text_only_batch_with_only_the_projector_trainable(toy_root, tmp_path):
     """No image in the batch: the loss does not depend on the projector, the step must still run."""
     config = make_config(toy_root, tmp_path / "run", data={"mbeir": [{"root": str(toy_root), "tasks": ["toy_task1"]}]},

@@ -89,7 +89,14 @@ def build_optimizer(model: nn.Module, optim: OptimSettings) -> torch.optim.Optim
 
 
 def lr_factor(step: int, total: int, warmup: int, kind: str) -> float:
-    """Multiplier of the base learning rate at ``step``: linear warmup, then linear/cosine/constant."""
+    """Multiplier of the base learning rate at ``step``: linear warmup, then linear/cosine/constant.
+
+    Not ``transformers.get_scheduler``: after the warmup its ``linear``, ``cosine`` and
+    ``constant_with_warmup`` give these same values (tested), but its warmup starts at 0 (the first
+    step ``0 / warmup``, an optimizer step that moves nothing) where this one starts at
+    ``1 / warmup``. Switching would change every run with a warmup, the shipped checkpoints'
+    recipes included, so the ten lines stay.
+    """
     if warmup and step < warmup:
         return (step + 1) / warmup
     if kind == "constant":
