@@ -58,16 +58,6 @@ class ImageError(DataError):
     """An image is missing, unreadable, too large, or outside its root."""
 
 
-class ValidationFailed(MMEmbedError):
-    """A dataset has one or more problems; ``problems`` lists every one of them."""
-
-    def __init__(self, problems: list[DataError]):
-        self.problems = problems
-        head = "\n".join(f"  {p}" for p in problems[:20])
-        more = f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else ""
-        super().__init__(f"{len(problems)} problem(s) found:\n{head}{more}")
-
-
 class IndexMismatchError(MMEmbedError):
     """A saved index does not fit what it is used with (dimension, encoder, format version)."""
 

@@ -21,6 +21,18 @@ sys.path.insert(0, str(Path(__file__).parent))
 from toy import ToyEncoder, make_toy_mbeir  # noqa: E402
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One torch thread in every test module, put back afterwards (a training run sets its own count).
+
+    Tiny models and batches: two threads on a busy 2-core machine spin far more than they compute.
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture
 def toy_dir(tmp_path: Path) -> Path:
     return make_toy_mbeir(tmp_path / "toy")

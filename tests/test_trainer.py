@@ -24,15 +24,6 @@ pytest.importorskip("peft")
 from toy import make_toy_mbeir  # noqa: E402
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny batches: two threads on a busy 2-core machine spin far more than they compute."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def toy_root(tmp_path_factory) -> Path:
     return make_toy_mbeir(tmp_path_factory.mktemp("toy") / "toy")

@@ -14,8 +14,6 @@ from collections.abc import Sequence
 from mmembed import __version__
 from mmembed.errors import MMEmbedError
 
-SUBCOMMANDS = ("data", "index", "search", "evaluate")
-
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mmembed", description="Universal multimodal retrieval with multimodal LLMs.")

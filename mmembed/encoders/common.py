@@ -15,6 +15,7 @@ Stable API (other encoder modules build on exactly these names):
 - :func:`warn_truncation` — one warning per process and encoder id when text is cut off.
 - :func:`resolve_device` / :func:`resolve_dtype` — ``"auto"``/``None``/strings to torch objects.
 - :func:`require_module` / :func:`package_version` — optional dependencies with an install hint.
+- :func:`quiet_transformers` — no transformers progress bars or notices inside a block (loading).
 - :func:`load_state_strict` — load tensors into a module; mismatches become :class:`ModelError`.
 - :func:`save_checkpoint` / :func:`load_checkpoint` / :func:`read_config` — a checkpoint is a
   directory holding ``config.json`` (``encoder_type``, ``format_version`` and the encoder's
@@ -24,10 +25,11 @@ Stable API (other encoder modules build on exactly these names):
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.metadata
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from types import ModuleType
 from typing import Any, ClassVar
@@ -236,8 +238,25 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device | None =
         raise ConfigError(f"unknown dtype {dtype!r}; expected one of {', '.join(sorted(_DTYPES))}") from None
 
 
-def dtype_name(dtype: torch.dtype) -> str:
-    return str(dtype).removeprefix("torch.")
+@contextlib.contextmanager
+def quiet_transformers() -> Iterator[None]:
+    """Hide transformers' progress bars and notices below errors in the block, then restore both.
+
+    Loading reports every unused or newly initialised tensor (e.g. BERT's pooler, a VLM's LM head)
+    as a warning; the callers check the keys that matter themselves and say so in their own words.
+    """
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()
 
 
 # ----------------------------------------------------------------------------- optional dependencies

@@ -33,6 +33,7 @@ from mmembed.encoders.common import (
     clip_to_tokens,
     load_checkpoint,
     package_version,
+    quiet_transformers,
     require_module,
     save_checkpoint,
     warn_truncation,
@@ -76,23 +77,6 @@ def check_base_packages(recorded: Mapping[str, str] | None, where: str) -> None:
                            where, spec, installed.get(part))
 
 
-@contextlib.contextmanager
-def _quiet_transformers() -> Iterator[None]:
-    """Hide transformers' loading bar and notices (e.g. the unused BERT pooler weights)."""
-    from transformers.utils import logging as hf_logging
-
-    bar = hf_logging.is_progress_bar_enabled()
-    verbosity = hf_logging.get_verbosity()
-    hf_logging.disable_progress_bar()
-    hf_logging.set_verbosity_error()
-    try:
-        yield
-    finally:
-        hf_logging.set_verbosity(verbosity)
-        if bar:
-            hf_logging.enable_progress_bar()
-
-
 class TextBackbone(nn.Module):
     """all-MiniLM-L6-v2: tokenizer and bidirectional BERT (no pooler layer)."""
 
@@ -104,7 +88,7 @@ class TextBackbone(nn.Module):
         from transformers import AutoTokenizer, BertModel
 
         path = minilm_dir()
-        with _quiet_transformers():
+        with quiet_transformers():
             self.tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
             self.model = BertModel.from_pretrained(str(path), local_files_only=True, add_pooling_layer=False,
                                                    attn_implementation="sdpa")
@@ -214,7 +198,7 @@ def base_state(text_prefix: str | None = "text.model.", vision_prefix: str | Non
     if text_prefix is not None:
         from transformers import BertModel
 
-        with _quiet_transformers():
+        with quiet_transformers():
             bert = BertModel.from_pretrained(str(minilm_dir()), local_files_only=True, add_pooling_layer=False)
         state.update({text_prefix + k: v for k, v in bert.state_dict().items()})
     if vision_prefix is not None:

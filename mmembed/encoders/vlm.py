@@ -41,6 +41,7 @@ from mmembed.encoders.common import (
     BatchedEncoder,
     check_items,
     clip_to_tokens,
+    quiet_transformers,
     resolve_device,
     resolve_dtype,
     warn_truncation,
@@ -286,7 +287,6 @@ def load_hf_backbone(path: str | Path, *, trust_remote_code: bool = False, attn_
                      dtype: torch.dtype = torch.float32) -> tuple[nn.Module, Any]:
     """The base model (no LM head) and processor of a local transformers VLM directory."""
     from transformers import AutoConfig, AutoModel, AutoProcessor
-    from transformers.utils import logging as hf_logging
 
     from mmembed.encoders.processors import processor_class_for
 
@@ -295,14 +295,10 @@ def load_hf_backbone(path: str | Path, *, trust_remote_code: bool = False, attn_
         raise ModelError(f"{str(path)!r} is not a transformers model directory: it has no config.json")
     config = AutoConfig.from_pretrained(path, local_files_only=True, trust_remote_code=trust_remote_code)
     adapter_class(config.model_type)  # refuse unsupported families before loading weights
-    verbosity = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()  # the load report lists the unused LM head; we check keys below
-    try:
+    with quiet_transformers():  # the load report lists the unused LM head; we check keys below
         model, info = AutoModel.from_pretrained(
             path, local_files_only=True, trust_remote_code=trust_remote_code, dtype=dtype,
             attn_implementation=attn_implementation, output_loading_info=True)
-    finally:
-        hf_logging.set_verbosity(verbosity)
     missing = sorted(info.get("missing_keys") or [])
     if missing:
         raise ModelError(f"{path}: the checkpoint lacks weights the model needs: {missing[:5]}"

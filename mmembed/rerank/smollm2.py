@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 
+from mmembed.encoders.common import quiet_transformers
 from mmembed.errors import MissingDependencyError, ModelError
 from mmembed.fileio import atomic_directory, write_json
 
@@ -91,7 +92,7 @@ def convert_gguf(gguf: Path, target: Path) -> Path:
                                      "with: pip install mmembed[rerank]") from None
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    with _quiet():
+    with quiet_transformers():
         loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
         tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     config = copy.deepcopy(loaded.config)
@@ -104,7 +105,7 @@ def convert_gguf(gguf: Path, target: Path) -> Path:
         raise ModelError(f"{gguf}: converted weights do not fit (missing {missing[:5]}, "
                          f"unexpected {result.unexpected_keys[:5]})")
     fresh.tie_weights()
-    with atomic_directory(target) as staging, _quiet():
+    with atomic_directory(target) as staging, quiet_transformers():
         fresh.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
         write_json(staging / _MARKER, {"source": str(gguf), "sha256_16": file_digest(gguf)})
@@ -117,26 +118,9 @@ def load_smollm2(cache_dir: str | os.PathLike | None = None, *,
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     directory = ensure_converted(cache_dir)
-    with _quiet():
+    with quiet_transformers():
         model = AutoModelForCausalLM.from_pretrained(directory, local_files_only=True, dtype=dtype)
         tokenizer = AutoTokenizer.from_pretrained(directory, local_files_only=True)
     return model.eval(), tokenizer
 
 
-class _quiet:
-    """Silence transformers' info chatter and progress bars during conversion and loading."""
-
-    def __enter__(self) -> None:
-        from transformers.utils import logging as hf_logging
-
-        self._verbosity = hf_logging.get_verbosity()
-        self._bars = hf_logging.is_progress_bar_enabled()
-        hf_logging.set_verbosity_error()
-        hf_logging.disable_progress_bar()
-
-    def __exit__(self, *exc: object) -> None:
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.set_verbosity(self._verbosity)
-        if self._bars:
-            hf_logging.enable_progress_bar()

@@ -42,7 +42,7 @@ from PIL import Image
 
 from mmembed.data.images import as_pil
 from mmembed.encoders.base import Item
-from mmembed.encoders.common import resolve_device, resolve_dtype
+from mmembed.encoders.common import quiet_transformers, resolve_device, resolve_dtype
 from mmembed.encoders.vlm_families import adapter_class, positions_from_mask
 from mmembed.errors import ConfigError, DataError, Location, ModelError
 from mmembed.rerank.base import BaseReranker, TextTruncator, batches, progress_bar
@@ -91,7 +91,6 @@ class VLMReranker(BaseReranker):
                         **settings: Any) -> VLMReranker:
         """A reranker over the local transformers VLM directory ``path`` (never downloads)."""
         from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
-        from transformers.utils import logging as hf_logging
 
         from mmembed.encoders.processors import processor_class_for
 
@@ -101,14 +100,10 @@ class VLMReranker(BaseReranker):
         config = AutoConfig.from_pretrained(path, local_files_only=True, trust_remote_code=trust_remote_code)
         adapter_class(config.model_type)  # refuse unsupported families before loading weights
         torch_dtype = resolve_dtype(dtype, resolve_device(device))
-        verbosity = hf_logging.get_verbosity()
-        hf_logging.set_verbosity_error()  # no per-tensor load report
-        try:
+        with quiet_transformers():  # no per-tensor load report
             model = AutoModelForImageTextToText.from_pretrained(
                 path, local_files_only=True, trust_remote_code=trust_remote_code, dtype=torch_dtype,
                 attn_implementation=attn_implementation)
-        finally:
-            hf_logging.set_verbosity(verbosity)
         processor_cls = processor_class_for(config.model_type) or AutoProcessor
         processor = processor_cls.from_pretrained(path, local_files_only=True, trust_remote_code=trust_remote_code)
         return cls(model, processor, device=device, dtype=torch_dtype, name=path.resolve().name, **settings)

@@ -20,10 +20,11 @@ from __future__ import annotations
 import logging
 import random
 import shutil
-from contextlib import contextmanager
 from pathlib import Path
 
 import torch
+
+from mmembed.encoders.common import quiet_transformers
 
 logger = logging.getLogger(__name__)
 
@@ -141,7 +142,7 @@ def build_tiny(family: str, out_dir: str | Path, seed: int = 0) -> Path:
                "idefics3": _idefics3, "smolvlm": _smolvlm, "clip": _clip, "siglip": _siglip}[family]
     model, processor = builder(seed)
     model.eval()
-    with _quiet_transformers():
+    with quiet_transformers():
         model.save_pretrained(out)
         processor.save_pretrained(out)
     _CACHE[(family, seed)] = out
@@ -149,21 +150,6 @@ def build_tiny(family: str, out_dir: str | Path, seed: int = 0) -> Path:
     return out
 
 
-@contextmanager
-def _quiet_transformers():
-    """No progress bars or info chatter while writing a toy checkpoint."""
-    from transformers.utils import logging as hf_logging
-
-    verbosity = hf_logging.get_verbosity()
-    bars = hf_logging.is_progress_bar_enabled()
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        hf_logging.set_verbosity(verbosity)
-        if bars:
-            hf_logging.enable_progress_bar()
 
 
 def _text_config(vocab_size: int, **extra) -> dict:
