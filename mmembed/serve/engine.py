@@ -11,10 +11,9 @@ and one vector-index search), so throughput grows with load instead of latency a
 encoder's feature cache is not thread-safe; the single batcher thread, and one lock shared with
 the rerank route, keep every encoder and reranker call serial.
 
-Timings. The encoder's, the index's and the reranker's methods are wrapped on their instances
-(identity and type are kept) so that the time of each phase of a request is measured where it
-is spent, whichever code path of the retriever calls them. In a batch, every member reports the
-batch's phases and its size (``batch_items``).
+Timings. A batch runs its phases one after another here — encode the queries, search the index,
+rerank — each timed by a :class:`Stopwatch`; nothing of the encoder, index or reranker is wrapped.
+In a batch, every member reports the batch's phases and its size (``batch_items``).
 """
 
 from __future__ import annotations
@@ -26,7 +25,7 @@ import logging
 import threading
 import time
 from collections import defaultdict, deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -61,7 +60,7 @@ T = TypeVar("T")
 
 
 class Stopwatch:
-    """Milliseconds per phase of one request (filled by the instrumented methods)."""
+    """Milliseconds per phase of one batch; a phase that never ran is absent."""
 
     def __init__(self) -> None:
         self.ms: dict[str, float] = defaultdict(float)
@@ -69,49 +68,14 @@ class Stopwatch:
     def ran(self, phase: str) -> bool:
         return phase in self.ms
 
-
-_local = threading.local()
-
-
-@contextmanager
-def measuring(stopwatch: Stopwatch) -> Iterator[Stopwatch]:
-    """Collect the phases timed in this thread into ``stopwatch``."""
-    previous = getattr(_local, "stopwatch", None)
-    _local.stopwatch = stopwatch
-    try:
-        yield stopwatch
-    finally:
-        _local.stopwatch = previous
-
-
-def _timed(phase: str, method: Callable[..., T]) -> Callable[..., T]:
-    @functools.wraps(method)
-    def call(*args: Any, **kwargs: Any) -> T:
-        stopwatch = getattr(_local, "stopwatch", None)
-        if stopwatch is None or getattr(_local, "phase", None) is not None:
-            return method(*args, **kwargs)  # not measured, or nested in a measured call
-        _local.phase = phase
+    @contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        """Add the block's wall time to phase ``name`` (also when it raises)."""
         started = time.perf_counter()
         try:
-            return method(*args, **kwargs)
+            yield
         finally:
-            _local.phase = None
-            stopwatch.ms[phase] += (time.perf_counter() - started) * 1000
-
-    call.__mmembed_timed__ = True  # type: ignore[attr-defined]
-    return call
-
-
-def instrument(obj: object, phase: str, methods: tuple[str, ...]) -> None:
-    """Time ``obj``'s ``methods`` under ``phase`` (once; objects that refuse attributes are skipped)."""
-    for name in methods:
-        method = getattr(obj, name, None)
-        if method is None or getattr(method, "__mmembed_timed__", False):
-            continue
-        try:
-            setattr(obj, name, _timed(phase, method))
-        except (AttributeError, TypeError):
-            logger.debug("cannot time %s.%s; its phase reports 0 ms", type(obj).__name__, name)
+            self.ms[name] += (time.perf_counter() - started) * 1000
 
 
 # --------------------------------------------------------------------------- admission and batching
@@ -257,10 +221,6 @@ class SearchService:
         self.admission = Admission(settings.capacity, settings.retry_after_s)
         self._workers = ThreadPoolExecutor(max_workers=settings.workers, thread_name_prefix="mmembed-worker")
         self.batcher = Batcher(self._run_batch, settings.batch_max_items, settings.batch_max_wait_ms / 1000)
-        instrument(retriever.encoder, "encode", ("encode_queries", "encode_candidates"))
-        instrument(retriever.index, "search", ("search",))
-        if self.reranker is not None:
-            instrument(self.reranker, "rerank", ("rerank", "rerank_many", "score_pairs"))
         self._thumbnail = functools.lru_cache(maxsize=512)(self._make_thumbnail)
 
     @property
@@ -363,28 +323,47 @@ class SearchService:
         groups: dict[tuple[str, bool], list[int]] = defaultdict(list)
         for i, job in enumerate(jobs):
             groups[(job.kind, job.rerank)].append(i)
-        with measuring(Stopwatch()) as stopwatch, self.encoder_lock:
+        stopwatch = Stopwatch()
+        with self.encoder_lock:
             for (kind, rerank), members in groups.items():
                 group = [jobs[i] for i in members]
-                for i, value in zip(members, self._execute_group(kind, rerank, group)):
+                for i, value in zip(members, self._execute_group(kind, rerank, group, stopwatch)):
                     values[i] = value
         items = sum(job.size for job in jobs)
         return [JobResult(value, dict(stopwatch.ms), items, started) for value in values]
 
-    def _execute_group(self, kind: str, rerank: bool, jobs: list[Job]) -> list[Any]:
+    def _execute_group(self, kind: str, rerank: bool, jobs: list[Job], stopwatch: Stopwatch) -> list[Any]:
         items = [item for job in jobs for item in job.items]
         instructions = [instruction for job in jobs for instruction in job.instructions]
         if kind == "search":
-            rows = self.retriever.search_items(items, instructions, k=max(job.k for job in jobs), rerank=rerank)
+            rows = self._search(items, instructions, max(job.k for job in jobs), rerank, stopwatch)
             return [row[:job.k] for row, job in zip(rows, jobs)]
         encoder = self.retriever.encoder
-        if kind == "query":
-            vectors = encoder.encode_queries(items, instructions, batch_size=len(items))
-        else:
-            vectors = encoder.encode_candidates(items, batch_size=len(items))
+        with stopwatch.phase("encode"):
+            if kind == "query":
+                vectors = encoder.encode_queries(items, instructions, batch_size=len(items))
+            else:
+                vectors = encoder.encode_candidates(items, batch_size=len(items))
         rows = np.asarray(vectors, dtype=np.float32)
         bounds = np.cumsum([0] + [job.size for job in jobs])
         return [rows[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
+
+    def _search(self, items: list[Item], instructions: Sequence[str | None], k: int, rerank: bool,
+                stopwatch: Stopwatch) -> list[list[Any]]:
+        """``Retriever.search_items`` phase by phase, each timed: encode, search the index, rerank."""
+        retriever = self.retriever
+        reranker = self.reranker if rerank else None
+        depth = k if reranker is None else max(k, reranker.top_k)
+        with stopwatch.phase("encode"):
+            vectors = retriever.encoder.encode_queries(items, list(instructions))
+        with stopwatch.phase("search"):
+            hits = retriever.search_vectors(vectors, depth)
+        if reranker is not None:
+            with stopwatch.phase("rerank"):
+                # Retriever._rerank: the reranking step of search_items (retrieval.py is owned elsewhere;
+                # a public name for it is requested there)
+                hits = retriever._rerank(reranker, items, list(instructions), hits)
+        return [row[:k] for row in hits]
 
     # --- answers -------------------------------------------------------------------------------
 
