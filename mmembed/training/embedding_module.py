@@ -15,7 +15,7 @@ INNER = "inner."
 
 
 class EmbeddingModule(nn.Module):
-    """The encoder's modules in one module; ``forward`` embeds queries and/or candidates.
+    """The encoder's ``torch_module()`` under ``inner``; ``forward`` embeds queries and/or candidates.
 
     One forward call per backward keeps DDP's bookkeeping simple; GradCache calls it once per side
     and chunk. Parameter names are the encoder's own with the prefix ``inner.``.
@@ -77,6 +77,7 @@ class EmbeddingModule(nn.Module):
 
     def train(self, mode: bool = True) -> EmbeddingModule:
         super().train(mode)  # the encoder's modules are this module's children
+        self.encoder.train(mode)  # and whatever else the encoder ties to the mode
         return self
 
     def trainable_state(self) -> dict[str, torch.Tensor]:
