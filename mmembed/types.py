@@ -7,6 +7,7 @@ Modality is decided in exactly one place, :meth:`Modality.of`.
 from __future__ import annotations
 
 import enum
+import unicodedata
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,6 +18,12 @@ from mmembed.errors import DataError
 Qrels = dict[str, dict[str, int]]
 #: qid -> did -> retrieval score (higher is better).
 Run = dict[str, dict[str, float]]
+
+
+def has_visible_text(text: str | None) -> bool:
+    """Whether ``text`` holds a character that is neither whitespace nor an invisible format/control
+    character (zero-width spaces and joiners, BOM, bidi marks): text made of those alone is no text."""
+    return bool(text) and any(not ch.isspace() and unicodedata.category(ch) not in ("Cf", "Cc") for ch in text)
 
 
 class Modality(str, enum.Enum):

@@ -124,6 +124,19 @@ def dangling_positive(root: Path) -> None:
         edit_line(path, 2, lambda b: re.sub(rb'"pos_cand_list": \["10:\d+"\]', b'"pos_cand_list": ["10:999"]', b))
 
 
+def wrong_modality_query(root: Path) -> None:
+    """An image+text query inside the text->text task file (task1)."""
+    for path in query_files(root, "task1"):
+        edit_line(path, 1, lambda b: b.replace(b'"query_img_path": null, "query_modality": "text"',
+                                               b'"query_img_path": "images/red.png", "query_modality": "image,text"'))
+
+
+def zero_width_text(root: Path) -> None:
+    """A query whose text is zero-width spaces only (no visible text, modality says text)."""
+    for path in query_files(root, "task1"):
+        edit_line(path, 1, lambda b: b.replace(b'"the red one"', b'"\\u200b\\u200b\\u200b"'))
+
+
 def empty_queries(root: Path) -> None:
     for path in query_files(root):
         path.write_bytes(b"")
@@ -176,6 +189,11 @@ FAULTS = [
           r"escapes the image root|must be relative"),
     Fault("positive-not-in-pool", "a query's positive is in no pool", dangling_positive,
           ALL_FAIL, r"'10:999' is not in the pool|-> '10:999'"),
+    Fault("query-wrong-modality", "an image+text query in the text->text task file", wrong_modality_query,
+          {"validate": FAIL, "mine": OPEN, "evaluate": FAIL, "train": OPEN}, r"does not fit toy_task1",
+          note="mine and train do not yet check a query's modality against its task file"),
+    Fault("text-zero-width", "a query's text is zero-width spaces only", zero_width_text, ALL_FAIL,
+          r"mbeir_toy_task1_\w+\.jsonl:1\b.*no visible character"),
     Fault("queries-empty", "a query file of 0 bytes", empty_queries,
           {"validate": FAIL, "mine": OPEN, "evaluate": FAIL, "train": OPEN}, r"task0.*no query|no query.*task0",
           note="mine and train skip a task with no queries (mine warns); validate and evaluate refuse it"),

@@ -30,7 +30,7 @@ from mmembed.data.images import ImageStore
 from mmembed.data.mbeir import QUERY_FILE_RE
 from mmembed.errors import ConfigError, DataError, Location
 from mmembed.instructions import InstructionRegistry
-from mmembed.types import Task
+from mmembed.types import Query, Task
 
 SPLITS = ("train", "val", "test")
 INSTRUCTIONS_FILE = "instructions/query_instructions.tsv"
@@ -69,6 +69,14 @@ class TaskFiles:
     def name(self) -> str:
         """The M-BEIR name, e.g. ``mscoco_task0``."""
         return f"{self.dataset}_task{self.task.id}"
+
+
+def check_task_queries(task: TaskFiles, queries: Sequence[Query]) -> None:
+    """Refuse a query whose modality does not fit the task of its file, as ``data validate`` does."""
+    for q in queries:
+        if q.modality is not task.task.query_modality:
+            raise DataError(f"query modality {q.modality.value!r} does not fit {task.name} ({task.task.arrow})",
+                            Location(str(task.queries), None, "query_modality", q.qid))
 
 
 class MBEIRDirectory:

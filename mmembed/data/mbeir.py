@@ -14,7 +14,7 @@ from typing import Any
 
 from mmembed.errors import DataError, Location
 from mmembed.fileio import atomic_open, iter_jsonl, iter_text_lines, write_jsonl
-from mmembed.types import Candidate, Modality, Qrels, Query, Task
+from mmembed.types import Candidate, Modality, Qrels, Query, Task, has_visible_text
 
 QUERY_FIELDS = ("qid", "query_txt", "query_img_path", "query_modality", "query_src_content",
                 "pos_cand_list", "neg_cand_list")
@@ -26,7 +26,7 @@ QUERY_FILE_RE = re.compile(r"^mbeir_(?P<dataset>[a-z0-9_]+?)_task(?P<task>\d)_(?
 
 
 def _present(value: Any) -> bool:
-    return isinstance(value, str) and value.strip() != ""
+    return isinstance(value, str) and has_visible_text(value)
 
 
 def _optional_str(obj: dict, key: str, loc: Location) -> str | None:
@@ -70,7 +70,8 @@ def _modality(obj: dict, key: str, text: str | None, image: str | None, loc: Loc
     try:
         implied = Modality.of(_present(text), _present(image))
     except DataError as e:
-        raise DataError(e.reason, loc) from None
+        invisible = " (its text has no visible character)" if text else ""
+        raise DataError(e.reason + invisible, loc) from None
     if implied is not modality:
         raise DataError(f"says {modality.value!r} but the record carries {implied.value!r} "
                         f"(text {'present' if _present(text) else 'absent'}, "

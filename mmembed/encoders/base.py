@@ -15,7 +15,7 @@ import numpy as np
 
 from mmembed.data.images import ImageLike, ImageStore
 from mmembed.errors import DataError, Location
-from mmembed.types import Candidate, Modality, Query
+from mmembed.types import Candidate, Modality, Query, has_visible_text
 
 if TYPE_CHECKING:
     import torch
@@ -35,7 +35,7 @@ class Item:
     @property
     def modality(self) -> Modality:
         try:
-            return Modality.of(bool(self.text and self.text.strip()), self.image is not None)
+            return Modality.of(has_visible_text(self.text), self.image is not None)
         except DataError as e:
             raise DataError(e.reason, Location(item=self.id)) from None
 

@@ -41,6 +41,7 @@ from mmembed.encoders.base import Instructions, Item, per_item_instructions
 from mmembed.encoders.prompts import Role
 from mmembed.errors import ConfigError, DataError, Location, MissingDependencyError, ModelError
 from mmembed.fileio import atomic_directory, write_json
+from mmembed.types import has_visible_text
 
 logger = logging.getLogger(__name__)
 
@@ -54,7 +55,7 @@ FORMAT_VERSION = 1
 def check_items(items: Sequence[Item], *, accepts_images: bool = True, encoder_name: str = "this encoder") -> None:
     """Refuse items an encoder cannot embed, naming the first offending item."""
     for item in items:
-        has_text = bool(item.text and item.text.strip())
+        has_text = has_visible_text(item.text)
         if not has_text and item.image is None:
             raise DataError("an item needs text, an image, or both; this one has neither", Location(item=item.id))
         if item.image is not None and not accepts_images:

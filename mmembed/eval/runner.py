@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from mmembed import __version__
-from mmembed.data.layout import MBEIRDirectory, TaskFiles
+from mmembed.data.layout import MBEIRDirectory, TaskFiles, check_task_queries
 from mmembed.data.mbeir import iter_candidates, read_qrels, read_queries
 from mmembed.encoders.base import Encoder, as_items
 from mmembed.errors import ConfigError, DataError, Location
@@ -167,6 +167,7 @@ def run_evaluation(encoder: Encoder, data_dir: str | os.PathLike, config: EvalCo
         queries = read_queries(task.queries)[: config.max_queries]
         if not queries:
             raise DataError("no query in this file", Location(str(task.queries)))
+        check_task_queries(task, queries)
         qrels, unjudged = _qrels_for(task, queries)
         logger.info("%s (%s): local pool %s", task.name, task.split, _relative(task.local_pool, directory.root))
         for mode in config.instruction_modes:
