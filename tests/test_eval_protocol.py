@@ -59,3 +59,12 @@ def test_uniir_text_format_is_an_option_recorded_with_the_results(tmp_path):
     assert written["config"]["encoder_id"].endswith("+uniir-text")
     with pytest.raises(ConfigError, match="text_format"):
         EvalConfig(text_format="lower").validate()
+
+
+def test_an_empty_pool_is_named(tmp_path):
+    from mmembed.errors import DataError
+
+    data = make_toy_mbeir(tmp_path / "toy")
+    (data / "cand_pool" / "global" / "mbeir_union_test_cand_pool.jsonl").write_text("")
+    with pytest.raises(DataError, match="mbeir_union_test_cand_pool.jsonl.*the candidate pool is empty"):
+        run_evaluation(ToyEncoder(), data, EvalConfig(instruction_modes=("none",), show_progress=False))

@@ -23,7 +23,7 @@ import numpy as np
 from mmembed.data.images import ImageStore
 from mmembed.data.mbeir import read_candidates
 from mmembed.encoders.base import Encoder, as_items
-from mmembed.errors import ImageError
+from mmembed.errors import DataError, ImageError, Location
 from mmembed.fileio import atomic_open, write_json
 from mmembed.types import Candidate, Modality
 
@@ -156,6 +156,8 @@ class PoolEmbeddingCache:
         if file_key in self._memory:
             return self._memory[file_key]
         candidates = read_candidates(pool_path)
+        if not candidates:  # nothing to search: say so here, not as "k must be positive" later
+            raise DataError("the candidate pool is empty", Location(str(pool_path)))
         key = self.key(file_key, candidates) if self.cache_dir is not None else file_key
         pool = self._load(key)
         if pool is None:
