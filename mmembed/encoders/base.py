@@ -107,8 +107,8 @@ class TrainableParts:
 
 
 @runtime_checkable
-class TrainableEncoder(Protocol):
-    """An encoder that :mod:`mmembed.training` can train: the trainer depends on this and nothing else.
+class TrainableEncoder(Encoder, Protocol):
+    """An :class:`Encoder` that :mod:`mmembed.training` can train: the trainer depends on this and nothing else.
 
     The CPU towers models (:class:`~mmembed.encoders.parts.PartsModel`) and
     :class:`~mmembed.encoders.vlm.VLMEncoder` implement it. Every parameter is frozen until the
