@@ -18,14 +18,6 @@ from mmembed.errors import DataError, ModelError
 from mmembed.testing.tiny_models import DUAL_FAMILIES, build_tiny
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def encoders(tmp_path_factory):
     root = tmp_path_factory.mktemp("tiny_dual")

@@ -22,14 +22,6 @@ from mmembed.testing.tiny_release import IMAGE, PATCH, build_tiny_release
 TOKENS_PER_IMAGE = (IMAGE // PATCH) ** 2 + 1  # global view patches + image_newline
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def release(tmp_path_factory):
     return build_tiny_release(tmp_path_factory.mktemp("release") / "MM-Embed")

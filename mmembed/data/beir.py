@@ -65,11 +65,6 @@ def _query_lines(path: str | os.PathLike) -> Iterator[tuple[int, str, str]]:
         yield lineno, query_id, _string(obj, "text", Location(str(path), lineno, None, query_id))
 
 
-def iter_corpus(path: str | os.PathLike) -> Iterator[BeirDoc]:
-    """Stream the documents of a ``corpus.jsonl`` (``title`` may be absent; ``text`` may not)."""
-    return (doc for _, _, doc in _corpus_lines(path))
-
-
 def iter_queries(path: str | os.PathLike) -> Iterator[tuple[str, str]]:
     """Stream ``(query id, text)`` from a ``queries.jsonl``."""
     return ((query_id, text) for _, query_id, text in _query_lines(path))

@@ -210,7 +210,3 @@ def write_qrels(path: str | os.PathLike, qrels: Qrels, task_ids: dict[str, int] 
                     line += f" {task_ids if isinstance(task_ids, int) else task_ids[qid]}"
                 f.write(line + "\n")
 
-
-def qrels_from_queries(queries: Iterable[Query]) -> Qrels:
-    """Qrels implied by the queries' positive lists (relevance 1)."""
-    return {q.qid: {did: 1 for did in q.pos} for q in queries}

@@ -48,7 +48,7 @@ from typing import Any
 
 import torch
 
-from mmembed.encoders.common import resolve_device, resolve_dtype
+from mmembed.encoders.common import quiet_transformers, resolve_device, resolve_dtype
 from mmembed.encoders.pooling import LatentAttentionPooler
 from mmembed.errors import ModelError
 
@@ -198,16 +198,11 @@ def load_release_backbone(path: Path, config, files: dict[str, Path], dtype: tor
                           attn_implementation: str = "sdpa"):
     """LlavaNextModel with the release's vision tower, projector, newline and LLM weights."""
     from transformers import LlavaNextModel
-    from transformers.utils import logging as hf_logging
 
-    verbosity = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()  # the latent weights are "unexpected" here; they are checked below
-    try:
+    with quiet_transformers():  # the latent weights are "unexpected" here; they are checked below
         model, info = LlavaNextModel.from_pretrained(path, config=config, local_files_only=True, dtype=dtype,
                                                      attn_implementation=attn_implementation,
                                                      output_loading_info=True)
-    finally:
-        hf_logging.set_verbosity(verbosity)
     missing = sorted(info.get("missing_keys") or [])
     unexpected = sorted(k for k in info.get("unexpected_keys") or [] if not k.startswith(LATENT_PREFIX))
     mismatched = info.get("mismatched_keys") or []
