@@ -21,7 +21,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                                    "shardable (--shard i/n in n processes). Configuration keys are those of "
                                    "mmembed.mining.MiningConfig (split, tasks, k, window, num_type1, num_type2, "
                                    "random_fallback, instruction_mode, beir_instruction, seed, chunk_size, "
-                                   "batch_size, cache_dir).")
+                                   "batch_size, cache_dir, typed_sets, modality_error_k, folds, fold). Each row "
+                                   "keeps a fixed sample in neg_cand_list and, with typed_sets (default), every "
+                                   "type-1 and type-2 candidate in neg_cand_sets, which training samples afresh "
+                                   "each epoch; folds/fold mine one fold of the queries (cross-fitting).")
     p.add_argument("data", help="M-BEIR-layout directory, or a BEIR directory for text negatives")
     p.add_argument("--encoder", required=True, help="the (stage-1) encoder: a directory or a built-in name")
     p.add_argument("--encoder-set", metavar="KEY=VALUE", action="append", default=[], help=ENCODER_SET_HELP)
