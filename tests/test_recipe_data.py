@@ -34,6 +34,8 @@ def test_one_command_trains_mines_and_reports_on_a_users_directory(tmp_path, cap
     for section in ("## Summary", "## Local pool, per task", "## Global pool, per task", "## Modality error@5",
                     "## Hard-negative mining", "## Training runs"):
         assert section in report
+    mining = report.split("## Hard-negative mining")[1].split("## Training runs")[0]
+    assert "type1 candidates" in mining and "mod.err@5" in mining and "| mine-text" in mining
     summary = report.split("## Summary")[1].split("## Local pool")[0]
     labels = [line.split("|")[1].strip() for line in summary.splitlines() if line.startswith("|")]
     assert labels[2:] == ["start", "stage1", "stage2", "stage3"]  # after the header and its rule

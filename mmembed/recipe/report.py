@@ -79,18 +79,20 @@ def mining_table(mining_dirs: dict[str, Path]) -> str | None:
     from mmembed.mining.jobs import MiningStats
     from mmembed.mining.miner import STATS_HEADER, stats_cells
 
-    rows = []
+    rows, ks = [], set()
     for name, directory in mining_dirs.items():
         path = directory / "mining.json"
         if not path.is_file():
             continue
         manifest = json.loads(path.read_text(encoding="utf-8"))
+        ks.add(manifest.get("config", {}).get("modality_error_k", 5))
         label = f"{name} (cross-fit {manifest['cross_fit']['folds']})" if manifest.get("cross_fit") else name
         for unit, s in manifest["stats"].items():
             rows.append([label, unit, *stats_cells(MiningStats.from_dict(s))])
     if not rows:
         return None
-    return markdown_table(["step", "task", *STATS_HEADER], rows)
+    header = [f"mod.err@{next(iter(ks))}" if h == "mod.err@k" and len(ks) == 1 else h for h in STATS_HEADER]
+    return markdown_table(["step", "task", *header], rows)
 
 
 def read_losses(run_dir: Path) -> list[tuple[int, float]]:
