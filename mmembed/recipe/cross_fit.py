@@ -27,7 +27,7 @@ from pathlib import Path
 
 from mmembed import __version__
 from mmembed.data.layout import MBEIRDirectory
-from mmembed.data.mbeir import read_queries, write_queries
+from mmembed.data.mbeir import query_to_dict, read_queries, write_queries
 from mmembed.fileio import atomic_open, write_json
 from mmembed.mining.folds import fold_of
 from mmembed.mining.jobs import FORMAT_VERSION, MANIFEST, MiningStats, default_shard
@@ -113,16 +113,10 @@ def _query_files(spec, prefix: str) -> list[tuple[str, Path, str]]:
 
 def _write_if_changed(path: Path, queries: list) -> None:
     """Rewrite a fold's query file only when its content changes (a rerun leaves it untouched)."""
-    text = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in _rows(queries))
+    text = "".join(json.dumps(query_to_dict(q), ensure_ascii=False) + "\n" for q in queries)  # as write_jsonl
     if path.is_file() and path.read_text(encoding="utf-8") == text:
         return
     write_queries(path, queries)
-
-
-def _rows(queries: list) -> list[dict]:
-    from mmembed.data.mbeir import query_to_dict
-
-    return [query_to_dict(q) for q in queries]
 
 
 def _merged(target: Path, identity: dict) -> bool:
