@@ -7,7 +7,8 @@ Usage::
     python benchmarks/index_search.py --n 100000 --types flat,hnsw
 
 Data are random unit vectors (the worst case for approximate indexes: there is no structure to
-exploit, so their recall here is a lower bound). "recall@10" is the ANN meaning: the share of
+exploit, so their recall here is a lower bound; it measures the wrapper's overhead, not ANN quality:
+benchmarks/ann.py compares index types on real embeddings). "recall@10" is the ANN meaning: the share of
 the exact top 10 that the index returns. Overheads compare like with like:
 
 * build: FaissIndex(...).add(ids, x) against faiss.index_factory + train + add on the same,
