@@ -132,8 +132,14 @@ def test_cli_search_params_are_kept_and_bad_ones_refused_before_encoding(toy_dir
                                                                          capsys):
     monkeypatch.setattr("mmembed.encoders.registry.load_encoder", lambda spec, **kw: toy_encoder)
     assert main(["index", "build", str(toy_dir), "--encoder", "toy", "--out", str(tmp_path / "i"), "--factory",
-                 "HNSW8", "--search-param", "efSearch=48"]) == 0
-    assert FaissIndex.load(tmp_path / "i" / "vectors").search_params == {"efSearch": 48}
+                 "HNSW8", "--search-param", "efSearch=48", "--search-param", "efConstruction=64"]) == 0
+    loaded = FaissIndex.load(tmp_path / "i" / "vectors")
+    assert loaded.search_params == {"efSearch": 48, "efConstruction": 64}
+    assert loaded.faiss_index.hnsw.efConstruction == 64 and len(loaded) == 12
+    assert main(["index", "build", str(toy_dir), "--encoder", "toy", "--out", str(tmp_path / "t"), "--factory",
+                 "IVF2,Flat", "--train-sample", "8", "--search-param", "nprobe=2"]) == 0
+    retriever = Retriever.load(tmp_path / "t", encoder=toy_encoder)
+    assert retriever.search("blue square", k=1)[0].candidate.text == "a blue square"
     calls = toy_encoder.calls
     assert main(["index", "build", str(toy_dir), "--encoder", "toy", "--out", str(tmp_path / "j"),
                  "--search-param", "nprobe=4"]) == 2

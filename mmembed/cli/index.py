@@ -39,8 +39,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dtype", default="float32", choices=("float32", "float16"),
                    help="FAISS flat vector storage type (float16 halves memory)")
     p.add_argument("--search-param", metavar="KEY=VALUE", action="append", default=[],
-                   help="search-time knob kept with the index, e.g. nprobe=32 (FAISS IVF), efSearch=128 (FAISS "
-                        "HNSW), ef=128 or nprobe=32 (Milvus)")
+                   help="index knob kept with the index, e.g. nprobe=32 (FAISS IVF), efSearch=128 and "
+                        "efConstruction=200 (FAISS HNSW; the latter applies while building), ef=128 or nprobe=32 "
+                        "(Milvus)")
     p.add_argument("--train-sample", type=int, help="rows to train IVF/PQ on (default: FAISS's 256 per list, at "
                                                     "least 262,144)")
     p.add_argument("--on-disk", action="store_true",
@@ -121,29 +122,43 @@ def _build_faiss(args: argparse.Namespace, params: dict[str, float]) -> int:
     FaissIndex(encoder.dim, args.factory, dtype=args.dtype, search_params=params)
     check_memory("faiss", args.factory, args.dtype, encoder.dim, _count_lines(pool), train_rows=args.train_sample,
                  force=args.force)
+    if params or args.train_sample:
+        # parameters that act while vectors are added (HNSW efConstruction) or a chosen training
+        # sample need the index made before the adds, which Retriever.build does not offer
+        return _build_encoded(args, params, encoder, pool, image_root, instructions)
     retriever = Retriever.build(encoder, pool, args.out, encoder_spec=_encoder_spec(args.encoder),
                                 image_root=image_root, instructions_path=instructions, factory=args.factory,
                                 dtype=args.dtype, batch_size=args.batch_size, show_progress=sys.stderr.isatty())
-    if params:  # Retriever.build takes no search parameters: set them and save the vectors again
-        retriever.index.set_search_params(**params)
-        retriever.index.save(Path(args.out) / "vectors")
     return len(retriever.index)
 
 
 def _build_milvus(args: argparse.Namespace, params: dict[str, float]) -> int:
-    from mmembed.data.images import ImageStore
-    from mmembed.embeddings.encode import guess_image_root
-    from mmembed.eval.pool_cache import PoolEmbeddingCache
-    from mmembed.index.build import make_index, write_retrieval_directory
-
     if not args.encoder:
         raise ConfigError("--encoder is required unless --from-embeddings is given")
     pool, image_root, instructions = _resolve_pool(args)
-    encoder = _load_encoder(args)
+    return _build_encoded(args, params, _load_encoder(args), pool, image_root, instructions)
+
+
+def _build_encoded(args: argparse.Namespace, params: dict[str, float], encoder, pool: Path,
+                   image_root: str | Path | None, instructions: str | Path | None) -> int:
+    """Embed the pool in this process and fill an index of ``args.backend`` made before the adds."""
+    import numpy as np
+
+    from mmembed.data.images import ImageStore
+    from mmembed.embeddings.encode import guess_image_root
+    from mmembed.eval.pool_cache import PoolEmbeddingCache
+    from mmembed.index import FaissIndex
+    from mmembed.index.build import make_index, write_retrieval_directory
+
     images = ImageStore(image_root or guess_image_root(pool))
     embedded = PoolEmbeddingCache(encoder, images, None, args.batch_size, sys.stderr.isatty()).embed_file(pool)
-    index = make_index("milvus", encoder.dim, encoder_id=encoder.encoder_id, search_params=params, uri=args.uri,
-                       collection=args.collection, milvus_index=args.milvus_index)
+    index = make_index(args.backend, encoder.dim, encoder_id=encoder.encoder_id, factory=args.factory,
+                       dtype=args.dtype, search_params=params, uri=args.uri, collection=args.collection,
+                       milvus_index=args.milvus_index)
+    if isinstance(index, FaissIndex) and not index.is_trained and args.train_sample:
+        count = len(embedded.ids)
+        rows = np.sort(np.random.default_rng(0).choice(count, min(count, args.train_sample), replace=False))
+        index.train(embedded.vectors[rows])
     index.add(embedded.ids, embedded.vectors)
     write_retrieval_directory(args.out, index, pool, encoder_spec=_encoder_spec(args.encoder),
                               encoder_id=encoder.encoder_id, image_root=images.root, instructions_path=instructions)
