@@ -18,13 +18,13 @@ Example::
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Collection, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from mmembed.hashing import stable_hash
 from mmembed.losses.distributed import gather_keys, gather_with_grad, global_sum, world
 
 #: See the module docstring for why.
@@ -79,7 +79,7 @@ def hash_ids(ids: Sequence[str]) -> Tensor:
     """
     keys = []
     for item_id in ids:
-        value = int.from_bytes(hashlib.blake2b(item_id.encode("utf-8"), digest_size=8).digest(), "big") >> 1
+        value = stable_hash(item_id) >> 1
         keys.append(value or 1)
     return torch.tensor(keys, dtype=torch.long)
 

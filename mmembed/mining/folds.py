@@ -9,17 +9,15 @@ whatever the order or split of the files.
 
 from __future__ import annotations
 
-import hashlib
-
 from mmembed.errors import ConfigError
+from mmembed.hashing import stable_hash
 
 
 def fold_of(qid: str, folds: int, seed: int = 0) -> int:
     """The fold (``0 .. folds - 1``) of query ``qid``."""
     if folds < 1:
         raise ConfigError(f"folds must be >= 1, got {folds}")
-    digest = hashlib.blake2b(f"fold\x1f{seed}\x1f{qid}".encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "big") % folds
+    return stable_hash("fold", seed, qid) % folds
 
 
 def check_fold(folds: int, fold: int) -> None:

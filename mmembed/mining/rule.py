@@ -15,11 +15,11 @@ The text rule (BEIR-format data) is the type-2 window alone, without modalities.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from mmembed.errors import ConfigError
+from mmembed.hashing import stable_hash
 
 TYPE1, TYPE2, RANDOM = "type1", "type2", "random"
 NEGATIVE_TYPES = (TYPE1, TYPE2, RANDOM)
@@ -53,9 +53,7 @@ class NegativeRule:
 
 def _pick(ids: Sequence[str], count: int, key: str) -> list[str]:
     """``count`` of ``ids`` in a seeded order that depends only on ``key`` (qid + seed + type)."""
-    def score(did: str) -> bytes:
-        return hashlib.blake2b(f"{key}\0{did}".encode(), digest_size=8).digest()
-    return sorted(ids, key=score)[:count]
+    return sorted(ids, key=lambda did: stable_hash(key, did, sep="\0"))[:count]
 
 
 def _fill(chosen: list[tuple[str, str]], wanted: int, fallback: Sequence[str], exclude: set[str],
@@ -69,7 +67,7 @@ def _fill(chosen: list[tuple[str, str]], wanted: int, fallback: Sequence[str], e
     draws, attempt = [], 0
     while len(draws) < missing and attempt < 4:
         n = len(fallback)
-        start = int.from_bytes(hashlib.blake2b(f"{key}\0{attempt}".encode(), digest_size=8).digest(), "big")
+        start = stable_hash(key, attempt, sep="\0")
         for j in range(min(n, 4 * missing + len(taken))):
             did = fallback[(start + j * 7919) % n]
             if did not in taken:

@@ -42,6 +42,7 @@ from mmembed.data.mbeir import iter_candidates, read_queries
 from mmembed.encoders.base import Item
 from mmembed.errors import ConfigError, DataError, ImageError, Location
 from mmembed.fileio import iter_jsonl
+from mmembed.hashing import stable_hash
 from mmembed.instructions import INSTRUCTION_MODES, InstructionMode, InstructionRegistry
 from mmembed.losses.contrastive import hash_ids, pack_key_sets
 from mmembed.types import Modality, Task, dataset_id_of
@@ -379,8 +380,7 @@ def check_images(dataset: ContrastiveDataset) -> int:
 
 def _draw(seed: int, *parts: object) -> int:
     """A 64-bit number that depends only on the arguments (the seeded choice of every random pick)."""
-    text = "\x1f".join(str(p) for p in (seed, *parts))
-    return int.from_bytes(hashlib.blake2b(text.encode("utf-8"), digest_size=8).digest(), "big")
+    return stable_hash(seed, *parts)
 
 
 class _Draws:
