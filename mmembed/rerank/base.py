@@ -202,6 +202,18 @@ class BaseReranker:
                 for q, (cands, (start, end)) in enumerate(zip(candidate_lists, spans))]
 
 
+def aligned_pairs(queries: Sequence[Item], candidates: Sequence[Item], instructions: Sequence[str | None] | None
+                  ) -> tuple[list[Item], list[Item], list[str | None]]:
+    """The pairs ``(queries[i], candidates[i], instructions[i])`` of ``score_pairs`` as lists, checked to align."""
+    queries, candidates = list(queries), list(candidates)
+    if len(queries) != len(candidates):
+        raise ValueError(f"{len(queries)} queries for {len(candidates)} candidates")
+    instructions = [None] * len(queries) if instructions is None else list(instructions)
+    if len(instructions) != len(queries):
+        raise ValueError(f"{len(instructions)} instructions for {len(queries)} pairs")
+    return queries, candidates, instructions
+
+
 def check_positive(name: str, value: int) -> None:
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:
         raise ConfigError(f"{name} must be a positive integer, got {value!r}")

@@ -44,6 +44,7 @@ from mmembed.errors import ConfigError, DataError, Location, ModelError
 from mmembed.rerank.base import (
     BaseReranker,
     TextTruncator,
+    aligned_pairs,
     batches,
     check_positive,
     common_prefix_length,
@@ -149,10 +150,7 @@ class LLMReranker(BaseReranker):
     def score_pairs(self, queries: Sequence[Item], candidates: Sequence[Item],
                     instructions: Sequence[str | None] | None = None, *, show_progress: bool = False) -> np.ndarray:
         """Raw scores: P("True") in ``p_true`` mode, mean log p(query | candidate) otherwise."""
-        queries, candidates = list(queries), list(candidates)
-        if len(queries) != len(candidates):
-            raise ValueError(f"{len(queries)} queries for {len(candidates)} candidates")
-        instructions = [None] * len(queries) if instructions is None else list(instructions)
+        queries, candidates, instructions = aligned_pairs(queries, candidates, instructions)
         for query, cand in zip(queries, candidates):
             self._check_text(query, "query")
             self._check_text(cand, "candidate")

@@ -42,10 +42,10 @@ from PIL import Image
 
 from mmembed.data.images import as_pil
 from mmembed.encoders.base import Item
-from mmembed.encoders.common import quiet_transformers, resolve_device, resolve_dtype
+from mmembed.encoders.common import check_items, quiet_transformers, resolve_device, resolve_dtype
 from mmembed.encoders.vlm_families import adapter_class, positions_from_mask
-from mmembed.errors import ConfigError, DataError, Location, ModelError
-from mmembed.rerank.base import BaseReranker, TextTruncator, batches, progress_bar
+from mmembed.errors import ConfigError, ModelError
+from mmembed.rerank.base import BaseReranker, TextTruncator, aligned_pairs, batches, progress_bar
 from mmembed.rerank.templates import DEFAULT_ANSWER_WORDS, AnswerTokens, pair_content, question_for, resolve_templates
 
 logger = logging.getLogger(__name__)
@@ -147,13 +147,8 @@ class VLMReranker(BaseReranker):
     def score_pairs(self, queries: Sequence[Item], candidates: Sequence[Item],
                     instructions: Sequence[str | None] | None = None, *, show_progress: bool = False) -> np.ndarray:
         """P("True") of each pair ``(queries[i], candidates[i])``."""
-        queries, candidates = list(queries), list(candidates)
-        if len(queries) != len(candidates):
-            raise ValueError(f"{len(queries)} queries for {len(candidates)} candidates")
-        instructions = [None] * len(queries) if instructions is None else list(instructions)
-        for item in (*queries, *candidates):
-            if not (item.text and item.text.strip()) and item.image is None:
-                raise DataError("an item needs text, an image, or both; this one has neither", Location(item=item.id))
+        queries, candidates, instructions = aligned_pairs(queries, candidates, instructions)
+        check_items([*queries, *candidates], encoder_name=self.reranker_id)
         order = sorted(range(len(queries)), key=lambda i: -_cost(queries[i], candidates[i]))
         out = np.zeros(len(queries), dtype=np.float64)
         bar = progress_bar(len(order), "reranking (VLM)") if show_progress else None
