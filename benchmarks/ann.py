@@ -47,6 +47,8 @@ class Spec:
     dtype: str
     #: Search settings measured on the one built index, one table row each.
     sweeps: tuple[dict, ...] = ({},)
+    #: Settings applied before the vectors are added (HNSW efConstruction).
+    build_params: dict | None = None
 
 
 @dataclass
@@ -65,6 +67,8 @@ def specs(nlist: int, pq: int) -> list[Spec]:
         Spec("fp16", "Flat fp16", "Flat", "float16"),
         Spec("sq8", "SQ8", "SQ8", "float32"),
         Spec("hnsw", "HNSW32", "HNSW32", "float32", ({"efSearch": 64}, {"efSearch": 256}, {"efSearch": 1024})),
+        Spec("hnswc", "HNSW32 efConstruction 200", "HNSW32", "float32",
+             ({"efSearch": 64}, {"efSearch": 256}, {"efSearch": 1024}), {"efConstruction": 200}),
         Spec("ivf", f"IVF{nlist},Flat", f"IVF{nlist},Flat", "float32", probes),
         Spec("ivfpq", f"IVF{nlist},PQ{pq}", f"IVF{nlist},PQ{pq}", "float32", probes[:2]),
         # PQ to find candidates, their float16 vectors to re-rank the best 32 x k of them exactly
@@ -173,7 +177,7 @@ def build(spec: Spec, ids: list[str], x: np.ndarray, args: argparse.Namespace):
             index.add(ids[start:start + 100_000], x[start:start + 100_000])
         index.build_index()
         return index
-    index = FaissIndex(x.shape[1], spec.factory, dtype=spec.dtype)
+    index = FaissIndex(x.shape[1], spec.factory, dtype=spec.dtype, search_params=spec.build_params)
     if not index.is_trained:
         rows = np.random.default_rng(0).choice(len(x), min(len(x), args.train), replace=False)
         index.train(x[np.sort(rows)])
@@ -240,7 +244,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--nlist", type=int, default=1024, help="IVF lists")
     p.add_argument("--pq", type=int, default=48, help="PQ sub-quantizers")
     p.add_argument("--train", type=int, default=100_000, help="IVF/PQ training sample rows")
-    p.add_argument("--types", default="flat,fp16,sq8,hnsw,ivf,ivfpq,ivfpqr,milvus",
+    p.add_argument("--types", default="flat,fp16,sq8,hnsw,hnswc,ivf,ivfpq,ivfpqr,milvus",
                    help="which indexes, comma-separated")
     p.add_argument("--milvus-index", help="Milvus index type (default: chosen by size, as mmembed does)")
     p.add_argument("--milvus-params", default="{}", help='Milvus index build params as JSON, e.g. \'{"nlist": 4096}\'')
