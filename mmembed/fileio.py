@@ -7,6 +7,7 @@ long job that is killed can be resumed from what is on disk.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import shutil
@@ -16,6 +17,23 @@ from pathlib import Path
 from typing import IO, Any
 
 from mmembed.errors import DataError, Location
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """Hex SHA-256 of a file's bytes, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def user_cache_dir() -> Path:
+    """mmembed's cache directory: ``$MMEMBED_CACHE``, else ``$XDG_CACHE_HOME/mmembed``, else ``~/.cache/mmembed``."""
+    env = os.environ.get("MMEMBED_CACHE")
+    if env:
+        return Path(env).expanduser()
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache").expanduser() / "mmembed"
 
 
 @contextlib.contextmanager

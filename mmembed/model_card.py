@@ -10,7 +10,6 @@ SHA-256), so a re-shipped checkpoint never carries stale figures.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -20,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mmembed.errors import ConfigError
+from mmembed.fileio import file_sha256
 
 if TYPE_CHECKING:
     from mmembed.encoders.base import Encoder
@@ -231,7 +231,7 @@ def _shipped_facts(name: str, source: Path | None) -> ShippedFacts | None:
     if facts is None or source is None:
         return None
     weights = source / "model.safetensors"
-    if not weights.is_file() or _sha256(weights) != facts.weights_sha256:
+    if not weights.is_file() or file_sha256(weights) != facts.weights_sha256:
         logger.warning("%s: the shipped weights changed since its results were recorded; the card omits them", name)
         return None
     return facts
@@ -261,9 +261,3 @@ def _read_json(path: Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: cannot read JSON ({e})") from None
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()

@@ -13,7 +13,7 @@ import torch
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 # Image features are cached on disk by default under the user cache directory: tests get their own.
-os.environ.setdefault("MMEMBED_CACHE_DIR", tempfile.mkdtemp(prefix="mmembed-test-cache-"))
+os.environ.setdefault("MMEMBED_CACHE", tempfile.mkdtemp(prefix="mmembed-test-cache-"))
 # Tiny models are dominated by threading overhead on this 2-core machine: one thread is faster.
 torch.set_num_threads(1)
 sys.path.insert(0, str(Path(__file__).parent))

@@ -12,9 +12,9 @@ from mmembed.encoders.image_cache import FeatureCache, feature_cache_dir
 
 def test_the_default_directory_follows_the_environment(monkeypatch, tmp_path):
     monkeypatch.delenv("MMEMBED_IMAGE_CACHE", raising=False)
-    monkeypatch.setenv("MMEMBED_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("MMEMBED_CACHE", str(tmp_path / "cache"))
     assert feature_cache_dir() == tmp_path / "cache" / "image-features"
-    monkeypatch.delenv("MMEMBED_CACHE_DIR")
+    monkeypatch.delenv("MMEMBED_CACHE")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     assert feature_cache_dir() == tmp_path / "xdg" / "mmembed" / "image-features"
     monkeypatch.setenv("MMEMBED_IMAGE_CACHE", "off")

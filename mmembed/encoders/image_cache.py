@@ -25,15 +25,15 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from mmembed.fileio import atomic_open
+from mmembed.fileio import atomic_open, user_cache_dir
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_MAX_BYTES = 256 * 1024 * 1024
 #: Default bound of the on-disk level (about 25,000 images at the default 4x4 grid).
 DEFAULT_DISK_BYTES = 2 * 1024 ** 3
-#: Environment: the cache directory of mmembed, and ``off`` or a path for the image features.
-CACHE_ENV, IMAGE_CACHE_ENV = "MMEMBED_CACHE_DIR", "MMEMBED_IMAGE_CACHE"
+#: Environment: ``off`` or a path for the image features (the rest of mmembed's cache: ``MMEMBED_CACHE``).
+IMAGE_CACHE_ENV = "MMEMBED_IMAGE_CACHE"
 OFF = ("", "off", "none", "false", "0")
 
 
@@ -42,7 +42,8 @@ def feature_cache_dir(requested: str | os.PathLike | bool | None = None) -> Path
 
     ``requested`` wins when given (a path, or ``False`` / ``"off"`` for none); otherwise
     ``$MMEMBED_IMAGE_CACHE`` (a path or ``off``), otherwise ``image-features`` under
-    ``$MMEMBED_CACHE_DIR``, ``$XDG_CACHE_HOME/mmembed`` or ``~/.cache/mmembed``.
+    :func:`~mmembed.fileio.user_cache_dir` (``$MMEMBED_CACHE``, ``$XDG_CACHE_HOME/mmembed`` or
+    ``~/.cache/mmembed``).
     """
     if requested is False or (isinstance(requested, str) and requested.strip().lower() in OFF):
         return None
@@ -51,8 +52,7 @@ def feature_cache_dir(requested: str | os.PathLike | bool | None = None) -> Path
     env = os.environ.get(IMAGE_CACHE_ENV)
     if env is not None:
         return None if env.strip().lower() in OFF else Path(env)
-    root = os.environ.get(CACHE_ENV) or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "mmembed"
-    return Path(root) / "image-features"
+    return user_cache_dir() / "image-features"
 
 
 def image_key(image: Image.Image, tower_id: str) -> str:

@@ -24,7 +24,7 @@ from mmembed.data.images import ImageStore
 from mmembed.data.mbeir import read_candidates
 from mmembed.encoders.base import Encoder, as_items
 from mmembed.errors import DataError, ImageError, Location
-from mmembed.fileio import atomic_open, write_json
+from mmembed.fileio import atomic_open, file_sha256, write_json
 from mmembed.types import Candidate, Modality
 
 logger = logging.getLogger(__name__)
@@ -51,14 +51,6 @@ class EmbeddedPool:
 MODALITY_CODES = {m: i for i, m in enumerate(Modality)}
 #: The stat + content-hash record of images, in the cache directory.
 IMAGE_FINGERPRINTS = "image-fingerprints.json"
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 class ImageFingerprints:

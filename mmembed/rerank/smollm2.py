@@ -14,7 +14,6 @@ The cache lives outside the repository and is never committed.
 from __future__ import annotations
 
 import copy
-import hashlib
 import importlib.util
 import logging
 import os
@@ -25,7 +24,7 @@ import torch
 
 from mmembed.encoders.common import quiet_transformers
 from mmembed.errors import MissingDependencyError, ModelError
-from mmembed.fileio import atomic_directory, write_json
+from mmembed.fileio import atomic_directory, file_sha256, user_cache_dir, write_json
 
 logger = logging.getLogger(__name__)
 
@@ -54,17 +53,12 @@ def cache_root(cache_dir: str | os.PathLike | None = None) -> Path:
     """Where converted models go: ``cache_dir``, else ``$MMEMBED_CACHE``, else ``~/.cache/mmembed``."""
     if cache_dir is not None:
         return Path(cache_dir).expanduser()
-    env = os.environ.get("MMEMBED_CACHE")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "mmembed"
+    return user_cache_dir()
 
 
 def file_digest(path: Path) -> str:
     """First 16 hex digits of the file's SHA-256 (a changed model file gets a new cache entry)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            digest.update(block)
-    return digest.hexdigest()[:16]
+    return file_sha256(path)[:16]
 
 
 def converted_dir(cache_dir: str | os.PathLike | None = None, gguf: Path | None = None) -> Path:

@@ -28,7 +28,7 @@ from mmembed.data.bundled.wordnet import load_synsets
 from mmembed.data.bundled.writer import WrittenDataset, write_dataset
 from mmembed.data.layout import INSTRUCTIONS_FILE, SPLITS, global_pool_file
 from mmembed.data.mbeir import write_candidates
-from mmembed.fileio import atomic_directory, write_json, write_text
+from mmembed.fileio import atomic_directory, file_sha256, write_json, write_text
 from mmembed.instructions import InstructionEntry, InstructionRegistry
 
 log = logging.getLogger(__name__)
@@ -142,12 +142,6 @@ def _write_beir(root: Path, sense: wordnet_tasks.BeirBuild) -> None:
 
 # --- manifest and reuse -------------------------------------------------------------------------
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def content_hash(files: dict[str, str]) -> str:
@@ -157,7 +151,7 @@ def content_hash(files: dict[str, str]) -> str:
 
 
 def _file_hashes(root: Path) -> dict[str, str]:
-    return {p.relative_to(root).as_posix(): _sha256(p)
+    return {p.relative_to(root).as_posix(): file_sha256(p)
             for p in sorted(root.rglob("*")) if p.is_file() and p.name != MANIFEST}
 
 
