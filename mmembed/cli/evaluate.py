@@ -33,6 +33,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", help="directory for results.json, runs/ and config.json")
     p.add_argument("--image-root", help="where the images' relative paths start, when they live outside DATA "
                                         "(same as --set image_root=...)")
+    p.add_argument("--embeddings", metavar="DIR", help="precomputed vectors of the split's global pool ('mmembed "
+                                                       "encode' output) instead of encoding the pools")
     add_config_arguments(p)
     add_rerank_arguments(p)
     p.set_defaults(func=run)
@@ -43,7 +45,8 @@ def run(args: argparse.Namespace) -> int:
     from mmembed.eval.report import results_table
     from mmembed.eval.runner import EvalConfig, run_evaluation
 
-    base = {"show_progress": sys.stderr.isatty(), **({"image_root": args.image_root} if args.image_root else {})}
+    base = {"show_progress": sys.stderr.isatty(), **({"image_root": args.image_root} if args.image_root else {}),
+            **({"embeddings_dir": args.embeddings} if args.embeddings else {})}
     config = load_config(EvalConfig, args.config, args.set, base=base)
     rerank_config = rerank_config_from_args(args, show_progress=sys.stderr.isatty())
     encoder = common.load_encoder_arg(args.encoder, args.encoder_set)  # looked up at call time (tests patch it)

@@ -29,6 +29,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--encoder", required=True, help="the (stage-1) encoder: a directory or a built-in name")
     p.add_argument("--encoder-set", metavar="KEY=VALUE", action="append", default=[], help=ENCODER_SET_HELP)
     p.add_argument("--out", required=True, help="output directory (per-task query files or negatives.jsonl)")
+    p.add_argument("--embeddings", metavar="DIR", help="precomputed vectors of the split's global pool ('mmembed "
+                                                       "encode' output) instead of encoding it")
     p.add_argument("--shard", metavar="I/N", help="mine every N-th chunk starting at I (default: from torchrun "
                                                   "RANK/WORLD_SIZE, else 0/1)")
     add_config_arguments(p)
@@ -49,7 +51,8 @@ def run(args: argparse.Namespace) -> int:
     from mmembed.config import load_config
     from mmembed.mining import MiningConfig, mine_beir, mine_mbeir, stats_table
 
-    config = load_config(MiningConfig, args.config, args.set)
+    base = {"embeddings_dir": args.embeddings} if args.embeddings else {}
+    config = load_config(MiningConfig, args.config, args.set, base=base)
     shard = parse_shard(args.shard)
     encoder = common.load_encoder_arg(args.encoder, args.encoder_set)  # looked up at call time (tests patch it)
     mine = mine_beir if (Path(args.data) / "corpus.jsonl").is_file() else mine_mbeir

@@ -60,6 +60,9 @@ class EvalConfig:
     image_root: str | None = None
     #: "raw" (MM-Embed's code) or "uniir" (UniIR's format_string on every text); see eval.text_format.
     text_format: str = "raw"
+    #: ``mmembed encode`` output of the split's global pool: its vectors are used instead of
+    #: encoding the pools (local pools are taken from it); checked against pool file and encoder.
+    embeddings_dir: str | None = None
     show_progress: bool = True
 
     def validate(self) -> None:
@@ -153,12 +156,12 @@ def run_evaluation(encoder: Encoder, data_dir: str | os.PathLike, config: EvalCo
     registry = directory.instructions() if any(m != "none" for m in config.instruction_modes) else None
     cache = PoolEmbeddingCache(encoder, directory.images, config.cache_dir, config.batch_size, config.show_progress)
     global_pool = None
-    if "global" in config.pools:
+    if "global" in config.pools or config.embeddings_dir:
         path = directory.global_pool(config.split)
         if not path.is_file():
-            raise DataError("global candidate pool not found (needed for the global-pool setting)",
-                            Location(str(path)))
-        global_pool = cache.embed_file(path)
+            raise DataError("global candidate pool not found (needed for the global-pool setting and for "
+                            "precomputed embeddings)", Location(str(path)))
+        global_pool = _global_vectors(cache, path, config, encoder.encoder_id)
 
     results = EvalResults(config={**asdict(config), "data_dir": str(data_dir), "encoder_id": encoder.encoder_id,
                                   "mmembed_version": __version__})
@@ -241,6 +244,14 @@ def _instructions(queries: list[Query], task: TaskFiles, registry: InstructionRe
         return [None] * len(queries)
     assert registry is not None
     return [registry.choose(q, task.task.cand_modality, mode, seed) for q in queries]  # type: ignore[arg-type]
+
+
+def _global_vectors(cache: PoolEmbeddingCache, path: Path, config: EvalConfig, encoder_id: str) -> EmbeddedPool:
+    if config.embeddings_dir:
+        from mmembed.embeddings import load_embedded_pool
+
+        return load_embedded_pool(config.embeddings_dir, path, encoder_id)
+    return cache.embed_file(path)
 
 
 def _local_pool(cache: PoolEmbeddingCache, task: TaskFiles, global_pool: EmbeddedPool | None) -> EmbeddedPool:

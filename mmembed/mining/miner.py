@@ -32,6 +32,7 @@ from mmembed.errors import ConfigError, DataError, Location
 from mmembed.eval.pool_cache import (
     IMAGE_FINGERPRINTS,
     MODALITY_CODES,
+    EmbeddedPool,
     ImageFingerprints,
     PoolEmbeddingCache,
     candidate_image_paths,
@@ -87,6 +88,8 @@ class MiningConfig:
     #: hash of the qid, :func:`mmembed.mining.folds.fold_of`); ``folds: 1`` mines every query.
     folds: int = 1
     fold: int = 0
+    #: ``mmembed encode`` output of the split's global pool: its vectors instead of encoding the pool.
+    embeddings_dir: str | None = None
 
     def rule(self) -> NegativeRule:
         self.validate()
@@ -126,6 +129,16 @@ def _index(ids: list[str], vectors: np.ndarray) -> FaissIndex:
     return index
 
 
+def _pool_vectors(cache: PoolEmbeddingCache, pool_path: Path, config: MiningConfig,
+                  encoder_id: str) -> EmbeddedPool:
+    """The pool's vectors: precomputed (``embeddings_dir``, checked against pool and encoder) or encoded."""
+    if config.embeddings_dir:
+        from mmembed.embeddings import load_embedded_pool
+
+        return load_embedded_pool(config.embeddings_dir, pool_path, encoder_id)
+    return cache.embed_file(pool_path)
+
+
 def mine_mbeir(encoder: Encoder, data_dir: str | os.PathLike, output_dir: str | os.PathLike,
                config: MiningConfig | None = None, *, shard: tuple[int, int] | None = None,
                show_progress: bool = True) -> MiningResult:
@@ -151,7 +164,7 @@ def mine_mbeir(encoder: Encoder, data_dir: str | os.PathLike, output_dir: str | 
     if job.done(units, config.chunk_size):  # e.g. killed while merging: nothing to embed again
         return merge(job, units, config.chunk_size, extra)
     cache = PoolEmbeddingCache(encoder, directory.images, config.cache_dir, config.batch_size, show_progress)
-    pool = cache.embed_file(pool_path)
+    pool = _pool_vectors(cache, pool_path, config, encoder.encoder_id)
     index = _index(pool.ids, pool.vectors)
     names = [m for m, _ in sorted(MODALITY_CODES.items(), key=lambda kv: kv[1])]
     pool_modality = {did: names[code].value for did, code in zip(pool.ids, pool.modalities)}
