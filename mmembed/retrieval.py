@@ -14,7 +14,6 @@ It is written atomically as a whole.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shutil
@@ -214,20 +213,17 @@ def task_name(entry: InstructionEntry) -> str:
 
 
 def read_retrieval_manifest(directory: Path) -> dict:
+    """``retrieval.json`` of an index directory, every field checked (a clear error naming it)."""
+    from mmembed.index.integrity import check_retrieval_manifest
+
     path = directory / MANIFEST
     if not path.is_file():
         raise IndexMismatchError(f"{directory}: not a retrieval index (no {MANIFEST}); build one with "
                                  "'mmembed index build'")
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise IndexMismatchError(f"{path}: corrupt manifest ({e.msg})") from None
+    manifest = check_retrieval_manifest(path)
     if manifest.get("format_version", 0) > FORMAT_VERSION:
         raise IndexMismatchError(f"{path}: written by a newer mmembed (format {manifest['format_version']}); "
                                  "upgrade mmembed to read it")
-    for key in ("encoder", "encoder_id", "image_root"):
-        if key not in manifest:
-            raise IndexMismatchError(f"{path}: missing key {key!r}")
     return manifest
 
 

@@ -65,3 +65,11 @@ def test_cli_index_build_and_search(toy_dir, toy_encoder, tmp_path, monkeypatch,
     assert "give --text, --image, or both" in capsys.readouterr().err
     assert main(["search", str(out), "--image", str(tmp_path / "none.png")]) == 2
     assert "image file not found" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("manifest", ["[1, 2]", '{"encoder": "toy"}', "{not json"])
+def test_a_malformed_retrieval_manifest_is_a_clear_error(toy_dir, toy_encoder, tmp_path, manifest):
+    _build(toy_dir, toy_encoder, tmp_path / "idx")
+    (tmp_path / "idx" / "retrieval.json").write_text(manifest)
+    with pytest.raises(IndexMismatchError, match="retrieval.json"):
+        Retriever.load(tmp_path / "idx", encoder=toy_encoder)
