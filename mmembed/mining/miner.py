@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mmembed.data.layout import MBEIRDirectory
+from mmembed.data.layout import MBEIRDirectory, TaskFiles, check_task_queries
 from mmembed.data.mbeir import query_to_dict, read_candidates, read_queries
 from mmembed.encoders.base import Encoder, Item, as_items
 from mmembed.errors import ConfigError, DataError, Location
@@ -129,6 +129,13 @@ def _index(ids: list[str], vectors: np.ndarray) -> FaissIndex:
     return index
 
 
+def _task_queries(task: TaskFiles) -> list[Query]:
+    """The task file's queries, refused when one does not fit the task (as validate and evaluate do)."""
+    queries = read_queries(task.queries)
+    check_task_queries(task, queries)
+    return queries
+
+
 def _pool_vectors(cache: PoolEmbeddingCache, pool_path: Path, config: MiningConfig,
                   encoder_id: str) -> EmbeddedPool:
     """The pool's vectors: precomputed (``embeddings_dir``, checked against pool and encoder) or encoded."""
@@ -151,7 +158,7 @@ def mine_mbeir(encoder: Encoder, data_dir: str | os.PathLike, output_dir: str | 
     pool_path = directory.global_pool(config.split)
     if not pool_path.is_file():
         raise DataError("the split's global candidate pool is needed for mining", Location(str(pool_path)))
-    queries_of = {task.name: _in_fold(read_queries(task.queries), config) for task in tasks}
+    queries_of = {task.name: _in_fold(_task_queries(task), config) for task in tasks}
     candidates = read_candidates(pool_path)
     _check_positives(tasks, queries_of, {c.did for c in candidates}, pool_path)
     inputs = _mbeir_inputs(directory, tasks, pool_path, candidates, queries_of, config, out)
