@@ -22,7 +22,6 @@ Errors are ``{"error", "detail", "fields"}`` under ``/api/v1`` and OpenAI's
 
 from __future__ import annotations
 
-import asyncio
 import hmac
 import logging
 import os
@@ -40,7 +39,6 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from mmembed import __version__
 from mmembed.errors import ConfigError, DataError, MMEmbedError
@@ -53,8 +51,8 @@ from mmembed.serve.limits import (
     check_search,
     check_text,
     check_upload_size,
-    megabytes,
 )
+from mmembed.serve.middleware import RequestGuard, SecurityHeaders, error_response, is_openai_path
 from mmembed.serve.models import (
     API_KEY_HEADER,
     API_PREFIX,
@@ -79,9 +77,6 @@ from mmembed.serve.settings import ServeSettings, accepted_hosts
 logger = logging.getLogger(__name__)
 
 STATIC_DIR = Path(str(resources.files("mmembed.serve") / "static"))
-#: The page's Content-Security-Policy: its own scripts and styles only; thumbnails are blob: URLs.
-PAGE_CSP = ("default-src 'self'; img-src 'self' blob: data:; script-src 'self'; style-src 'self'; "
-            "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'")
 _ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorResponse} for code in (400, 401, 404, 408, 409,
                                                                                         413, 415, 421, 422, 503)}
 
@@ -318,21 +313,6 @@ def _arrival(request: Request) -> float:
 # --------------------------------------------------------------------------- errors
 
 
-def _error(status: int, error: str, detail: str, headers: dict[str, str] | None = None,
-           fields: list[FieldProblem] | None = None, *, openai: bool = False) -> JSONResponse:
-    if openai:
-        param = fields[0].field if fields else None
-        kind = "invalid_request_error" if status < 500 else "server_error"
-        body: dict[str, Any] = {"error": {"message": detail, "type": kind, "param": param, "code": error}}
-    else:
-        body = ErrorResponse(error=error, detail=detail, fields=fields).model_dump(exclude_none=True)
-    return JSONResponse(body, status_code=status, headers=headers)
-
-
-def _is_compat(scope: Scope) -> bool:
-    return str(scope.get("path", "")).startswith("/v1/")
-
-
 #: In Starlette's message when a form field (not a file) is over its 1 MiB limit ("Part ...", "Field ...").
 _PART_TOO_LARGE = "exceeded maximum size"
 
@@ -340,14 +320,14 @@ _PART_TOO_LARGE = "exceeded maximum size"
 def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def api_error(request: Request, exc: ApiError) -> JSONResponse:
-        return _error(exc.status, exc.error, exc.detail, exc.headers, openai=_is_compat(request.scope))
+        return error_response(exc.status, exc.error, exc.detail, exc.headers, openai=is_openai_path(request.scope))
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
         fields = [FieldProblem(field=".".join(str(p) for p in e.get("loc", ()) if p not in ("body", "query", "path")),
                                message=str(e.get("msg", "invalid"))) for e in exc.errors()]
         detail = "; ".join(f"{f.field or 'request'}: {f.message}" for f in fields) or "invalid request"
-        return _error(422, "invalid_request", detail, fields=fields, openai=_is_compat(request.scope))
+        return error_response(422, "invalid_request", detail, fields=fields, openai=is_openai_path(request.scope))
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -357,32 +337,33 @@ def _install_error_handlers(app: FastAPI) -> None:
     async def mmembed_error(request: Request, exc: MMEmbedError) -> JSONResponse:
         status = 422 if isinstance(exc, ConfigError) else 400
         logger.info("request refused: %s", exc)
-        return _error(status, "invalid_input", _public_message(exc), openai=_is_compat(request.scope))
+        return error_response(status, "invalid_input", _public_message(exc), openai=is_openai_path(request.scope))
 
     @app.exception_handler(Exception)
     async def internal_error(request: Request, exc: Exception) -> JSONResponse:
         logger.error("internal error", exc_info=(type(exc), exc, exc.__traceback__))
-        return _error(500, "internal_error", "internal error; the service log has the details",
-                      openai=_is_compat(request.scope))
+        return error_response(500, "internal_error", "internal error; the service log has the details",
+                      openai=is_openai_path(request.scope))
 
 
 def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
     """Framework errors, made precise: a body that stopped arriving, a form field over the part
     limit, a body that cannot be parsed."""
-    openai = _is_compat(request.scope)
+    openai = is_openai_path(request.scope)
     if request.scope.get("mmembed.body_timeout"):
-        return _error(408, "request_timeout", "the request body stopped arriving (fewer bytes than its "
+        return error_response(408, "request_timeout", "the request body stopped arriving (fewer bytes than its "
                                               "Content-Length?); the connection is closed",
                       {"Connection": "close"}, openai=openai)
     detail = str(exc.detail)
     if exc.status_code == 400 and _PART_TOO_LARGE in detail:
         limit = _state(request).settings.max_text_chars
-        return _error(422, "text_too_long", f"a form field is over 1 MiB; text and instruction may have at most "
-                                            f"{limit} characters", openai=openai)
+        return error_response(422, "text_too_long", "a form field is over 1 MiB; text and instruction may have "
+                              f"at most {limit} characters", openai=openai)
     if exc.status_code == 400 and "parsing the body" in detail:
-        return _error(400, "invalid_request", "the request body cannot be parsed as its Content-Type says "
-                                              f"({request.headers.get('content-type', 'none given')})", openai=openai)
-    return _error(exc.status_code, f"http_{exc.status_code}", detail, getattr(exc, "headers", None), openai=openai)
+        return error_response(400, "invalid_request", "the request body cannot be parsed as its Content-Type "
+                              f"says ({request.headers.get('content-type', 'none given')})", openai=openai)
+    return error_response(exc.status_code, f"http_{exc.status_code}", detail, getattr(exc, "headers", None),
+                          openai=openai)
 
 
 def _public_message(exc: MMEmbedError) -> str:
@@ -392,104 +373,6 @@ def _public_message(exc: MMEmbedError) -> str:
                                       exc.location.field and f"field {exc.location.field!r}") if x)
         return f"{where}: {exc.reason}" if where else exc.reason
     return str(exc)
-
-
-# --------------------------------------------------------------------------- middleware
-
-
-class BodyTimeout(Exception):
-    """The client stopped sending a request body it announced."""
-
-
-class RequestGuard:
-    """Stamps each request's arrival, refuses bodies over ``max_bytes`` before they are read, refuses
-    Host headers not in ``hosts`` (DNS rebinding: a page on another site resolving its own name to
-    this address), and bounds the wait for each part of a body."""
-
-    def __init__(self, app: ASGIApp, max_bytes: int, hosts: frozenset[str] | None, body_timeout_s: float):
-        self.app = app
-        self.max_bytes = max_bytes
-        self.hosts = hosts
-        self.body_timeout_s = body_timeout_s
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        scope["mmembed.arrival"] = time.perf_counter()
-        refusal = self._refusal(scope)
-        if refusal is not None:
-            await refusal(scope, receive, send)
-            return
-
-        body_done = False
-
-        async def bounded_receive() -> Message:
-            nonlocal body_done
-            if body_done:  # afterwards only a disconnect can come, whenever it comes
-                return await receive()
-            try:
-                message = await asyncio.wait_for(receive(), self.body_timeout_s or None)
-            except asyncio.TimeoutError:
-                scope["mmembed.body_timeout"] = True  # read by the error handler: 408, not a parse error
-                raise BodyTimeout from None
-            body_done = message.get("type") != "http.request" or not message.get("more_body", False)
-            return message
-
-        await self.app(scope, bounded_receive, send)
-
-    def _refusal(self, scope: Scope) -> JSONResponse | None:
-        headers = dict(scope.get("headers") or [])
-        openai = _is_compat(scope)
-        host = _host_name(headers.get(b"host"))
-        if self.hosts is not None and host is not None and host not in self.hosts:
-            return _error(421, "host_not_allowed", f"this service does not answer for the host {host!r}; start it "
-                                                   f"with --allowed-host {host} to allow it", openai=openai)
-        length = headers.get(b"content-length")
-        if length is None:
-            if b"chunked" in headers.get(b"transfer-encoding", b"").lower():
-                return _error(411, "length_required", "send the request body with a Content-Length header",
-                              openai=openai)
-            return None
-        if not length.isdigit():
-            return _error(400, "invalid_request", "malformed Content-Length header", openai=openai)
-        if int(length) > self.max_bytes:
-            return _error(413, "request_too_large", f"the request body is {megabytes(int(length))} ({int(length)} "
-                                                    f"bytes); the limit is {megabytes(self.max_bytes)} "
-                                                    f"({self.max_bytes} bytes)", {"Connection": "close"}, openai=openai)
-        return None
-
-
-def _host_name(value: bytes | None) -> str | None:
-    """The host of a Host header, lower case, without the port or IPv6 brackets."""
-    if not value:
-        return None
-    host = value.decode("latin-1").strip().lower()
-    if host.startswith("["):
-        return host[1:].split("]", 1)[0]
-    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
-
-
-class SecurityHeaders:
-    """Headers on every answer: no MIME sniffing, no referrer, no framing, and a strict CSP."""
-
-    def __init__(self, app: ASGIApp):
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-
-        async def send_with_headers(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                headers = list(message.get("headers", []))
-                headers += [(b"x-content-type-options", b"nosniff"), (b"referrer-policy", b"no-referrer"),
-                            (b"x-frame-options", b"DENY"), (b"content-security-policy", PAGE_CSP.encode())]
-                message = {**message, "headers": headers}
-            await send(message)
-
-        await self.app(scope, receive, send_with_headers)
 
 
 # --------------------------------------------------------------------------- the app
