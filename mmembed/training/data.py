@@ -29,18 +29,16 @@ import hashlib
 import logging
 import os
 from collections.abc import Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, NamedTuple
 
 import torch
-from PIL import Image
 
-from mmembed.data.images import ImageStore, check_pixels
+from mmembed.data.images import ImageStore
 from mmembed.data.mbeir import iter_candidates, read_queries
 from mmembed.encoders.base import Item
-from mmembed.errors import ConfigError, DataError, ImageError, Location
+from mmembed.errors import ConfigError, DataError, Location
 from mmembed.fileio import iter_jsonl
 from mmembed.hashing import stable_hash
 from mmembed.instructions import INSTRUCTION_MODES, InstructionMode, InstructionRegistry
@@ -159,7 +157,7 @@ TypedSet = tuple[str, tuple[str, ...], int]
 
 
 @dataclass(frozen=True)
-class _Row:
+class TrainingRow:
     qid: str
     text: str | None
     image: str | None
@@ -179,7 +177,7 @@ class TrainingSource:
     """
 
     name: str
-    rows: list[_Row]
+    rows: list[TrainingRow]
     pool: CandidatePool
     images: ImageStore | None = None
     prompts: dict[str, tuple[str, ...]] = field(default_factory=dict)
@@ -219,7 +217,7 @@ def mbeir_source(queries: str | os.PathLike, pool: CandidatePool | str | os.Path
             except DataError as e:
                 raise DataError(e.reason, Location(str(path), None, None, q.qid)) from None
         sets = typed_sets(q.extra, set(q.pos), pool, Location(str(path), None, "neg_cand_sets", q.qid))
-        rows.append(_Row(q.qid, q.text, q.image, q.pos, tuple(d for d in q.neg if d not in q.pos), key, sets))
+        rows.append(TrainingRow(q.qid, q.text, q.image, q.pos, tuple(d for d in q.neg if d not in q.pos), key, sets))
     return TrainingSource(name or path.stem, rows, pool, images, prompts, group)
 
 
@@ -299,83 +297,12 @@ def beir_source(root: str | os.PathLike, name: str, *, split: str = "train", ins
                 raise DataError(f"hard negative {did!r} is not in the corpus", Location(str(root), None, "neg", qid))
         sets = typed_sets(mined.get(qid, {}), set(pos), pool, Location(str(root), None, "neg_cand_sets", qid),
                           prefix=f"{name}:")
-        rows.append(_Row(f"{name}:{qid}", text, None, pos, tuple(d for d in neg if d not in pos), f"beir/{name}",
+        rows.append(TrainingRow(f"{name}:{qid}", text, None, pos, tuple(d for d in neg if d not in pos), f"beir/{name}",
                          sets))
     if skipped:
         logger.info("BEIR %s: skipped %d queries without a positive (score >= %d)", name, skipped, min_score)
     return TrainingSource(name, rows, pool, None, {f"beir/{name}": tuple(instructions)} if instructions else {},
                           group or name)
-
-
-# ----------------------------------------------------------------------------- images, before training
-
-
-#: Threads checking image headers before training.
-IMAGE_CHECK_THREADS = 8
-
-
-def _images_to_read(dataset: ContrastiveDataset) -> dict[tuple[str, str], tuple[ImageStore, str]]:
-    """Every (image root, path) training can read: queries, positives, negatives, padding groups."""
-    pads = dataset.num_negatives > 0 and dataset.negative_padding == "random"
-    found: dict[tuple[str, str], tuple[ImageStore, str]] = {}
-    whole_pools: set[tuple[str, int]] = set()  # sources of one split share their pool: walk it once
-    for source in dataset.sources:
-        if source.images is None:
-            continue
-        root = str(source.images.root)
-        for row in source.rows:
-            if row.image:
-                found.setdefault((root, row.image), (source.images, row.qid))
-        # random padding may draw any candidate of the pool, so all of them are checked then
-        if pads and (root, id(source.pool)) in whole_pools:
-            continue
-        whole_pools.add((root, id(source.pool)))
-        dids = source.pool.ids() if pads else {d for row in source.rows for d in _row_ids(row)}
-        for did in dids:
-            image = source.pool.record(did).image
-            if image:
-                found.setdefault((root, image), (source.images, did))
-    return found
-
-
-def _row_ids(row: _Row) -> tuple[str, ...]:
-    """Every candidate id a row can bring to a batch: positives, negatives, typed sets."""
-    return (*row.pos, *row.neg, *(did for _, ids, _ in row.neg_sets for did in ids))
-
-
-def _image_problem(store: ImageStore, rel: str, item_id: str) -> ImageError | None:
-    """Why an image cannot be read (path, existence, header, pixel limit), without decoding its pixels."""
-    try:
-        path = store.resolve(rel, item_id)
-        if not path.is_file():
-            return ImageError("image file not found", Location(str(path), None, "img_path", item_id))
-        with Image.open(path) as im:  # parses the header only
-            check_pixels(im.size, item_id, store.max_pixels)
-    except ImageError as e:
-        return ImageError(e.reason, Location(e.location.file, None, "img_path", item_id))
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-        return ImageError(f"unreadable image: {e}", Location(str(store.root / rel), None, "img_path", item_id))
-    return None
-
-
-def check_images(dataset: ContrastiveDataset) -> int:
-    """Check every image training can read before the first step; returns how many were checked.
-
-    A missing or broken image would otherwise stop the run at the first batch that holds it, maybe
-    hours in. Every problem is logged; the :class:`ImageError` raised names the first in one line.
-    """
-    images = _images_to_read(dataset)
-    # opening files is I/O-bound (network file systems above all): threads overlap the waits
-    with ThreadPoolExecutor(max_workers=IMAGE_CHECK_THREADS) as pool:
-        checked = pool.map(lambda entry: _image_problem(entry[1][0], entry[0][1], entry[1][1]), images.items(),
-                           chunksize=256)
-        problems = [problem for problem in checked if problem is not None]
-    for problem in problems[:50]:
-        logger.error("training image: %s", problem)
-    if problems:
-        more = f" (and {len(problems) - 1} more image problem(s), logged above)" if len(problems) > 1 else ""
-        raise ImageError(problems[0].reason + more, problems[0].location)
-    return len(images)
 
 
 def _draw(seed: int, *parts: object) -> int:
@@ -442,7 +369,7 @@ class ContrastiveDataset:
     def __len__(self) -> int:
         return self.source_ranges[-1].stop
 
-    def locate(self, row: int) -> tuple[TrainingSource, _Row]:
+    def locate(self, row: int) -> tuple[TrainingSource, TrainingRow]:
         if not 0 <= row < len(self):
             raise IndexError(f"row {row} out of range 0..{len(self) - 1}")
         n = bisect.bisect_right(self._stops, row)

@@ -38,10 +38,11 @@ from mmembed.losses import InfoNCELoss
 from mmembed.training import checkpoint as ckpt
 from mmembed.training.assembly import build_dataset, load_training_encoder
 from mmembed.training.config import DataSettings, ModelSettings, TrainConfig
-from mmembed.training.data import ContrastiveBatch, check_images, collate_examples
+from mmembed.training.data import ContrastiveBatch, collate_examples
 from mmembed.training.embedding_module import INNER, EmbeddingModule
 from mmembed.training.engine import build_accelerator, build_optimizer, build_scheduler
 from mmembed.training.gradcache import GradCache
+from mmembed.training.image_check import check_images
 from mmembed.training.monitor import PLOT_FILE, Monitor, peak_memory_mb, plot_loss
 from mmembed.training.sampler import ContrastiveBatchSampler
 from mmembed.training.saving import export_encoder, full_parameters, write_checkpoint
