@@ -17,8 +17,10 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -97,8 +99,13 @@ class Retriever:
               encoder_spec: str, image_root: str | os.PathLike | None = None,
               instructions_path: str | os.PathLike | None = None, factory: str = "Flat", dtype: str = "float32",
               batch_size: int = 64, show_progress: bool = True,
-              cache_dir: str | os.PathLike | None = None) -> Retriever:
-        """Embed every candidate of ``pool_path`` and write a retrieval directory to ``out_dir``."""
+              cache_dir: str | os.PathLike | None = None, encoder_settings: Mapping[str, Any] | None = None
+              ) -> Retriever:
+        """Embed every candidate of ``pool_path`` and write a retrieval directory to ``out_dir``.
+
+        ``encoder_settings`` (the loading options the encoder was made with, e.g. ``nvembed_config``)
+        are recorded, so that :meth:`load` loads the same encoder from ``encoder_spec``.
+        """
         pool_path = Path(pool_path)
         candidates = read_candidates(pool_path)
         if not candidates:
@@ -114,22 +121,23 @@ class Retriever:
             shutil.copyfile(pool_path, staging / "candidates.jsonl")
             if instructions is not None:
                 instructions.to_tsv(staging / "instructions.tsv")
-            write_json(staging / MANIFEST, {
-                "format_version": FORMAT_VERSION, "encoder": encoder_spec, "encoder_id": encoder.encoder_id,
-                "image_root": str(images.root), "source_pool": str(pool_path.resolve()), "count": len(candidates)})
+            write_json(staging / MANIFEST, retrieval_manifest(encoder_spec, encoder.encoder_id, images.root, pool_path,
+                                                              len(candidates), encoder_settings))
         logger.info("indexed %d candidates into %s", len(candidates), out_dir)
         return cls(encoder, index, candidates, images, instructions)
 
     @classmethod
     def load(cls, directory: str | os.PathLike, encoder: Encoder | None = None,
-             reranker: Reranker | None = None) -> Retriever:
-        """Open a retrieval directory; the encoder is loaded from its recorded spec unless given."""
+             reranker: Reranker | None = None, encoder_settings: Mapping[str, Any] | None = None) -> Retriever:
+        """Open a retrieval directory; the encoder is loaded from its recorded spec and loading options
+        (``encoder_settings`` replace or add options, e.g. ``device``) unless given."""
         directory = Path(directory)
         manifest = read_retrieval_manifest(directory)
         if encoder is None:
             from mmembed.encoders.registry import load_encoder
 
-            encoder = load_encoder(manifest["encoder"])
+            encoder = load_encoder(manifest["encoder"], **{**manifest.get("encoder_settings", {}),
+                                                          **(encoder_settings or {})})
         index = FaissIndex.load(directory / "vectors", expected_dim=encoder.dim,
                                 expected_encoder_id=encoder.encoder_id)
         candidates = read_candidates(directory / "candidates.jsonl")
@@ -210,6 +218,14 @@ def _reranked_hit(result: RerankResult, hit: Hit) -> Hit:
 
 def task_name(entry: InstructionEntry) -> str:
     return f"{entry.dataset_name}:{entry.query_modality.value}->{entry.cand_modality.value}"
+
+
+def retrieval_manifest(encoder_spec: str, encoder_id: str, image_root: str | os.PathLike, pool_path: Path,
+                       count: int, encoder_settings: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The ``retrieval.json`` of a retrieval directory (every writer goes through this)."""
+    return {"format_version": FORMAT_VERSION, "encoder": encoder_spec, "encoder_id": encoder_id,
+            "encoder_settings": dict(encoder_settings or {}), "image_root": str(Path(image_root).resolve()),
+            "source_pool": str(Path(pool_path).resolve()), "count": count}
 
 
 def read_retrieval_manifest(directory: Path) -> dict:

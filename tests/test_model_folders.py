@@ -82,3 +82,25 @@ def test_a_sentence_transformers_folder_is_a_text_encoder():
                                atol=1e-6)
     with pytest.raises(DataError, match="encodes text only"):
         encoder.encode_candidates([Item("c", "heart", object())])
+
+
+def test_an_index_reloads_its_encoder_with_the_options_it_was_built_with(tmp_path, monkeypatch):
+    """`index build --encoder-set ...` records the options; search/serve load the encoder with them."""
+    from toy import make_toy_mbeir
+
+    from mmembed.cli.main import main
+    from mmembed.encoders import registry
+    from mmembed.retrieval import Retriever
+
+    release = build_tiny_release(tmp_path / "MM-Embed")
+    data = make_toy_mbeir(tmp_path / "toy")
+    pool = data / "cand_pool" / "global" / "mbeir_union_test_cand_pool.jsonl"
+    options = [f"--encoder-set=nvembed_config={release.nvembed_config}", "--encoder-set=max_length=64"]
+    assert main(["index", "build", str(pool), "--encoder", str(release.path), "--out", str(tmp_path / "idx"),
+                 *options]) == 0
+    seen = []
+    real = registry.load_encoder
+    monkeypatch.setattr(registry, "load_encoder", lambda spec, **kw: seen.append(kw) or real(spec, **kw))
+    retriever = Retriever.load(tmp_path / "idx", encoder_settings={"max_length": 32})
+    assert seen[-1] == {"nvembed_config": str(release.nvembed_config), "max_length": 32}  # recorded, then override
+    assert retriever.encoder.max_length == 32 and retriever.search("red", k=2)

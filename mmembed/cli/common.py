@@ -20,10 +20,9 @@ ENCODER_SET_HELP = ("an encoder loading option (repeatable), e.g. --encoder-set 
                     "instruction_mask=prefix")
 
 
-def load_encoder_arg(spec: str, settings: list[str] | None = None):
-    """An encoder from a built-in name or any model folder, with ``KEY=VALUE`` loading options."""
+def parse_encoder_settings(settings: list[str] | None) -> dict:
+    """``--encoder-set KEY=VALUE`` items as a dict (values read as YAML)."""
     from mmembed.config import parse_override
-    from mmembed.encoders.registry import load_encoder
     from mmembed.errors import ConfigError
 
     overrides = {}
@@ -32,8 +31,16 @@ def load_encoder_arg(spec: str, settings: list[str] | None = None):
         if len(keys) != 1:
             raise ConfigError(f"--encoder-set {item!r}: expected KEY=VALUE with a plain key")
         overrides[keys[0]] = value
+    return overrides
+
+
+def load_encoder_arg(spec: str, settings: list[str] | None = None):
+    """An encoder from a built-in name or any model folder, with ``KEY=VALUE`` loading options."""
+    from mmembed.encoders.registry import load_encoder
+    from mmembed.errors import ConfigError
+
     try:
-        return load_encoder(spec, **overrides)
+        return load_encoder(spec, **parse_encoder_settings(settings))
     except TypeError as e:
         if "unexpected keyword argument" not in str(e):
             raise

@@ -128,7 +128,8 @@ def _build_faiss(args: argparse.Namespace, params: dict[str, float]) -> int:
         return _build_encoded(args, params, encoder, pool, image_root, instructions)
     retriever = Retriever.build(encoder, pool, args.out, encoder_spec=_encoder_spec(args.encoder),
                                 image_root=image_root, instructions_path=instructions, factory=args.factory,
-                                dtype=args.dtype, batch_size=args.batch_size, show_progress=sys.stderr.isatty())
+                                dtype=args.dtype, batch_size=args.batch_size, show_progress=sys.stderr.isatty(),
+                                encoder_settings=common.parse_encoder_settings(args.encoder_set))
     return len(retriever.index)
 
 
@@ -161,7 +162,8 @@ def _build_encoded(args: argparse.Namespace, params: dict[str, float], encoder, 
         index.train(embedded.vectors[rows])
     index.add(embedded.ids, embedded.vectors)
     write_retrieval_directory(args.out, index, pool, encoder_spec=_encoder_spec(args.encoder),
-                              encoder_id=encoder.encoder_id, image_root=images.root, instructions_path=instructions)
+                              encoder_id=encoder.encoder_id, image_root=images.root, instructions_path=instructions,
+                              encoder_settings=common.parse_encoder_settings(args.encoder_set))
     return len(index)
 
 
@@ -189,7 +191,8 @@ def _build_from_embeddings(args: argparse.Namespace, params: dict[str, float]) -
                                       milvus_index=args.milvus_index, train_rows=args.train_sample,
                                       force=args.force, on_disk=workdir, show_progress=sys.stderr.isatty())
         write_retrieval_directory(out, index, pool, encoder_spec=spec, encoder_id=embeddings.encoder_id,
-                                  image_root=image_root or guess_image_root(pool), instructions_path=instructions)
+                                  image_root=image_root or guess_image_root(pool), instructions_path=instructions,
+                                  encoder_settings=common.parse_encoder_settings(args.encoder_set))
     finally:
         if workdir is not None:
             shutil.rmtree(workdir, ignore_errors=True)

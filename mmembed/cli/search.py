@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from mmembed.cli.common import add_rerank_arguments, rerank_config_from_args
+from mmembed.cli.common import add_rerank_arguments, parse_encoder_settings, rerank_config_from_args
 from mmembed.errors import ConfigError
 
 
@@ -18,6 +18,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--task", help="use the instruction of a task, e.g. 'emoji:text->image' (see --list-tasks)")
     p.add_argument("--list-tasks", action="store_true", help="list the tasks of the index and exit")
     p.add_argument("-k", type=int, default=10, help="number of results (default 10)")
+    p.add_argument("--encoder-set", metavar="KEY=VALUE", action="append", default=[],
+                   help="an encoder loading option, over those recorded when the index was built (e.g. device=cuda)")
     add_rerank_arguments(p)
     p.set_defaults(func=run)
 
@@ -26,7 +28,7 @@ def run(args: argparse.Namespace) -> int:
     from mmembed.data.images import load_image_file
     from mmembed.retrieval import Retriever, task_name
 
-    retriever = Retriever.load(args.index)
+    retriever = Retriever.load(args.index, encoder_settings=parse_encoder_settings(args.encoder_set))
     rerank_config = rerank_config_from_args(args)
     if args.list_tasks:
         for entry in retriever.tasks():

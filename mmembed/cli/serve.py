@@ -7,7 +7,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from mmembed.cli.common import add_config_arguments
+from mmembed.cli.common import add_config_arguments, parse_encoder_settings
 from mmembed.errors import MissingDependencyError
 
 logger = logging.getLogger("mmembed.serve")
@@ -32,6 +32,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--queue-size", type=int, help="requests that may wait beyond the workers before 503 (default 64)")
     p.add_argument("--batch-max-items", type=int, help="most queries per encoder call (default 32; 1: no batching)")
     p.add_argument("--batch-max-wait-ms", type=float, help="longest wait for a batch to fill (default 5)")
+    p.add_argument("--encoder-set", metavar="KEY=VALUE", action="append", default=[],
+                   help="an encoder loading option, over those recorded when the index was built (e.g. device=cuda)")
     p.add_argument("--allowed-host", action="append", dest="allowed_hosts", metavar="NAME",
                    help="also answer requests addressed to this host name (repeatable; '*': any). Localhost "
                         "names and --host are always answered")
@@ -54,11 +56,11 @@ def settings_from_args(args: argparse.Namespace) -> Any:
     return dataclasses.replace(settings, api_key=api_key_from_env(settings.api_key))
 
 
-def load_retriever(directory: str, reranker: Any = None) -> Any:
-    """``Retriever.load`` with the reranker (if any) attached."""
+def load_retriever(directory: str, reranker: Any = None, encoder_settings: dict | None = None) -> Any:
+    """``Retriever.load`` with the reranker (if any) attached and encoder loading options."""
     from mmembed.retrieval import Retriever
 
-    return Retriever.load(directory, reranker=reranker)
+    return Retriever.load(directory, reranker=reranker, encoder_settings=encoder_settings)
 
 
 def load_reranker(path: str | None) -> Any:
@@ -89,7 +91,8 @@ def run(args: argparse.Namespace) -> int:
         server.should_exit = True
 
     app = create_app(Path(args.index), settings, on_load_error=give_up,
-                     load=lambda directory: load_retriever(str(directory), load_reranker(args.rerank)))
+                     load=lambda directory: load_retriever(str(directory), load_reranker(args.rerank),
+                                                           parse_encoder_settings(args.encoder_set)))
     try:
         sock = bind(settings)
     except OSError as e:

@@ -88,14 +88,15 @@ def index_from_embeddings(embeddings: EmbeddingSet, *, backend: str = "faiss", f
 
 def write_retrieval_directory(out: str | os.PathLike, index: VectorIndex, pool_path: str | os.PathLike, *,
                               encoder_spec: str, encoder_id: str, image_root: str | os.PathLike,
-                              instructions_path: str | os.PathLike | None = None) -> None:
+                              instructions_path: str | os.PathLike | None = None,
+                              encoder_settings: dict | None = None) -> None:
     """Write the retrieval directory :meth:`Retriever.load` opens, atomically, around ``index``.
 
     Same layout and ``retrieval.json`` as :meth:`Retriever.build` writes (retrieval.json,
     candidates.jsonl, instructions.tsv, vectors/).
     """
     from mmembed.instructions import InstructionRegistry
-    from mmembed.retrieval import FORMAT_VERSION, MANIFEST
+    from mmembed.retrieval import MANIFEST, retrieval_manifest
 
     pool_path = Path(pool_path)
     if len(index) == 0:
@@ -106,10 +107,8 @@ def write_retrieval_directory(out: str | os.PathLike, index: VectorIndex, pool_p
         shutil.copyfile(pool_path, staging / "candidates.jsonl")
         if instructions is not None:
             instructions.to_tsv(staging / "instructions.tsv")
-        write_json(staging / MANIFEST, {
-            "format_version": FORMAT_VERSION, "encoder": encoder_spec, "encoder_id": encoder_id,
-            "image_root": str(Path(image_root).resolve()), "source_pool": str(pool_path.resolve()),
-            "count": len(index)})
+        write_json(staging / MANIFEST, retrieval_manifest(encoder_spec, encoder_id, image_root, pool_path, len(index),
+                                                          encoder_settings))
     _reopen_after_move(index, Path(out) / "vectors")
     log.info("indexed %d candidates into %s", len(index), out)
 

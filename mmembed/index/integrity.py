@@ -40,6 +40,8 @@ def check_retrieval_manifest(path: Path) -> dict[str, Any]:
             raise IndexMismatchError(f"{path}: field {key!r} is missing")
         if not isinstance(raw[key], kind) or isinstance(raw[key], bool):
             raise IndexMismatchError(f"{path}: field {key!r} has the wrong type ({raw[key]!r})")
+    if not isinstance(raw.get("encoder_settings", {}), dict):
+        raise IndexMismatchError(f"{path}: field 'encoder_settings' must be an object, got {raw['encoder_settings']!r}")
     if "count" in raw and (not isinstance(raw["count"], int) or isinstance(raw["count"], bool) or raw["count"] < 0):
         raise IndexMismatchError(f"{path}: field 'count' must be a non-negative integer, got {raw['count']!r}")
     return raw
