@@ -128,7 +128,7 @@ class Retriever:
 
     @classmethod
     def load(cls, directory: str | os.PathLike, encoder: Encoder | None = None,
-             reranker: Reranker | None = None, encoder_settings: Mapping[str, Any] | None = None) -> Retriever:
+             reranker: Reranker | None = None, *, encoder_settings: Mapping[str, Any] | None = None) -> Retriever:
         """Open a retrieval directory; the encoder is loaded from its recorded spec and loading options
         (``encoder_settings`` replace or add options, e.g. ``device``) unless given."""
         directory = Path(directory)

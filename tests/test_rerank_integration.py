@@ -257,7 +257,9 @@ def test_the_search_contract_the_service_relies_on():
     search = inspect.signature(Retriever.search).parameters
     assert list(search) == ["self", "text", "image", "instruction", "k", "rerank"]
     assert search["rerank"].default is None and search["rerank"].kind is inspect.Parameter.KEYWORD_ONLY
-    assert list(inspect.signature(Retriever.load).parameters) == ["directory", "encoder", "reranker"]
+    load = inspect.signature(Retriever.load).parameters
+    assert list(load) == ["directory", "encoder", "reranker", "encoder_settings"]
+    assert load["encoder_settings"].kind is inspect.Parameter.KEYWORD_ONLY
 
 
 def test_text_only_reranker_on_a_mixed_index_warns_then_refuses_image_hits(toy_dir, toy_encoder, tmp_path, caplog):
