@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +28,6 @@ from mmembed.data.mbeir import read_candidates
 from mmembed.encoders.base import Encoder, Item, as_items
 from mmembed.errors import ConfigError, DataError, IndexMismatchError, Location
 from mmembed.eval.pool_cache import PoolEmbeddingCache
-from mmembed.fileio import atomic_directory, write_json
 from mmembed.index.faiss_index import FaissIndex
 from mmembed.instructions import InstructionEntry, InstructionRegistry
 from mmembed.rerank.base import Reranker, RerankResult, can_read_images
@@ -115,15 +113,12 @@ class Retriever:
         pool = PoolEmbeddingCache(encoder, images, cache_dir, batch_size, show_progress).embed_file(pool_path)
         index = FaissIndex(encoder.dim, factory, dtype=dtype, encoder_id=encoder.encoder_id)
         index.add(pool.ids, pool.vectors)
-        instructions = InstructionRegistry.from_tsv(instructions_path) if instructions_path else None
-        with atomic_directory(out_dir) as staging:
-            index.save(staging / "vectors")
-            shutil.copyfile(pool_path, staging / "candidates.jsonl")
-            if instructions is not None:
-                instructions.to_tsv(staging / "instructions.tsv")
-            write_json(staging / MANIFEST, retrieval_manifest(encoder_spec, encoder.encoder_id, images.root, pool_path,
-                                                              len(candidates), encoder_settings))
-        logger.info("indexed %d candidates into %s", len(candidates), out_dir)
+        from mmembed.index.build import write_retrieval_directory
+
+        write_retrieval_directory(out_dir, index, pool_path, encoder_spec=encoder_spec, encoder_id=encoder.encoder_id,
+                                  image_root=images.root, instructions_path=instructions_path,
+                                  encoder_settings=encoder_settings)
+        instructions = InstructionRegistry.from_tsv(Path(out_dir) / "instructions.tsv") if instructions_path else None
         return cls(encoder, index, candidates, images, instructions)
 
     @classmethod

@@ -118,24 +118,34 @@ _REQUIRED: dict[str, type | tuple[type, ...]] = {
 }
 
 
+def read_json_fields(path: Path, fields: dict[str, type | tuple[type, ...]], missing_hint: str,
+                     prefix: str = "") -> dict[str, Any]:
+    """A JSON object with ``fields`` of the given types; :class:`IndexMismatchError` naming what is wrong.
+
+    ``missing_hint`` follows the message of a missing file; ``prefix`` starts the other messages.
+    """
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise IndexMismatchError(f"{path}: missing; {missing_hint}") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise IndexMismatchError(f"{path}: {prefix}unreadable or corrupt ({e})") from None
+    if not isinstance(raw, dict):
+        raise IndexMismatchError(f"{path}: {prefix}expected a JSON object, got {type(raw).__name__}")
+    for key, kind in fields.items():
+        if key not in raw:
+            raise IndexMismatchError(f"{path}: {prefix}field {key!r} is missing")
+        if not isinstance(raw[key], kind) or isinstance(raw[key], bool):
+            raise IndexMismatchError(f"{path}: {prefix}field {key!r} has the wrong type ({raw[key]!r})")
+    return raw
+
+
 def read_manifest(directory: str | os.PathLike) -> IndexManifest:
     """Parse and check ``manifest.json``; raise :class:`IndexMismatchError` saying what is wrong."""
     path = Path(directory) / MANIFEST_FILE
     if not Path(directory).is_dir():
         raise IndexMismatchError(f"{directory}: no index directory here")
-    try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise IndexMismatchError(f"{path}: missing; {directory} is not a saved mmembed index") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise IndexMismatchError(f"{path}: unreadable or corrupt manifest ({e})") from None
-    if not isinstance(raw, dict):
-        raise IndexMismatchError(f"{path}: corrupt manifest (expected a JSON object)")
-    for key, kind in _REQUIRED.items():
-        if key not in raw:
-            raise IndexMismatchError(f"{path}: corrupt manifest, field {key!r} is missing")
-        if not isinstance(raw[key], kind) or isinstance(raw[key], bool):
-            raise IndexMismatchError(f"{path}: corrupt manifest, field {key!r} has the wrong type ({raw[key]!r})")
+    raw = read_json_fields(path, _REQUIRED, f"{directory} is not a saved mmembed index", "corrupt manifest, ")
     if raw["format_version"] > FORMAT_VERSION:
         raise IndexMismatchError(
             f"{path}: index format version {raw['format_version']} was written by a newer mmembed "

@@ -9,11 +9,11 @@ in order, with the index's ids; and ``retrieval.json`` is checked field by field
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 from mmembed.errors import DataError, IndexMismatchError
+from mmembed.index.base import read_json_fields
 
 CANDIDATES_FILE = "candidates.jsonl"
 RETRIEVAL_MANIFEST = "retrieval.json"
@@ -26,20 +26,7 @@ _RETRIEVAL_FIELDS: dict[str, type | tuple[type, ...]] = {
 
 def check_retrieval_manifest(path: Path) -> dict[str, Any]:
     """Parse ``retrieval.json``, refusing a malformed one with the field that is wrong."""
-    try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise IndexMismatchError(f"{path}: missing; not a retrieval index, build one with 'mmembed index build'") \
-            from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise IndexMismatchError(f"{path}: unreadable or corrupt ({e})") from None
-    if not isinstance(raw, dict):
-        raise IndexMismatchError(f"{path}: corrupt (expected a JSON object, got {type(raw).__name__})")
-    for key, kind in _RETRIEVAL_FIELDS.items():
-        if key not in raw:
-            raise IndexMismatchError(f"{path}: field {key!r} is missing")
-        if not isinstance(raw[key], kind) or isinstance(raw[key], bool):
-            raise IndexMismatchError(f"{path}: field {key!r} has the wrong type ({raw[key]!r})")
+    raw = read_json_fields(path, _RETRIEVAL_FIELDS, "not a retrieval index, build one with 'mmembed index build'")
     if not isinstance(raw.get("encoder_settings", {}), dict):
         raise IndexMismatchError(f"{path}: field 'encoder_settings' must be an object, got {raw['encoder_settings']!r}")
     if "count" in raw and (not isinstance(raw["count"], int) or isinstance(raw["count"], bool) or raw["count"] < 0):
