@@ -40,9 +40,10 @@ from mmembed.data.mbeir import iter_candidates, read_queries
 from mmembed.encoders.base import Item
 from mmembed.errors import ConfigError, DataError, Location
 from mmembed.fileio import iter_jsonl
-from mmembed.hashing import stable_hash
+from mmembed.hashing import HashStream, stable_hash
 from mmembed.instructions import INSTRUCTION_MODES, InstructionMode, InstructionRegistry
 from mmembed.losses.contrastive import hash_ids, pack_key_sets
+from mmembed.training.negatives import TypedSet, draw_typed, padding, sample
 from mmembed.types import Modality, Task, dataset_id_of
 
 logger = logging.getLogger(__name__)
@@ -151,9 +152,6 @@ class CandidatePool:
     def _group_key(self, did: str, rec: _Record) -> tuple:
         return (dataset_id_of(did), rec.modality) if self.grouping == "dataset_modality" else ()
 
-
-#: One type of a row's typed negatives: (type, every candidate id of that type, how many to draw).
-TypedSet = tuple[str, tuple[str, ...], int]
 
 
 @dataclass(frozen=True)
@@ -305,32 +303,6 @@ def beir_source(root: str | os.PathLike, name: str, *, split: str = "train", ins
                           group or name)
 
 
-def _draw(seed: int, *parts: object) -> int:
-    """A 64-bit number that depends only on the arguments (the seeded choice of every random pick)."""
-    return stable_hash(seed, *parts)
-
-
-class _Draws:
-    """A stream of 64-bit numbers that depends only on a key: eight per hash, more on demand.
-
-    Much cheaper than seeding a :class:`random.Random` per row, which matters when the sampler
-    resolves every row of a million-query epoch.
-    """
-
-    def __init__(self, key: str):
-        self._key = key.encode("utf-8")
-        self._block = 0
-        self._pool: list[int] = []
-
-    def below(self, n: int) -> int:
-        """A number in ``[0, n)`` (modulo bias below 2**-40 for any realistic ``n``)."""
-        if not self._pool:
-            digest = hashlib.blake2b(self._key + self._block.to_bytes(4, "big"), digest_size=64).digest()
-            self._pool = [int.from_bytes(digest[i:i + 8], "big") for i in range(56, -1, -8)]
-            self._block += 1
-        return self._pool.pop() % n
-
-
 class ContrastiveDataset:
     """Map-style dataset over the rows of several sources, indexed by :class:`ExampleKey`.
 
@@ -404,14 +376,14 @@ class ContrastiveDataset:
     def resolve(self, row: int, epoch: int) -> ResolvedIds:
         """The positive and negatives of ``row`` in ``epoch`` (ids only: cheap, no image access)."""
         source, r = self.locate(row)
-        draws = _Draws(f"{self.seed}\x1f{epoch}\x1f{r.qid}")
+        draws = HashStream(f"{self.seed}\x1f{epoch}\x1f{r.qid}")
         positive = r.pos[draws.below(len(r.pos))] if len(r.pos) > 1 else r.pos[0]
         k = self.num_negatives
-        drawn = _draw_typed(r.neg_sets, draws) if r.neg_sets else r.neg
-        negatives = _sample(drawn, k, draws) if len(drawn) > k else list(drawn)
+        drawn = draw_typed(r.neg_sets, draws) if r.neg_sets else r.neg
+        negatives = sample(drawn, k, draws) if len(drawn) > k else list(drawn)
         padded = 0
         if len(negatives) < k and self.negative_padding == "random":
-            extra = _padding(source.pool.group(positive), set(r.pos) | set(negatives), k - len(negatives), draws)
+            extra = padding(source.pool.group(positive), set(r.pos) | set(negatives), k - len(negatives), draws)
             negatives += extra
             padded = len(extra)
         return ResolvedIds(r.qid, positive, tuple(negatives), frozenset(r.pos), padded)
@@ -423,7 +395,7 @@ class ContrastiveDataset:
             return None
         if self.instruction_mode == "fixed":
             return prompts[self.fixed_instruction_index % len(prompts)]
-        return prompts[_draw(self.seed, "instruction", epoch, step, r.qid) % len(prompts)]
+        return prompts[stable_hash(self.seed, "instruction", epoch, step, r.qid) % len(prompts)]
 
     def __getitem__(self, key: ExampleKey | tuple[int, int, int]) -> TrainingExample:
         row, epoch, step = key
@@ -440,38 +412,6 @@ class ContrastiveDataset:
     def _candidate(source: TrainingSource, did: str) -> Item:
         rec = source.pool.record(did)
         return _item(did, rec.text, rec.image, source.images)
-
-
-def _sample(population: Sequence[str], k: int, draws: _Draws) -> list[str]:
-    """``k`` distinct elements in random order (a partial Fisher-Yates shuffle)."""
-    pool = list(population)
-    for i in range(k):
-        j = i + draws.below(len(pool) - i)
-        pool[i], pool[j] = pool[j], pool[i]
-    return pool[:k]
-
-
-def _draw_typed(sets: Sequence[TypedSet], draws: _Draws) -> list[str]:
-    """This epoch's typed negatives: each type's quota drawn without replacement from its full set
-    (a short set gives what it has; random padding fills the rest, as mining's fallback does)."""
-    out: list[str] = []
-    for _, ids, quota in sets:
-        fresh = [d for d in ids if d not in out]  # an id in two sets is drawn once
-        out += _sample(fresh, quota, draws) if len(fresh) > quota else fresh
-    return out
-
-
-def _padding(group: list[str], exclude: set[str], k: int, draws: _Draws) -> list[str]:
-    """Up to ``k`` random ids of ``group`` outside ``exclude`` (fewer when the group is too small)."""
-    out: list[str] = []
-    for _ in range(20 * k):  # rejection sampling
-        if len(out) == k:
-            break
-        did = group[draws.below(len(group))]
-        if did not in exclude:
-            exclude.add(did)
-            out.append(did)
-    return out
 
 
 def _item(item_id: str, text: str | None, image: str | None, images: ImageStore | None) -> Item:
