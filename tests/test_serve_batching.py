@@ -121,29 +121,19 @@ def test_one_bad_request_does_not_fail_its_batch_mates(index_dir):
     assert np.array(answers[2].json()["vectors"]).shape == (2, 64)
 
 
-def test_unbatched_service_encodes_each_request_alone(index_dir):
+@pytest.mark.parametrize(("max_items", "queued", "sizes"), [
+    (1, 3, [1, 1, 1, 1]),   # unbatched: every request encoded alone
+    (4, 10, [1, 4, 4, 2]),  # batches never exceed the item limit
+])
+def test_batches_respect_the_item_limit(index_dir, max_items, queued, sizes):
     encoder = GatedEncoder()
-    client, service = start(index_dir, encoder, batch_max_items=1)
+    client, service = start(index_dir, encoder, batch_max_items=max_items)
     with client:
         first, _ = run_concurrently([lambda: search(client, text="red", k=1)])
         wait_until(lambda: encoder.sizes == [1])
-        threads, answers = run_concurrently([lambda: search(client, text="blue", k=1)] * 3)
-        wait_until(lambda: len(service.batcher._queue) == 3)
+        threads, answers = run_concurrently([lambda: search(client, text="blue", k=1)] * queued)
+        wait_until(lambda: len(service.batcher._queue) == queued)
         encoder.gate.set()
         for t in threads + first:
             t.join(30)
-    assert encoder.sizes == [1, 1, 1, 1] and all(a.status_code == 200 for a in answers)
-
-
-def test_batches_never_exceed_the_item_limit(index_dir):
-    encoder = GatedEncoder()
-    client, service = start(index_dir, encoder, batch_max_items=4)
-    with client:
-        first, _ = run_concurrently([lambda: search(client, text="red", k=1)])
-        wait_until(lambda: encoder.sizes == [1])
-        threads, answers = run_concurrently([lambda: search(client, text="blue", k=1)] * 10)
-        wait_until(lambda: len(service.batcher._queue) == 10)
-        encoder.gate.set()
-        for t in threads + first:
-            t.join(30)
-    assert encoder.sizes == [1, 4, 4, 2] and all(a.status_code == 200 for a in answers)
+    assert encoder.sizes == sizes and all(a.status_code == 200 for a in answers)
