@@ -14,8 +14,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from mmembed.data.layout import MBEIRDirectory, check_task_queries
-from mmembed.data.mbeir import read_queries
+from mmembed.data.layout import MBEIRDirectory
 from mmembed.encoders.base import TrainableEncoder
 from mmembed.errors import ConfigError
 from mmembed.training.config import DataSettings, ModelSettings
@@ -68,9 +67,8 @@ def build_sources(data: DataSettings, instruction_mode: str) -> list[TrainingSou
             logger.info("training source %s: pool %s", task.name, pool_path)
             group = prefix + task.name if spec.group_per_task else spec.group
             queries = mined_queries(spec.negatives, task.name) if spec.negatives else task.queries
-            check_task_queries(task, read_queries(queries))  # a query of another task would train silently
             sources.append(mbeir_source(queries, pool_for(pool_path), directory.images, registry,
-                                        name=prefix + task.name, group=group))
+                                        name=prefix + task.name, group=group, task_files=task))
     for spec in data.beir:
         sources.append(beir_source(spec.root, spec.name, split=spec.split, instructions=spec.instructions,
                                    hard_negatives=spec.hard_negatives, min_score=spec.min_score, group=spec.group))

@@ -36,6 +36,7 @@ from typing import Literal, NamedTuple
 import torch
 
 from mmembed.data.images import ImageStore
+from mmembed.data.layout import TaskFiles, check_task_queries
 from mmembed.data.mbeir import iter_candidates, read_queries
 from mmembed.encoders.base import Item
 from mmembed.errors import ConfigError, DataError, Location
@@ -187,18 +188,23 @@ class TrainingSource:
 
 def mbeir_source(queries: str | os.PathLike, pool: CandidatePool | str | os.PathLike | Sequence[str | os.PathLike],
                  images: ImageStore | str | os.PathLike | None, instructions: InstructionRegistry | None = None,
-                 *, name: str | None = None, group: str = "mbeir") -> TrainingSource:
+                 *, name: str | None = None, group: str = "mbeir", task_files: TaskFiles | None = None
+                 ) -> TrainingSource:
     """A source from an M-BEIR query JSONL file and its pool (the task's local pool, or the global one).
 
     The task of each query follows from its modality and its first positive's modality; the task
     key is ``mbeir/{dataset_id}/task{N}`` (so the union file groups exactly like the task files).
-    Dangling ids and queries without positives are errors naming file, field and qid.
+    Dangling ids and queries without positives are errors naming file, field and qid; with
+    ``task_files`` (a task's own file), so is a query whose modality does not fit that task.
     """
     path = Path(queries)
     pool = pool if isinstance(pool, CandidatePool) else CandidatePool.from_mbeir(pool)
     images = ImageStore(images) if isinstance(images, str | os.PathLike) else images
     rows, prompts = [], {}
-    for q in read_queries(path):
+    queries = read_queries(path)
+    if task_files is not None:  # a query of another task would train silently
+        check_task_queries(task_files, queries)
+    for q in queries:
         for field_name, ids in (("pos_cand_list", q.pos), ("neg_cand_list", q.neg)):
             for did in ids:
                 if did not in pool:
