@@ -127,7 +127,7 @@ def _merged(target: Path, identity: dict) -> bool:
         saved = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return False
-    same = json.loads(json.dumps(saved.get("cross_fit"))) == json.loads(json.dumps(identity))
+    same = saved.get("cross_fit") == json.loads(json.dumps(identity))  # tuples in identity become lists
     if same:
         logger.info("reusing the merged cross-fitted mining at %s", target)
     return same
