@@ -5,8 +5,9 @@ benchmark — text->image, image->text, image+text->image and text->text — aga
 with the first instruction of each task. Everything is deterministic (subset build, fixed
 instructions, one thread), so these are the shipped models' exact scores; the floors sit a little
 below them (measured 2026-11-30 on the checkpoints of the 300-step recipe: stage 1 0.412, stage 2
-0.455, stage 3 0.445, fusion 0.542 mean hit@5; untrained 0.228 and untrained fusion towers 0.293) and above the untrained models, so a
-checkpoint that loads wrongly, or a change that breaks the shipped models, fails here.
+0.455, stage 3 0.445, fusion 0.542 mean hit@5; untrained 0.228 and untrained fusion towers 0.293)
+and above the untrained models, so a checkpoint that loads wrongly, or a change that breaks the
+shipped models, fails here.
 """
 
 from __future__ import annotations
