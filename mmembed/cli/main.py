@@ -11,8 +11,8 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from mmembed import __version__
 from mmembed.errors import MMEmbedError
+from mmembed.version import __version__
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -15,7 +15,6 @@ from pathlib import Path
 
 import numpy as np
 
-from mmembed import __version__
 from mmembed.data.images import ImageStore
 from mmembed.data.mbeir import read_candidates
 from mmembed.embeddings.store import (
@@ -35,6 +34,7 @@ from mmembed.errors import ConfigError, DataError, IndexMismatchError, Location
 from mmembed.eval.pool_cache import MODALITY_CODES, file_sha256
 from mmembed.fileio import write_json
 from mmembed.types import Candidate
+from mmembed.version import __version__
 
 log = logging.getLogger(__name__)
 

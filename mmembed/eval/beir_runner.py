@@ -8,13 +8,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mmembed import __version__
 from mmembed.data.beir import load_beir
 from mmembed.encoders.base import Encoder, Item
 from mmembed.eval.metrics import evaluate, topk_to_run
 from mmembed.eval.trec import write_run
 from mmembed.fileio import write_json
 from mmembed.index.faiss_index import FaissIndex
+from mmembed.version import __version__
 
 logger = logging.getLogger(__name__)
 

@@ -16,7 +16,6 @@ from pathlib import Path
 
 import numpy as np
 
-from mmembed import __version__
 from mmembed.data.layout import MBEIRDirectory, TaskFiles, check_task_queries
 from mmembed.data.mbeir import iter_candidates, read_qrels, read_queries
 from mmembed.encoders.base import Encoder, as_items
@@ -29,6 +28,7 @@ from mmembed.fileio import write_json
 from mmembed.index.faiss_index import FaissIndex
 from mmembed.instructions import INSTRUCTION_MODES, InstructionRegistry
 from mmembed.types import Query, Run
+from mmembed.version import __version__
 
 logger = logging.getLogger(__name__)
 

@@ -22,7 +22,6 @@ from typing import Any
 
 import numpy as np
 
-from mmembed import __version__
 from mmembed.errors import ConfigError, DataError, IndexMismatchError, Location, MissingDependencyError
 from mmembed.fileio import atomic_directory
 from mmembed.index.base import (
@@ -35,6 +34,7 @@ from mmembed.index.base import (
 )
 from mmembed.index.integrity import check_retrieval_siblings
 from mmembed.types import first_repeat
+from mmembed.version import __version__
 
 log = logging.getLogger(__name__)
 

@@ -29,13 +29,13 @@ from typing import Any
 
 import numpy as np
 
-from mmembed import __version__
 from mmembed.errors import ConfigError, DataError, IndexMismatchError, Location, MissingDependencyError
 from mmembed.fileio import atomic_directory
 from mmembed.index.base import IndexManifest, SearchResult, check_expected, ids_fingerprint, read_manifest
 from mmembed.index.faiss_index import IDS_FILE, _check_finite, _matrix, _read_ids, _write_ids
 from mmembed.index.integrity import check_retrieval_siblings
 from mmembed.types import first_repeat
+from mmembed.version import __version__
 
 log = logging.getLogger(__name__)
 

@@ -19,10 +19,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mmembed import __version__
 from mmembed.errors import ConfigError
 from mmembed.fileio import atomic_open, write_json, write_jsonl
 from mmembed.mining.rule import NEGATIVE_TYPES
+from mmembed.version import __version__
 
 logger = logging.getLogger(__name__)
 

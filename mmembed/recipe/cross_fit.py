@@ -25,13 +25,13 @@ import logging
 from dataclasses import asdict, replace
 from pathlib import Path
 
-from mmembed import __version__
 from mmembed.data.layout import MBEIRDirectory
 from mmembed.data.mbeir import query_to_dict, read_queries, write_queries
 from mmembed.fileio import atomic_open, write_json
 from mmembed.mining.folds import fold_of
 from mmembed.mining.jobs import FORMAT_VERSION, MANIFEST, MiningStats, default_shard
 from mmembed.recipe.config import RecipeConfig, Step
+from mmembed.version import __version__
 
 logger = logging.getLogger(__name__)
 

@@ -40,7 +40,6 @@ from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBea
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from mmembed import __version__
 from mmembed.errors import ConfigError, DataError, MMEmbedError
 from mmembed.serve import compat
 from mmembed.serve.engine import SearchService
@@ -73,6 +72,7 @@ from mmembed.serve.models import (
     TaskInfo,
 )
 from mmembed.serve.settings import ServeSettings, accepted_hosts
+from mmembed.version import __version__
 
 logger = logging.getLogger(__name__)
 

@@ -34,7 +34,6 @@ from typing import Any, TypeVar
 import numpy as np
 from PIL import Image
 
-from mmembed import __version__
 from mmembed.encoders.base import Item
 from mmembed.errors import ConfigError, MMEmbedError
 from mmembed.serve.limits import ApiError, Upload, decode_image, decode_image_bytes
@@ -51,6 +50,7 @@ from mmembed.serve.models import (
     candidate_image_path,
 )
 from mmembed.serve.settings import IMAGE_FORMATS, ServeSettings
+from mmembed.version import __version__
 
 logger = logging.getLogger(__name__)
 

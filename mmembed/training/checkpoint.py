@@ -36,10 +36,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from mmembed import __version__
 from mmembed.encoders.common import package_version
 from mmembed.errors import ConfigError
 from mmembed.fileio import write_json
+from mmembed.version import __version__
 
 logger = logging.getLogger(__name__)
 

@@ -17,8 +17,11 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+import mmembed.data.bundled.datasheet as datasheet
+import mmembed.data.bundled.emoji_tasks as emoji_tasks
+import mmembed.data.bundled.sources as sources
+import mmembed.data.bundled.wordnet_tasks as wordnet_tasks
 from mmembed.data import beir
-from mmembed.data.bundled import datasheet, emoji_tasks, sources, wordnet_tasks
 from mmembed.data.bundled.catalog import LANGUAGES, TONES, build_catalog, zwj_parts
 from mmembed.data.bundled.cldr import load_languages
 from mmembed.data.bundled.render import EmojiRenderer
