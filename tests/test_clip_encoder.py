@@ -11,8 +11,9 @@ import torch.nn.functional as F
 from PIL import Image
 
 from mmembed.encoders.base import Item
-from mmembed.encoders.clip import CLIPEncoder, fuse, query_text
+from mmembed.encoders.clip import CLIPEncoder, fuse
 from mmembed.encoders.common import reset_truncation_warnings
+from mmembed.encoders.prompts import uniir_query_text
 from mmembed.encoders.registry import load_encoder
 from mmembed.errors import DataError, ModelError
 from mmembed.testing.tiny_models import DUAL_FAMILIES, build_tiny
@@ -62,7 +63,7 @@ def test_instruction_is_prepended_to_the_query_text_as_in_uniir(encoders, family
     as_candidates = enc.encode_candidates([Item("c1", "Find a photo. a boat", image),
                                            Item("c2", "Find a photo.", image), Item("c3", "Find a photo. a boat")])
     np.testing.assert_allclose(got, as_candidates, atol=1e-6)
-    assert query_text(None, "Find.") == "Find." and query_text("x", None) == "x"
+    assert uniir_query_text(None, "Find.") == "Find." and uniir_query_text("x", None) == "x"
     np.testing.assert_allclose(enc.encode_queries(queries[2:]), enc.encode_candidates(queries[2:]), atol=1e-6)
 
 

@@ -13,9 +13,10 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 
 from mmembed.encoders.base import Item
-from mmembed.encoders.mmembed_native import is_mmembed_release, load_mmembed_release
+from mmembed.encoders.folders import is_kind
 from mmembed.encoders.prompts import count_prefix_tokens
 from mmembed.encoders.registry import load_encoder
+from mmembed.encoders.vlm import VLMEncoder
 from mmembed.errors import ModelError
 from mmembed.testing.tiny_release import IMAGE, PATCH, build_tiny_release
 
@@ -29,7 +30,7 @@ def release(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def encoder(release):
-    return load_mmembed_release(release.path, nvembed_config=release.nvembed_config)
+    return VLMEncoder.from_release(release.path, nvembed_config=release.nvembed_config)
 
 
 def _image(seed: int) -> Image.Image:
@@ -38,7 +39,7 @@ def _image(seed: int) -> Image.Image:
 
 
 def test_release_layout_is_recognised_and_loaded_with_release_behaviour(release, encoder):
-    assert is_mmembed_release(release.path)
+    assert is_kind(release.path, "mmembed_release")
     # load_encoder routes the release folder and passes nvembed_config through
     assert type(load_encoder(release.path, nvembed_config=release.nvembed_config)) is type(encoder)
     assert encoder.pooling == "latent_attention" and encoder.bidirectional and encoder.append_eos
@@ -72,7 +73,7 @@ def test_every_key_must_be_consumed(tmp_path, change):
         key = next(k for k in sorted(keys) if k.startswith(prefix))
         _rewrite(rel.path, key, lambda t: t.pop(key))
     with pytest.raises(ModelError, match="missing|unexpected|no tensor"):
-        load_mmembed_release(rel.path, nvembed_config=rel.nvembed_config)
+        VLMEncoder.from_release(rel.path, nvembed_config=rel.nvembed_config)
 
 
 def test_pad_ids_are_embedded_as_eos(encoder):
@@ -126,7 +127,7 @@ def _nvembed_pool(pooler, hidden: torch.Tensor, keep: torch.Tensor) -> torch.Ten
 def test_prefix_convention_matches_a_reference_computation(release):
     """The NV-Embed convention (``instruction_mask="prefix"``) written out by hand; the release's own
     convention is checked against the release's code in test_mmembed_release_golden.py."""
-    encoder = load_mmembed_release(release.path, nvembed_config=release.nvembed_config, instruction_mask="prefix")
+    encoder = VLMEncoder.from_release(release.path, nvembed_config=release.nvembed_config, instruction_mask="prefix")
     model, pooler, tok = release.model, release.pooler, release.processor.tokenizer
     image = _image(3)
     got = encoder.encode_queries([Item("q", "a red dog", image)], "Find the photo")[0]
@@ -172,14 +173,14 @@ def test_unsharded_release_loads_too(tmp_path, release, encoder):
     (rel.path / "model-00001-of-00001.safetensors").rename(rel.path / "model.safetensors")
     (rel.path / "model.safetensors.index.json").unlink()
     items = [Item("a", "a red dog", _image(6))]
-    unsharded = load_mmembed_release(rel.path, nvembed_config=rel.nvembed_config)
+    unsharded = VLMEncoder.from_release(rel.path, nvembed_config=rel.nvembed_config)
     np.testing.assert_array_equal(unsharded.encode_candidates(items), encoder.encode_candidates(items))
 
 
 def test_non_release_directories_are_refused(tmp_path):
     (tmp_path / "config.json").write_text('{"model_type": "llava_next"}')
     with pytest.raises(ModelError, match="not an MM-Embed release"):
-        load_mmembed_release(tmp_path)
+        VLMEncoder.from_release(tmp_path)
 
 
 def test_a_release_naming_another_retriever_needs_its_config(tmp_path):
@@ -187,4 +188,4 @@ def test_a_release_naming_another_retriever_needs_its_config(tmp_path):
     config = json.loads((rel.path / "config.json").read_text())
     (rel.path / "config.json").write_text(json.dumps({**config, "retriever": "someone/Other-Embed"}))
     with pytest.raises(ModelError, match="nvembed_config"):
-        load_mmembed_release(rel.path)
+        VLMEncoder.from_release(rel.path)

@@ -16,8 +16,8 @@ import pytest
 from PIL import Image
 
 from mmembed.encoders.base import Item
-from mmembed.encoders.mmembed_native import SHIPPED_NV_EMBED_V1, llm_config_source, release_config, weight_files
 from mmembed.encoders.registry import load_encoder
+from mmembed.encoders.vlm_release import SHIPPED_NV_EMBED_V1, llm_config_source, release_config, weight_files
 from mmembed.errors import ModelError
 from mmembed.testing.tiny_release import build_tiny_release
 

@@ -35,8 +35,8 @@ from mmembed.encoders.common import (
     save_checkpoint,
     warn_truncation,
 )
-from mmembed.encoders.prompts import Role
-from mmembed.encoders.registry import register
+from mmembed.encoders.prompts import Role, uniir_query_text
+from mmembed.encoders.registry import register, register_folder_loader
 from mmembed.errors import ConfigError, ModelError
 
 BACKBONE_DIR = "backbone"
@@ -46,13 +46,6 @@ SUPPORTED = ("clip", "siglip", "siglip2")
 def fuse(text: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
     """UniIR's score fusion: normalize(normalize(text) + normalize(image))."""
     return F.normalize(F.normalize(text, dim=-1) + F.normalize(image, dim=-1), dim=-1)
-
-
-def query_text(text: str | None, instruction: str | None) -> str | None:
-    """UniIR's query text: the instruction, a space, then the query's own text."""
-    if not instruction:
-        return text
-    return f"{instruction} {text}" if text and text.strip() else instruction
 
 
 @register("clip")
@@ -121,7 +114,7 @@ class CLIPEncoder(BatchedEncoder):
         instructions = list(instructions) if instructions is not None else [None] * len(items)
         if role == "candidate" and any(instructions):
             raise ValueError("candidates never get an instruction")
-        texts = [query_text(it.text, ins) if role == "query" else it.text for it, ins in zip(items, instructions)]
+        texts = [uniir_query_text(it.text, ins) if role == "query" else it.text for it, ins in zip(items, instructions)]
         text_rows = [i for i, t in enumerate(texts) if t and t.strip()]
         image_rows = [i for i, it in enumerate(items) if it.image is not None]
         out = torch.zeros(len(items), self.dim, device=self.device)
@@ -160,3 +153,6 @@ class CLIPEncoder(BatchedEncoder):
 def _features(output: Any) -> torch.Tensor:
     """Projected features from ``get_*_features`` (a tensor, or an output with ``pooler_output``)."""
     return output if isinstance(output, torch.Tensor) else output.pooler_output
+
+
+register_folder_loader("clip", CLIPEncoder.from_hf)

@@ -5,7 +5,7 @@ Four kinds load (:func:`classify_folder`):
 - ``mmembed``: a checkpoint written by an mmembed encoder's ``save_pretrained`` (its config.json
   names an ``encoder_type``);
 - ``mmembed_release``: the released nvidia/MM-Embed folder (a LLaVA-NeXT config.json plus
-  ``retriever`` and ``global_image_patch_only``; see :mod:`.mmembed_native`);
+  ``retriever`` and ``global_image_patch_only``; see :mod:`.vlm_release`);
 - ``vlm``: a plain transformers vision-language model (LLaVA-NeXT, Qwen2-VL, Qwen2.5-VL,
   Idefics3, SmolVLM), embedded with :class:`~mmembed.encoders.vlm.VLMEncoder`'s defaults;
 - ``clip``: a transformers CLIP / SigLIP folder (:class:`~mmembed.encoders.clip.CLIPEncoder`);

@@ -4,6 +4,9 @@
 - query without instruction: ``Query: <image>\\n{text}``
 - candidate (never an instruction): ``<image>\\n{text}``
 
+Dual-tower models (CLIP/SigLIP, sentence-transformers, the score-fusion towers) have no prompt
+format: their query text is UniIR's ``"{instruction} {text}"`` (:func:`uniir_query_text`).
+
 ``<image>\\n`` is left out when the item has no image; the text part is empty when it has no text.
 
 Which leading tokens of a query pooling excludes is an *instruction mask convention*; there are
@@ -85,6 +88,16 @@ def build_prompt(text: str | None, has_image: bool, role: Role, instruction: str
     if role == "query":
         return Prompt(prefix + lead + body, prefix, has_image)
     return Prompt(body, prefix, has_image)
+
+
+def uniir_query_text(text: str | None, instruction: str | None) -> str | None:
+    """UniIR's query text for text towers: the instruction, a space, then the query's own text.
+
+    A query without visible text (image only) gets the instruction alone as its text part.
+    """
+    if not instruction:
+        return text
+    return f"{instruction} {text}" if text and text.strip() else instruction
 
 
 def count_prefix_tokens(tokenizer, prefix: str, add_special_tokens: bool = True) -> int:

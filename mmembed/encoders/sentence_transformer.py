@@ -18,8 +18,9 @@ from typing import Any
 import numpy as np
 
 from mmembed.encoders.base import Instructions, Item, l2_normalize, per_item_instructions
-from mmembed.encoders.clip import query_text
 from mmembed.encoders.common import check_items, require_module, resolve_device
+from mmembed.encoders.prompts import uniir_query_text
+from mmembed.encoders.registry import register_folder_loader
 
 MODULES_FILE = "modules.json"
 
@@ -45,7 +46,7 @@ class SentenceTransformerEncoder:
     def encode_queries(self, queries: Sequence[Item], instruction: Instructions = None, *,
                        batch_size: int = 32, show_progress: bool = False) -> np.ndarray:
         instructions = per_item_instructions(instruction, len(queries))
-        texts = [query_text(q.text, i) for q, i in zip(queries, instructions)]
+        texts = [uniir_query_text(q.text, i) for q, i in zip(queries, instructions)]
         return self._encode(queries, texts, batch_size, show_progress)
 
     def encode_candidates(self, candidates: Sequence[Item], *, batch_size: int = 32,
@@ -60,3 +61,6 @@ class SentenceTransformerEncoder:
         vectors = self.model.encode(texts, batch_size=batch_size, show_progress_bar=show_progress,
                                     convert_to_numpy=True, normalize_embeddings=True)
         return l2_normalize(vectors)
+
+
+register_folder_loader("sentence_transformers", SentenceTransformerEncoder.from_folder)

@@ -29,7 +29,7 @@ from mmembed.encoders.common import check_items, resolve_device, resolve_dtype
 from mmembed.encoders.image_cache import DEFAULT_DISK_BYTES, DEFAULT_MAX_BYTES, FeatureCache, feature_cache_dir
 from mmembed.encoders.parts import PartsModel, TextBackbone, VisionTower
 from mmembed.encoders.pooling import pool
-from mmembed.encoders.prompts import Role
+from mmembed.encoders.prompts import Role, uniir_query_text
 from mmembed.encoders.registry import register, register_named_model
 from mmembed.errors import ConfigError
 
@@ -93,10 +93,9 @@ class FusionTowersEncoder(PartsModel):
         return F.normalize(out, dim=-1)
 
     def _text_of(self, item: Item, instruction: str | None) -> str:
-        text = (item.text or "").strip()
-        if instruction and self.settings["instruction_mode"] == "prepend":
-            text = f"{instruction.strip()} {text}".strip()
-        return text
+        if self.settings["instruction_mode"] != "prepend":
+            instruction = None
+        return uniir_query_text((item.text or "").strip(), (instruction or "").strip()) or ""
 
     def _embed_texts(self, texts: list[str], ids: list[str]) -> torch.Tensor:
         input_ids, mask = self.text.tokenize([self.text.sanitize(t) for t in texts], ids, self.encoder_type)

@@ -58,7 +58,7 @@ from mmembed.encoders.prompts import (
     excluded_tokens,
     release_instruction_part,
 )
-from mmembed.encoders.registry import register
+from mmembed.encoders.registry import register, register_folder_loader
 from mmembed.encoders.vlm_families import FamilyAdapter, adapter_class
 from mmembed.errors import ConfigError, ModelError
 
@@ -130,6 +130,25 @@ class VLMEncoder(BatchedEncoder, TrainableEncoder):
                                                 dtype, resolve_device(device)))
         return cls(model, processor, device=device, dtype=dtype,
                    source={"format": "hf", "path": str(Path(path).resolve())}, **settings)
+
+    @classmethod
+    def from_release(cls, path: str | Path, *, nvembed_config: str | Path | None = None,
+                     latent_heads: int | None = None, instruction_mask: InstructionMask = "release",
+                     device: str | torch.device | None = None, dtype: str | torch.dtype | None = None,
+                     attn_implementation: str = "sdpa", max_length: int = 512, **settings: Any) -> VLMEncoder:
+        """The released nvidia/MM-Embed folder ``path``, embedding as the release does.
+
+        ``settings`` go to the encoder (e.g. ``image_size``); pooling, bidirectional attention, EOS,
+        the PAD quirk and the padding side are the release's. See :mod:`.vlm_release` for
+        ``nvembed_config``, ``latent_heads`` and ``instruction_mask``.
+        """
+        from mmembed.encoders.vlm_release import RELEASE_SETTINGS, release_encoder_arguments
+
+        for key in RELEASE_SETTINGS:
+            settings.pop(key, None)  # fixed by the release (a saved checkpoint repeats them)
+        arguments = release_encoder_arguments(path, nvembed_config=nvembed_config, latent_heads=latent_heads,
+                                              device=device, dtype=dtype, attn_implementation=attn_implementation)
+        return cls(**arguments, instruction_mask=instruction_mask, max_length=max_length, **settings)
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, **overrides: Any) -> VLMEncoder:
@@ -281,6 +300,10 @@ class VLMEncoder(BatchedEncoder, TrainableEncoder):
             prompt = self._render(None, has_image, role, instruction) if has_image else prompt
         warn_truncation(self.encoder_id, item.id, self.max_length)
         return prompt
+
+
+register_folder_loader("vlm", VLMEncoder.from_hf)
+register_folder_loader("mmembed_release", VLMEncoder.from_release)
 
 
 def load_hf_backbone(path: str | Path, *, trust_remote_code: bool = False, attn_implementation: str = "sdpa",

@@ -181,11 +181,9 @@ def load_vlm_checkpoint(cls, directory: str | Path, *, backbone: str | Path | No
     settings.setdefault("dtype", config.get("dtype"))
     settings.update(overrides)
     if fmt == "mmembed_release":
-        from mmembed.encoders.mmembed_native import load_mmembed_release
-
         if "nvembed_config" in where:
             settings.setdefault("nvembed_config", where["nvembed_config"])
-        encoder = load_mmembed_release(path, **settings)
+        encoder = cls.from_release(path, **settings)
     else:
         encoder = cls.from_hf(path, trust_remote_code=trust_remote_code, **settings)
     if (directory / ADAPTER_DIR).is_dir():

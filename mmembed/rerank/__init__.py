@@ -13,9 +13,7 @@ Heavy modules (torch models, transformers) are imported only when a reranker is 
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from mmembed.errors import ConfigError, ModelError
@@ -121,14 +119,14 @@ def build_reranker(config: RerankConfig | None = None) -> LLMReranker | VLMReran
 
 
 def _model_type(path: str) -> str | None:
-    config = Path(path) / "config.json"
-    if not config.is_file():
-        raise ModelError(f"reranker model {path!r} is neither {BUNDLED_SMOLLM2!r} nor a transformers model "
-                         "directory (no config.json)")
+    """The ``model_type`` of a reranker folder's config.json (read by :mod:`mmembed.encoders.folders`)."""
+    from mmembed.encoders.folders import read_folder_config
+
     try:
-        return json.loads(config.read_text(encoding="utf-8")).get("model_type")
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ModelError(f"{config}: malformed JSON: {e}") from None
+        return read_folder_config(path).get("model_type")
+    except ModelError as e:
+        raise ModelError(f"reranker model {path!r} is neither {BUNDLED_SMOLLM2!r} nor a transformers model "
+                         f"directory: {e}") from None
 
 
 __all__ = ["BUNDLED_SMOLLM2", "DEFAULT_TEMPLATES", "NORMALIZATIONS", "BaseReranker", "RerankConfig",

@@ -1,6 +1,6 @@
 """A tiny random checkpoint in the exact file and key layout of the released nvidia/MM-Embed.
 
-Everything the loader (:mod:`mmembed.encoders.mmembed_native`) reads is reproduced at toy size:
+Everything the loader (:mod:`mmembed.encoders.vlm_release`) reads is reproduced at toy size:
 two safetensors shards plus ``model.safetensors.index.json``; keys ``vision_tower.vision_model.*`` (the
 release's names, which transformers 5 maps onto its ``vision_tower.*``),
 ``multi_modal_projector.*``, ``image_newline``, ``language_model.*`` (a Mistral base model whose

@@ -1,4 +1,4 @@
-"""Load the released nvidia/MM-Embed checkpoint into our composed model, on current transformers.
+"""Read the released nvidia/MM-Embed checkpoint for our composed model, on current transformers.
 
 The release ships remote code (``modeling_nvmmembed.py``, written for transformers 4.43) that
 subclasses ``LlavaNextForConditionalGeneration``, replaces its LLM with NV-Embed's bidirectional
@@ -49,6 +49,7 @@ from typing import Any
 import torch
 
 from mmembed.encoders.common import quiet_transformers, resolve_device, resolve_dtype
+from mmembed.encoders.folders import is_kind, read_folder_config
 from mmembed.encoders.pooling import LatentAttentionPooler
 from mmembed.errors import ModelError
 
@@ -62,13 +63,6 @@ SHIPPED_NV_EMBED_V1 = Path(__file__).with_name("nv_embed_v1.json")
 TEXT_CONFIG = "text_config"
 RELEASE_FIELDS = ("retriever", "padding_side", "add_eos_token", "global_image_patch_only")
 INDEX_FILE = "model.safetensors.index.json"
-
-
-def is_mmembed_release(path: str | Path) -> bool:
-    """Whether ``path`` is the released MM-Embed folder (see :mod:`.folders`)."""
-    from mmembed.encoders.folders import is_kind
-
-    return is_kind(path, "mmembed_release")
 
 
 def weight_files(path: Path) -> dict[str, Path]:
@@ -130,7 +124,7 @@ def release_config(path: Path, files: dict[str, Path], nvembed_config: str | Pat
     """(LlavaNextConfig with the LLM config as the release built it, raw config.json, NV-Embed config)."""
     from transformers import LlavaNextConfig
 
-    raw = json.loads((path / "config.json").read_text(encoding="utf-8"))
+    raw = read_folder_config(path)
     data = {k: v for k, v in raw.items() if k not in RELEASE_FIELDS + ("auto_map", "architectures", "_name_or_path")}
     source = llm_config_source(raw, nvembed_config)
     nvembed: dict[str, Any] = {}
@@ -212,22 +206,24 @@ def load_release_backbone(path: Path, config, files: dict[str, Path], dtype: tor
     return model
 
 
-def load_mmembed_release(path: str | Path, *, nvembed_config: str | Path | None = None,
-                         latent_heads: int | None = None, instruction_mask: str = "release",
-                         device: str | torch.device | None = None, dtype: str | torch.dtype | None = None,
-                         attn_implementation: str = "sdpa", max_length: int = 512, **settings: Any):
-    """A :class:`~mmembed.encoders.vlm.VLMEncoder` reproducing the released MM-Embed model.
+#: Encoder settings the release fixes (a saved checkpoint repeats them; they are not overrides).
+RELEASE_SETTINGS = ("pooling", "bidirectional", "append_eos", "padding_side", "latent", "adapter_kwargs")
 
-    ``settings`` go to the encoder (e.g. ``image_size``); pooling, bidirectional attention, EOS,
-    the PAD quirk and the padding side are the release's. See the module docstring for
-    ``nvembed_config`` and ``instruction_mask``.
+
+def release_encoder_arguments(path: str | Path, *, nvembed_config: str | Path | None = None,
+                              latent_heads: int | None = None, device: str | torch.device | None = None,
+                              dtype: str | torch.dtype | None = None,
+                              attn_implementation: str = "sdpa") -> dict[str, Any]:
+    """The :class:`~mmembed.encoders.vlm.VLMEncoder` arguments that reproduce the released model.
+
+    Model, processor and latent pooler read from ``path``; pooling, bidirectional attention, EOS,
+    the PAD quirk and the padding side as the release has them. See the module docstring for
+    ``nvembed_config``; :meth:`~mmembed.encoders.vlm.VLMEncoder.from_release` builds the encoder.
     """
     from transformers import AutoProcessor
 
-    from mmembed.encoders.vlm import VLMEncoder
-
     path = Path(path)
-    if not is_mmembed_release(path):
+    if not is_kind(path, "mmembed_release"):
         raise ModelError(f"{str(path)!r} is not an MM-Embed release directory (config.json lacks 'retriever' / "
                          "'global_image_patch_only')")
     files = weight_files(path)
@@ -238,13 +234,8 @@ def load_mmembed_release(path: str | Path, *, nvembed_config: str | Path | None 
     processor = AutoProcessor.from_pretrained(path, local_files_only=True)
     if not raw.get("global_image_patch_only", True):
         logger.warning("%s: global_image_patch_only is false; only the global view is supported", path)
-    for key in ("pooling", "bidirectional", "append_eos", "padding_side", "latent", "adapter_kwargs"):
-        settings.pop(key, None)  # fixed by the release (a saved checkpoint repeats them)
-    return VLMEncoder(
-        model, processor, pooling="latent_attention", bidirectional=True, max_length=max_length,
-        append_eos=bool(raw.get("add_eos_token", True)), padding_side=raw.get("padding_side", "right"),
-        latent_pooler=pooler, adapter_kwargs={"pad_as_eos": True}, device=device, dtype=torch_dtype,
-        instruction_mask=instruction_mask,
-        source={"format": "mmembed_release", "path": str(path.resolve()),
-                **({"nvembed_config": str(nvembed_config)} if nvembed_config is not None else {})},
-        **settings)
+    return {"model": model, "processor": processor, "pooling": "latent_attention", "bidirectional": True,
+            "append_eos": bool(raw.get("add_eos_token", True)), "padding_side": raw.get("padding_side", "right"),
+            "latent_pooler": pooler, "adapter_kwargs": {"pad_as_eos": True}, "device": device, "dtype": torch_dtype,
+            "source": {"format": "mmembed_release", "path": str(path.resolve()),
+                       **({"nvembed_config": str(nvembed_config)} if nvembed_config is not None else {})}}
