@@ -1,15 +1,9 @@
 """Encoder + index (+ candidates and instructions): the one retrieval object the CLI and service use.
 
-A retrieval directory is self-contained apart from the images and the encoder weights:
-
-```
-INDEX_DIR/
-  retrieval.json        what to load: encoder spec and id, image root, format version
-  candidates.jsonl      the indexed pool (M-BEIR candidate records), to show results
-  instructions.tsv      the task instructions (optional), to search by task
-  vectors/              the vector index (manifest.json + engine files)
-```
-It is written atomically as a whole.
+A :class:`Retriever` searches any :class:`~mmembed.index.base.VectorIndex` (exact or approximate
+FAISS, the streamed exact index, Milvus). It opens a retrieval directory, self-contained apart from
+the images and the encoder weights, whose layout and builder live in :mod:`mmembed.index.directory`
+(``retrieval.json``, ``candidates.jsonl``, ``instructions.tsv``, ``vectors/``).
 """
 
 from __future__ import annotations
@@ -26,17 +20,24 @@ import numpy as np
 from mmembed.data.images import ImageLike, ImageStore
 from mmembed.data.mbeir import read_candidates
 from mmembed.encoders.base import Encoder, Item, as_items
-from mmembed.errors import ConfigError, DataError, IndexMismatchError, Location
-from mmembed.eval.pool_cache import PoolEmbeddingCache
-from mmembed.index.faiss_index import FaissIndex
+from mmembed.errors import ConfigError, IndexMismatchError
+from mmembed.index import load_index
+from mmembed.index.base import VectorIndex
+from mmembed.index.directory import (  # noqa: F401  (MANIFEST, FORMAT_VERSION, retrieval_manifest: re-exported)
+    FORMAT_VERSION,
+    INSTRUCTIONS_FILE,
+    MANIFEST,
+    VECTORS_DIR,
+    build_retrieval_directory,
+    read_retrieval_manifest,
+    retrieval_manifest,
+)
+from mmembed.index.integrity import CANDIDATES_FILE
 from mmembed.instructions import InstructionEntry, InstructionRegistry
 from mmembed.rerank.base import Reranker, RerankResult, can_read_images
 from mmembed.types import Candidate
 
 logger = logging.getLogger(__name__)
-
-FORMAT_VERSION = 1
-MANIFEST = "retrieval.json"
 
 
 @dataclass(frozen=True)
@@ -62,7 +63,7 @@ class Hit:
 class Retriever:
     """Searches an indexed candidate pool with queries of any modality, optionally reranking the top."""
 
-    def __init__(self, encoder: Encoder, index: FaissIndex, candidates: list[Candidate],
+    def __init__(self, encoder: Encoder, index: VectorIndex, candidates: list[Candidate],
                  images: ImageStore | None = None, instructions: InstructionRegistry | None = None,
                  reranker: Reranker | None = None):
         if index.dim != encoder.dim:
@@ -102,24 +103,14 @@ class Retriever:
         """Embed every candidate of ``pool_path`` and write a retrieval directory to ``out_dir``.
 
         ``encoder_settings`` (the loading options the encoder was made with, e.g. ``nvembed_config``)
-        are recorded, so that :meth:`load` loads the same encoder from ``encoder_spec``.
+        are recorded, so that :meth:`load` loads the same encoder from ``encoder_spec``. Other engines
+        and precomputed embeddings: :func:`mmembed.index.directory.build_retrieval_directory`.
         """
-        pool_path = Path(pool_path)
-        candidates = read_candidates(pool_path)
-        if not candidates:
-            raise DataError("the candidate pool is empty", Location(str(pool_path)))
-        images = ImageStore(image_root or _guess_image_root(pool_path))
-        # Embeddings go through the evaluation's pool cache: an evaluated pool is not embedded again.
-        pool = PoolEmbeddingCache(encoder, images, cache_dir, batch_size, show_progress).embed_file(pool_path)
-        index = FaissIndex(encoder.dim, factory, dtype=dtype, encoder_id=encoder.encoder_id)
-        index.add(pool.ids, pool.vectors)
-        from mmembed.index.build import write_retrieval_directory
-
-        write_retrieval_directory(out_dir, index, pool_path, encoder_spec=encoder_spec, encoder_id=encoder.encoder_id,
-                                  image_root=images.root, instructions_path=instructions_path,
-                                  encoder_settings=encoder_settings)
-        instructions = InstructionRegistry.from_tsv(Path(out_dir) / "instructions.tsv") if instructions_path else None
-        return cls(encoder, index, candidates, images, instructions)
+        index = build_retrieval_directory(pool_path, out_dir, encoder_spec=encoder_spec, encoder=encoder,
+                                          image_root=image_root, instructions_path=instructions_path,
+                                          factory=factory, dtype=dtype, batch_size=batch_size, cache_dir=cache_dir,
+                                          encoder_settings=encoder_settings, show_progress=show_progress)
+        return cls._open(Path(out_dir), encoder, index)
 
     @classmethod
     def load(cls, directory: str | os.PathLike, encoder: Encoder | None = None,
@@ -133,10 +124,16 @@ class Retriever:
 
             encoder = load_encoder(manifest["encoder"], **{**manifest.get("encoder_settings", {}),
                                                           **(encoder_settings or {})})
-        index = FaissIndex.load(directory / "vectors", expected_dim=encoder.dim,
-                                expected_encoder_id=encoder.encoder_id)
-        candidates = read_candidates(directory / "candidates.jsonl")
-        instructions_path = directory / "instructions.tsv"
+        index = load_index(directory / VECTORS_DIR, expected_dim=encoder.dim, expected_encoder_id=encoder.encoder_id)
+        return cls._open(directory, encoder, index, reranker)
+
+    @classmethod
+    def _open(cls, directory: Path, encoder: Encoder, index: VectorIndex,
+              reranker: Reranker | None = None) -> Retriever:
+        """The retriever of a retrieval directory whose index is open."""
+        manifest = read_retrieval_manifest(directory)
+        candidates = read_candidates(directory / CANDIDATES_FILE)
+        instructions_path = directory / INSTRUCTIONS_FILE
         instructions = InstructionRegistry.from_tsv(instructions_path) if instructions_path.is_file() else None
         return cls(encoder, index, candidates, ImageStore(manifest["image_root"]), instructions, reranker)
 
@@ -213,34 +210,3 @@ def _reranked_hit(result: RerankResult, hit: Hit) -> Hit:
 
 def task_name(entry: InstructionEntry) -> str:
     return f"{entry.dataset_name}:{entry.query_modality.value}->{entry.cand_modality.value}"
-
-
-def retrieval_manifest(encoder_spec: str, encoder_id: str, image_root: str | os.PathLike, pool_path: Path,
-                       count: int, encoder_settings: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """The ``retrieval.json`` of a retrieval directory (every writer goes through this)."""
-    return {"format_version": FORMAT_VERSION, "encoder": encoder_spec, "encoder_id": encoder_id,
-            "encoder_settings": dict(encoder_settings or {}), "image_root": str(Path(image_root).resolve()),
-            "source_pool": str(Path(pool_path).resolve()), "count": count}
-
-
-def read_retrieval_manifest(directory: Path) -> dict:
-    """``retrieval.json`` of an index directory, every field checked (a clear error naming it)."""
-    from mmembed.index.integrity import check_retrieval_manifest
-
-    path = directory / MANIFEST
-    if not path.is_file():
-        raise IndexMismatchError(f"{directory}: not a retrieval index (no {MANIFEST}); build one with "
-                                 "'mmembed index build'")
-    manifest = check_retrieval_manifest(path)
-    if manifest.get("format_version", 0) > FORMAT_VERSION:
-        raise IndexMismatchError(f"{path}: written by a newer mmembed (format {manifest['format_version']}); "
-                                 "upgrade mmembed to read it")
-    return manifest
-
-
-def _guess_image_root(pool_path: Path) -> Path:
-    """M-BEIR image paths are relative to the dataset root, two levels above cand_pool/<kind>/."""
-    parents = pool_path.resolve().parents
-    if len(parents) >= 3 and parents[1].name == "cand_pool":
-        return parents[2]
-    return pool_path.resolve().parent

@@ -289,7 +289,7 @@ def test_the_pool_cache_is_keyed_by_image_content(toy_root, tmp_path):
     from PIL import Image
 
     from mmembed.data.images import ImageStore
-    from mmembed.eval.pool_cache import PoolEmbeddingCache
+    from mmembed.embeddings.pool_cache import PoolEmbeddingCache
 
     pool = toy_root / "cand_pool" / "global" / "mbeir_union_train_cand_pool.jsonl"
     pool = pool if pool.is_file() else next(toy_root.rglob("*union*train*.jsonl"))

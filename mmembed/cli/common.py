@@ -47,6 +47,13 @@ def load_encoder_arg(spec: str, settings: list[str] | None = None):
         raise ConfigError(f"--encoder-set: {spec} does not take that option ({e})") from None
 
 
+def load_encoder_from_args(args: argparse.Namespace):
+    """``args.encoder`` with its ``--encoder-set`` options (the plain one-argument call when there are none)."""
+    if args.encoder_set:
+        return load_encoder_arg(args.encoder, args.encoder_set)
+    return load_encoder_arg(args.encoder)
+
+
 def add_rerank_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rerank", metavar="YAML",
                         help="rerank the top candidates with the reranker this RerankConfig YAML describes "

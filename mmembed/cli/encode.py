@@ -51,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
 
     shard = parse_shard(args.shard) if args.shard else None
     pool, image_root = pool_and_root(args.data, args.split, args.image_root)
-    encoder = _load_encoder(args)
+    encoder = common.load_encoder_from_args(args)
     spec = str(Path(args.encoder).resolve()) if Path(args.encoder).exists() else args.encoder
     result = encode_pool(encoder, pool, args.out, image_root=image_root, shard=shard, dtype=args.dtype,
                          chunk_size=args.chunk_size, batch_size=args.batch_size, encoder_spec=spec,
@@ -64,9 +64,3 @@ def run(args: argparse.Namespace) -> int:
         print(f"this shard is done; {args.out} is complete when every shard has finished")
     return 0
 
-
-def _load_encoder(args: argparse.Namespace):
-    """The --encoder with its --encoder-set options (the plain one-argument call when there are none)."""
-    if args.encoder_set:
-        return common.load_encoder_arg(args.encoder, args.encoder_set)
-    return common.load_encoder_arg(args.encoder)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import shutil
 import sys
 from pathlib import Path
 
@@ -32,7 +31,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--split", default="test", help="global pool split when POOL is a directory (default test)")
     p.add_argument("--image-root", help="image root (default: the M-BEIR directory holding the pool)")
     p.add_argument("--instructions", help="query_instructions.tsv to search by task (default: the dataset's)")
-    p.add_argument("--backend", default="faiss", choices=("faiss", "milvus"), help="vector engine (default faiss)")
+    p.add_argument("--backend", default="faiss", choices=("faiss", "milvus", "exact"),
+                   help="vector engine (default faiss); exact: streamed exact search over the --from-embeddings "
+                        "store, which is not copied (search memory bounded, any pool size)")
     p.add_argument("--factory", default="Flat",
                    help="FAISS factory string: Flat (exact), SQ8, HNSW32, IVF1024,Flat, IVF4096,PQ64, "
                         "OPQ64,IVF4096,PQ64, ...")
@@ -92,121 +93,27 @@ def _encoder_spec(spec: str) -> str:
 
 
 def run_build(args: argparse.Namespace) -> int:
+    from mmembed.index.directory import build_retrieval_directory
+
     if args.train_sample is not None and args.train_sample < 1:
         raise ConfigError(f"--train-sample must be positive, got {args.train_sample}")
     params = parse_search_params(args.search_param)
-    if args.backend == "faiss" and (args.uri or args.collection or args.milvus_index):
+    if args.backend != "milvus" and (args.uri or args.collection or args.milvus_index):
         raise ConfigError("--uri, --collection and --milvus-index need --backend milvus")
     if args.on_disk and (args.backend != "faiss" or not args.from_embeddings):
         raise ConfigError("--on-disk needs --from-embeddings and the faiss backend")
-    if args.from_embeddings:
-        count = _build_from_embeddings(args, params)
-    elif args.backend == "milvus":
-        count = _build_milvus(args, params)
-    else:
-        count = _build_faiss(args, params)
-    print(f"indexed {count} candidates into {args.out}")
+    if not args.encoder and not args.from_embeddings:
+        raise ConfigError("--encoder is required unless --from-embeddings is given")
+    if args.backend == "exact" and not args.from_embeddings:
+        raise ConfigError("--backend exact searches an 'mmembed encode' store: give --from-embeddings")
+    pool, image_root, instructions = _resolve_pool(args)
+    encoder = common.load_encoder_from_args(args) if args.encoder else None
+    index = build_retrieval_directory(
+        pool, args.out, encoder_spec=_encoder_spec(args.encoder) if args.encoder else None, encoder=encoder,
+        embeddings=args.from_embeddings, image_root=image_root, instructions_path=instructions, backend=args.backend,
+        factory=args.factory, dtype=args.dtype, search_params=params, train_rows=args.train_sample,
+        on_disk=args.on_disk, force=args.force, uri=args.uri, collection=args.collection,
+        milvus_index=args.milvus_index, batch_size=args.batch_size,
+        encoder_settings=common.parse_encoder_settings(args.encoder_set), show_progress=sys.stderr.isatty())
+    print(f"indexed {len(index)} candidates into {args.out}")
     return 0
-
-
-def _build_faiss(args: argparse.Namespace, params: dict[str, float]) -> int:
-    from mmembed.index import FaissIndex
-    from mmembed.index.build import check_memory
-    from mmembed.retrieval import Retriever
-
-    if not args.encoder:
-        raise ConfigError("--encoder is required unless --from-embeddings is given")
-    pool, image_root, instructions = _resolve_pool(args)
-    encoder = _load_encoder(args)
-    # factory, dtype and search parameters are checked on an empty index before anything is encoded
-    FaissIndex(encoder.dim, args.factory, dtype=args.dtype, search_params=params)
-    check_memory("faiss", args.factory, args.dtype, encoder.dim, _count_lines(pool), train_rows=args.train_sample,
-                 force=args.force)
-    if params or args.train_sample:
-        # parameters that act while vectors are added (HNSW efConstruction) or a chosen training
-        # sample need the index made before the adds, which Retriever.build does not offer
-        return _build_encoded(args, params, encoder, pool, image_root, instructions)
-    retriever = Retriever.build(encoder, pool, args.out, encoder_spec=_encoder_spec(args.encoder),
-                                image_root=image_root, instructions_path=instructions, factory=args.factory,
-                                dtype=args.dtype, batch_size=args.batch_size, show_progress=sys.stderr.isatty(),
-                                encoder_settings=common.parse_encoder_settings(args.encoder_set))
-    return len(retriever.index)
-
-
-def _build_milvus(args: argparse.Namespace, params: dict[str, float]) -> int:
-    if not args.encoder:
-        raise ConfigError("--encoder is required unless --from-embeddings is given")
-    pool, image_root, instructions = _resolve_pool(args)
-    return _build_encoded(args, params, _load_encoder(args), pool, image_root, instructions)
-
-
-def _build_encoded(args: argparse.Namespace, params: dict[str, float], encoder, pool: Path,
-                   image_root: str | Path | None, instructions: str | Path | None) -> int:
-    """Embed the pool in this process and fill an index of ``args.backend`` made before the adds."""
-    import numpy as np
-
-    from mmembed.data.images import ImageStore
-    from mmembed.embeddings.encode import guess_image_root
-    from mmembed.eval.pool_cache import PoolEmbeddingCache
-    from mmembed.index import FaissIndex
-    from mmembed.index.build import make_index, write_retrieval_directory
-
-    images = ImageStore(image_root or guess_image_root(pool))
-    embedded = PoolEmbeddingCache(encoder, images, None, args.batch_size, sys.stderr.isatty()).embed_file(pool)
-    index = make_index(args.backend, encoder.dim, encoder_id=encoder.encoder_id, factory=args.factory,
-                       dtype=args.dtype, search_params=params, uri=args.uri, collection=args.collection,
-                       milvus_index=args.milvus_index)
-    if isinstance(index, FaissIndex) and not index.is_trained and args.train_sample:
-        count = len(embedded.ids)
-        rows = np.sort(np.random.default_rng(0).choice(count, min(count, args.train_sample), replace=False))
-        index.train(embedded.vectors[rows])
-    index.add(embedded.ids, embedded.vectors)
-    write_retrieval_directory(args.out, index, pool, encoder_spec=_encoder_spec(args.encoder),
-                              encoder_id=encoder.encoder_id, image_root=images.root, instructions_path=instructions,
-                              encoder_settings=common.parse_encoder_settings(args.encoder_set))
-    return len(index)
-
-
-def _build_from_embeddings(args: argparse.Namespace, params: dict[str, float]) -> int:
-    from mmembed.embeddings import EmbeddingSet
-    from mmembed.embeddings.encode import guess_image_root
-    from mmembed.eval.pool_cache import file_sha256
-    from mmembed.index.build import index_from_embeddings, write_retrieval_directory
-
-    pool, image_root, instructions = _resolve_pool(args)
-    embeddings = EmbeddingSet.open(args.from_embeddings)
-    embeddings.check(pool_sha256=file_sha256(pool))
-    spec = _encoder_spec(args.encoder) if args.encoder else embeddings.manifest.encoder_spec
-    if spec is None:
-        raise ConfigError(f"{args.from_embeddings} does not record its encoder; give --encoder")
-    if args.encoder:  # an explicit encoder must be the one the embeddings were made with
-        encoder = _load_encoder(args)
-        embeddings.check(encoder_id=encoder.encoder_id, dim=encoder.dim)
-    out = Path(args.out)
-    # the lists are built next to the output (same file system) and hard-linked into it
-    workdir = out.parent / f".{out.name}.ondisk-work" if args.on_disk else None
-    try:
-        index = index_from_embeddings(embeddings, backend=args.backend, factory=args.factory, dtype=args.dtype,
-                                      search_params=params, uri=args.uri, collection=args.collection,
-                                      milvus_index=args.milvus_index, train_rows=args.train_sample,
-                                      force=args.force, on_disk=workdir, show_progress=sys.stderr.isatty())
-        write_retrieval_directory(out, index, pool, encoder_spec=spec, encoder_id=embeddings.encoder_id,
-                                  image_root=image_root or guess_image_root(pool), instructions_path=instructions,
-                                  encoder_settings=common.parse_encoder_settings(args.encoder_set))
-    finally:
-        if workdir is not None:
-            shutil.rmtree(workdir, ignore_errors=True)
-    return len(index)
-
-
-def _count_lines(path: Path) -> int:
-    """Non-blank lines of a JSONL file (= candidates), counted without parsing, for the memory estimate."""
-    with open(path, "rb") as f:
-        return sum(1 for line in f if line.strip())
-
-
-def _load_encoder(args: argparse.Namespace):
-    """The --encoder with its --encoder-set options (the plain one-argument call when there are none)."""
-    if args.encoder_set:
-        return common.load_encoder_arg(args.encoder, args.encoder_set)
-    return common.load_encoder_arg(args.encoder)

@@ -17,6 +17,7 @@ import numpy as np
 
 from mmembed.data.images import ImageStore
 from mmembed.data.mbeir import read_candidates
+from mmembed.embeddings.pool_cache import MODALITY_CODES, file_sha256
 from mmembed.embeddings.store import (
     CHUNKS,
     DTYPES,
@@ -31,7 +32,6 @@ from mmembed.embeddings.store import (
 )
 from mmembed.encoders.base import Encoder, as_items
 from mmembed.errors import ConfigError, DataError, IndexMismatchError, Location
-from mmembed.eval.pool_cache import MODALITY_CODES, file_sha256
 from mmembed.fileio import write_json
 from mmembed.types import Candidate
 from mmembed.version import __version__

@@ -17,10 +17,11 @@ and resumes at the first missing one. Files are read without pickle.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -29,7 +30,6 @@ import numpy as np
 
 from mmembed.errors import ConfigError, IndexMismatchError
 from mmembed.fileio import atomic_open, write_json
-from mmembed.index.base import ids_fingerprint
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +38,19 @@ MANIFEST = "embeddings.json"
 IDENTITY = "identity.json"
 CHUNKS = "chunks"
 DTYPES = ("float16", "float32")
+
+
+def ids_fingerprint(ids: Iterable[str]) -> str:
+    """sha256 of an ordered id list (each id JSON-quoted on its own line, so no id can fake a separator).
+
+    Saved with the vectors as ``extra["ids_sha256"]``: a candidates or ids file that is truncated,
+    shuffled or from another pool no longer matches it.
+    """
+    digest = hashlib.sha256()
+    for did in ids:
+        digest.update(json.dumps(did, ensure_ascii=False).encode("utf-8"))
+        digest.update(b"\n")
+    return digest.hexdigest()
 
 
 @dataclass(frozen=True)
@@ -230,6 +243,44 @@ class EmbeddingSet:
         if ids_fingerprint(seen) != self.identity.ids_sha256:
             raise IndexMismatchError(f"{self.directory}: the chunk files' ids do not match the manifest's id "
                                      "fingerprint (chunks from another run mixed in?); re-encode")
+
+    def id_array(self) -> tuple[np.ndarray, np.ndarray]:
+        """All ids (a numpy unicode array, far smaller than a list of str) and modality codes, in pool order.
+
+        Reads only those members of each chunk file and checks them against the manifest's id fingerprint.
+        """
+        ids: list[np.ndarray] = []
+        modalities: list[np.ndarray] = []
+        for chunk in range(self.identity.num_chunks):
+            path = chunk_path(self.directory, chunk)
+            try:
+                with np.load(path, allow_pickle=False) as z:
+                    ids.append(z["ids"])
+                    modalities.append(z["modalities"])
+            except (OSError, ValueError, KeyError, EOFError) as e:
+                raise IndexMismatchError(f"{path}: unreadable chunk file ({e}); run 'mmembed encode' again") from None
+        all_ids = np.concatenate(ids) if ids else np.array([], dtype=str)
+        streamed = (did for part in ids for did in part.tolist())  # a chunk's worth of str at a time
+        if all_ids.shape != (len(self),) or ids_fingerprint(streamed) != self.identity.ids_sha256:
+            raise IndexMismatchError(f"{self.directory}: the chunk files' ids do not match the manifest's id "
+                                     "fingerprint (chunks from another run mixed in?); re-encode")
+        return all_ids, np.concatenate(modalities)
+
+    def vector_chunks(self) -> Iterator[tuple[int, np.ndarray]]:
+        """``(first row, vectors)`` per chunk in pool order, vectors in their stored dtype; only vectors are read."""
+        for chunk in range(self.identity.num_chunks):
+            path = chunk_path(self.directory, chunk)
+            start, stop = self.identity.chunk_rows(chunk)
+            try:
+                with np.load(path, allow_pickle=False) as z:
+                    vectors = z["vectors"]
+            except (OSError, ValueError, KeyError, EOFError) as e:
+                raise IndexMismatchError(f"{path}: corrupt chunk file ({e}); delete it and run 'mmembed encode' "
+                                         "again to redo it") from None
+            if vectors.shape != (stop - start, self.dim) or vectors.dtype != np.dtype(self.identity.dtype):
+                raise IndexMismatchError(f"{path}: vectors of shape {vectors.shape} and dtype {vectors.dtype}, "
+                                         f"expected ({stop - start}, {self.dim}) {self.identity.dtype}")
+            yield start, vectors
 
     def read_all(self) -> tuple[list[str], np.ndarray, np.ndarray]:
         """All ids, float32 vectors and modality codes (holds the whole set in memory)."""

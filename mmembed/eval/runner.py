@@ -18,10 +18,10 @@ import numpy as np
 
 from mmembed.data.layout import MBEIRDirectory, TaskFiles, check_task_queries
 from mmembed.data.mbeir import iter_candidates, read_qrels, read_queries
+from mmembed.embeddings.pool_cache import MODALITY_CODES, EmbeddedPool, PoolEmbeddingCache
 from mmembed.encoders.base import Encoder, as_items
 from mmembed.errors import ConfigError, DataError, Location
 from mmembed.eval.metrics import evaluate, parse_metric, topk_to_run
-from mmembed.eval.pool_cache import MODALITY_CODES, EmbeddedPool, PoolEmbeddingCache
 from mmembed.eval.text_format import TEXT_FORMATS, with_text_format
 from mmembed.eval.trec import write_run
 from mmembed.fileio import write_json

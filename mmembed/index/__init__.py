@@ -1,9 +1,38 @@
-"""Vector indexes: the :class:`VectorIndex` protocol, its FAISS and Milvus implementations.
+"""Vector indexes: the one :class:`VectorIndex` protocol every caller searches through, and its engines.
 
-``load_index(directory)`` opens any saved index by the engine its manifest names, so callers
-need not know which engine wrote it. ``build`` fills indexes from precomputed embeddings,
-``memory`` estimates a build before it starts, ``ondisk`` keeps IVF lists on disk, ``integrity``
-checks the files around a saved index.
+The protocol (:mod:`.base`)
+    ``dim``, ``len()``, ``add(ids, vectors)``, ``search(queries, k) -> SearchResult(ids, scores)``,
+    ``save(directory)``, ``load(directory, expected_dim=, expected_encoder_id=)``. Ids are unique
+    strings (checked by :func:`~mmembed.index.base.check_new_ids` in every engine); vectors and
+    queries are L2-normalised by the engine, so scores are cosine similarities. Results are rows of
+    ``min(k, len(index))`` columns, best first; a slot an approximate engine cannot fill holds id
+    ``None`` and score ``-inf``.
+
+The engines
+    ``exact`` (:class:`~mmembed.index.exact.ExactIndex`): exact top-k streamed by blocks from an
+    ``mmembed encode`` store or an array, under a memory limit, with mmembed's tie rule (score, then
+    id descending); read-only. ``faiss`` (:class:`FaissIndex`): any FAISS factory (Flat, IVF, PQ,
+    HNSW), in memory or with IVF lists on disk. ``milvus`` (:class:`MilvusIndex`): Milvus Lite or a
+    server.
+
+Who uses it
+    Evaluation (:mod:`mmembed.eval.runner`), mining (:mod:`mmembed.mining.miner`), the
+    :class:`~mmembed.retrieval.Retriever` (and through it ``mmembed search`` and the service) and
+    ``mmembed index build``. They choose an engine by name with :func:`mmembed.index.build.search_index`
+    (the ``--index`` option / ``index`` config key) or open a saved one with :func:`load_index`.
+
+Candidate subsets
+    :meth:`ExactIndex.search_requests <mmembed.index.exact.ExactIndex.search_requests>` takes
+    :class:`~mmembed.index.topk.Request` objects: query rows, depth and an optional boolean mask of
+    the candidate rows a request may return (a task's local pool). That mask is the hook for
+    metadata filters: a filter resolves to a mask over the index's rows, and the exact engine
+    honours it without a separate index.
+
+Layers
+    ``index`` sits above :mod:`mmembed.embeddings` (the stores it reads) and below evaluation,
+    mining and retrieval; nothing here imports them. ``build`` fills indexes from stores,
+    ``directory`` writes and reads retrieval directories, ``memory`` estimates a FAISS build,
+    ``ondisk`` keeps IVF lists on disk, ``integrity`` checks the files around a saved index.
 """
 
 from __future__ import annotations
@@ -14,28 +43,31 @@ from mmembed.errors import IndexMismatchError
 from mmembed.index.base import FORMAT_VERSION, IndexManifest, SearchResult, VectorIndex, read_manifest
 from mmembed.index.faiss_index import FaissIndex
 
-__all__ = ["FORMAT_VERSION", "FaissIndex", "IndexManifest", "MilvusIndex", "SearchResult", "VectorIndex",
-           "load_index", "read_manifest"]
+__all__ = ["ENGINES", "FORMAT_VERSION", "ExactIndex", "FaissIndex", "IndexManifest", "MilvusIndex", "SearchResult",
+           "VectorIndex", "load_index", "read_manifest"]
+
+#: Engines a saved index may name in its manifest.
+ENGINES = ("faiss", "milvus", "exact")
 
 
 def __getattr__(name: str) -> type:
-    # MilvusIndex on first use only: pymilvus is an optional extra and slow to import
+    # on first use only: pymilvus is an optional extra and slow to import
     if name == "MilvusIndex":
         from mmembed.index.milvus_index import MilvusIndex
 
         return MilvusIndex
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    if name == "ExactIndex":
+        from mmembed.index.exact import ExactIndex
 
-_ENGINES: dict[str, type] = {"faiss": FaissIndex}
+        return ExactIndex
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _engine(name: str) -> type | None:
     """The index class of an engine; Milvus is imported only when asked for (pymilvus is optional)."""
-    if name == "milvus":
-        from mmembed.index.milvus_index import MilvusIndex
-
-        return MilvusIndex
-    return _ENGINES.get(name)
+    if name in ("milvus", "exact"):
+        return __getattr__({"milvus": "MilvusIndex", "exact": "ExactIndex"}[name])
+    return FaissIndex if name == "faiss" else None
 
 
 def load_index(directory: str | os.PathLike, *, expected_dim: int | None = None,
@@ -45,6 +77,6 @@ def load_index(directory: str | os.PathLike, *, expected_dim: int | None = None,
     cls = _engine(engine)
     if cls is None:
         raise IndexMismatchError(
-            f"{directory}: index engine {engine!r} is not available; known engines: faiss, milvus"
+            f"{directory}: index engine {engine!r} is not available; known engines: {', '.join(ENGINES)}"
         )
     return cls.load(directory, expected_dim=expected_dim, expected_encoder_id=expected_encoder_id)

@@ -11,37 +11,24 @@ built for another encoder or dimension is refused with a message instead of retu
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 import numpy as np
 
-from mmembed.errors import IndexMismatchError
+from mmembed.embeddings.store import ids_fingerprint  # noqa: F401  (re-exported: index manifests carry it)
+from mmembed.errors import DataError, IndexMismatchError, Location
 from mmembed.fileio import write_json
+from mmembed.types import first_repeat
 
 #: Version of the on-disk layout this code writes; it reads this version and older ones.
 FORMAT_VERSION = 1
 MANIFEST_FILE = "manifest.json"
 #: The only similarity indexes use: inner product over unit vectors (cosine).
 METRIC = "ip"
-
-
-def ids_fingerprint(ids: Iterable[str]) -> str:
-    """sha256 of an ordered id list (each id JSON-quoted on its own line, so no id can fake a separator).
-
-    Saved with the vectors as ``extra["ids_sha256"]``: a candidates or ids file that is truncated,
-    shuffled or from another pool no longer matches it.
-    """
-    digest = hashlib.sha256()
-    for did in ids:
-        digest.update(json.dumps(did, ensure_ascii=False).encode("utf-8"))
-        digest.update(b"\n")
-    return digest.hexdigest()
 
 
 class SearchResult(NamedTuple):
@@ -83,6 +70,24 @@ class VectorIndex(Protocol):
              expected_encoder_id: str | None = None) -> VectorIndex:
         """Read an index, refusing one written for another dimension or encoder."""
         ...
+
+
+def check_new_ids(ids: list[str], existing: set[str], *, max_length: int | None = None) -> None:
+    """Refuse ids that are not (non-empty, short enough) strings, repeat, or are already in ``existing``.
+
+    Every engine that adds vectors checks its ids with this before anything is stored.
+    """
+    for did in ids:
+        if not isinstance(did, str):
+            raise DataError(f"ids must be strings, got {type(did).__name__} {did!r}", Location(item=str(did)[:80]))
+        if max_length is not None and not 0 < len(did) <= max_length:
+            raise DataError(f"ids must be non-empty strings of at most {max_length} characters",
+                            Location(item=did[:80]))
+    if len(set(ids)) != len(ids):
+        raise DataError("id appears more than once in this batch; ids must be unique", Location(item=first_repeat(ids)))
+    dup = next((i for i in ids if i in existing), None)
+    if dup is not None:
+        raise DataError("id is already in the index; ids must be unique", Location(item=dup))
 
 
 @dataclass(frozen=True)

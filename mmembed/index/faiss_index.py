@@ -27,13 +27,12 @@ from mmembed.fileio import atomic_directory
 from mmembed.index.base import (
     IndexManifest,
     SearchResult,
-    VectorIndex,
     check_expected,
+    check_new_ids,
     ids_fingerprint,
     read_manifest,
 )
 from mmembed.index.integrity import check_retrieval_siblings
-from mmembed.types import first_repeat
 from mmembed.version import __version__
 
 log = logging.getLogger(__name__)
@@ -225,18 +224,9 @@ class FaissIndex:
             self._id_set.update(ids)
 
     def _check_new_ids(self, ids: list[str]) -> None:
-        bad = next((i for i in ids if not isinstance(i, str)), None)
-        if bad is not None:
-            raise DataError(f"ids must be strings, got {type(bad).__name__} {bad!r}", Location(item=str(bad)))
-        new = set(ids)
-        if len(new) != len(ids):
-            dup = first_repeat(ids)
-            raise DataError("id appears more than once in this batch; ids must be unique", Location(item=dup))
         if self._id_set is None:
             self._id_set = set(self._ids)
-        if not new.isdisjoint(self._id_set):
-            dup = next(i for i in ids if i in self._id_set)
-            raise DataError("id is already in the index; ids must be unique", Location(item=dup))
+        check_new_ids(ids, self._id_set)
 
     # --- searching ------------------------------------------------------------------------
 
@@ -293,18 +283,16 @@ class FaissIndex:
 
     @classmethod
     def load(cls, directory: str | os.PathLike, *, expected_dim: int | None = None,
-             expected_encoder_id: str | None = None) -> FaissIndex | VectorIndex:
+             expected_encoder_id: str | None = None) -> FaissIndex:
         """Read a saved index; refuse one for another dimension/encoder or with inconsistent files.
 
-        An index saved by another engine (``manifest.json`` names it) is opened by that engine,
-        so callers written against FAISS also read a Milvus index.
+        :func:`mmembed.index.load_index` opens an index of any engine.
         """
         directory = Path(directory)
         manifest = read_manifest(directory)
         if manifest.engine != ENGINE:
-            from mmembed.index import load_index
-
-            return load_index(directory, expected_dim=expected_dim, expected_encoder_id=expected_encoder_id)
+            raise IndexMismatchError(f"{directory}: manifest describes a {manifest.engine!r} index, not {ENGINE!r}; "
+                                     "open any saved index with mmembed.index.load_index")
         check_expected(manifest, directory, expected_dim=expected_dim, expected_encoder_id=expected_encoder_id)
         if manifest.dtype not in DTYPES:
             raise IndexMismatchError(

@@ -29,12 +29,18 @@ from typing import Any
 
 import numpy as np
 
-from mmembed.errors import ConfigError, DataError, IndexMismatchError, Location, MissingDependencyError
+from mmembed.errors import ConfigError, DataError, IndexMismatchError, MissingDependencyError
 from mmembed.fileio import atomic_directory
-from mmembed.index.base import IndexManifest, SearchResult, check_expected, ids_fingerprint, read_manifest
+from mmembed.index.base import (
+    IndexManifest,
+    SearchResult,
+    check_expected,
+    check_new_ids,
+    ids_fingerprint,
+    read_manifest,
+)
 from mmembed.index.faiss_index import IDS_FILE, _check_finite, _matrix, _read_ids, _write_ids
 from mmembed.index.integrity import check_retrieval_siblings
-from mmembed.types import first_repeat
 from mmembed.version import __version__
 
 log = logging.getLogger(__name__)
@@ -218,16 +224,7 @@ class MilvusIndex:
         self._id_set.update(ids)
 
     def _check_new_ids(self, ids: list[str]) -> None:
-        bad = next((i for i in ids if not isinstance(i, str) or not i or len(i) > MAX_ID_LENGTH), None)
-        if bad is not None:
-            raise DataError(f"ids must be non-empty strings of at most {MAX_ID_LENGTH} characters",
-                            Location(item=str(bad)[:80]))
-        if len(set(ids)) != len(ids):
-            raise DataError("id appears more than once in this batch; ids must be unique",
-                            Location(item=first_repeat(ids)))
-        dup = next((i for i in ids if i in self._id_set), None)
-        if dup is not None:
-            raise DataError("id is already in the index; ids must be unique", Location(item=dup))
+        check_new_ids(ids, self._id_set, max_length=MAX_ID_LENGTH)
 
     def build_index(self) -> None:
         """Build the vector index (chosen by size unless given) and load the collection for search."""

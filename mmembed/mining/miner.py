@@ -27,9 +27,7 @@ import numpy as np
 
 from mmembed.data.layout import MBEIRDirectory, TaskFiles, check_task_queries
 from mmembed.data.mbeir import query_to_dict, read_candidates, read_queries
-from mmembed.encoders.base import Encoder, Item, as_items
-from mmembed.errors import ConfigError, DataError, Location
-from mmembed.eval.pool_cache import (
+from mmembed.embeddings.pool_cache import (
     IMAGE_FINGERPRINTS,
     MODALITY_CODES,
     EmbeddedPool,
@@ -38,6 +36,8 @@ from mmembed.eval.pool_cache import (
     candidate_image_paths,
     file_sha256,
 )
+from mmembed.encoders.base import Encoder, Item, as_items
+from mmembed.errors import ConfigError, DataError, Location
 from mmembed.index.faiss_index import FaissIndex
 from mmembed.instructions import INSTRUCTION_MODES
 from mmembed.mining.folds import check_fold, fold_of
