@@ -34,6 +34,12 @@ def one_thread():
 
 
 @pytest.fixture
+def fresh_truncation_warnings(monkeypatch):
+    """Encoders warn about truncation once per process; a test using this sees its own first warning."""
+    monkeypatch.setattr("mmembed.encoders.inputs._warned_truncation", set())
+
+
+@pytest.fixture
 def toy_dir(tmp_path: Path) -> Path:
     return make_toy_mbeir(tmp_path / "toy")
 

@@ -12,7 +12,6 @@ from PIL import Image
 
 from mmembed.encoders.base import Item
 from mmembed.encoders.clip import CLIPEncoder, fuse
-from mmembed.encoders.common import reset_truncation_warnings
 from mmembed.encoders.prompts import uniir_query_text
 from mmembed.encoders.registry import load_encoder
 from mmembed.errors import DataError, ModelError
@@ -89,12 +88,11 @@ def test_save_load_round_trip_is_identical_and_type_checked(encoders, family, tm
         VLMEncoder.from_pretrained(tmp_path / "ck")
 
 
-def test_bad_input_and_truncation(encoders, caplog):
-    reset_truncation_warnings()
+def test_bad_input_and_truncation(encoders, caplog, fresh_truncation_warnings):
     enc = encoders["clip"]
     with pytest.raises(DataError, match="'nothing'"):
         enc.encode_candidates([Item("nothing")])
-    with caplog.at_level(logging.WARNING, logger="mmembed.encoders.common"):
+    with caplog.at_level(logging.WARNING, logger="mmembed.encoders.inputs"):
         rows = enc.encode_candidates([Item(f"long{i}", "a dog on a tree " * 40) for i in range(3)])
         enc.encode_candidates([Item("long9", "a dog on a tree " * 40)])
     assert sum("truncated" in r.getMessage() for r in caplog.records) == 1

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from mmembed.encoders.base import Item
-from mmembed.encoders.common import clip_to_tokens
+from mmembed.encoders.inputs import clip_to_tokens
 from mmembed.encoders.registry import load_encoder
 
 

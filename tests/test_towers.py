@@ -12,7 +12,7 @@ from PIL import Image
 
 from mmembed.data.images import LazyImage
 from mmembed.encoders.base import Encoder, Item
-from mmembed.encoders.common import BatchedEncoder, reset_truncation_warnings
+from mmembed.encoders.batching import BatchedEncoder
 from mmembed.encoders.registry import load_encoder, registered_types
 from mmembed.errors import ConfigError, DataError, ImageError, MissingDependencyError, ModelError
 
@@ -66,9 +66,9 @@ def test_it_is_an_encoder(towers, fusion):
 
 
 @pytest.mark.parametrize("which", ["towers", "fusion"])
-def test_text_candidates_match_sentence_transformers(which, towers, fusion, sentence_transformer, caplog):
+def test_text_candidates_match_sentence_transformers(which, towers, fusion, sentence_transformer, caplog,
+                                                    fresh_truncation_warnings):
     encoder = towers if which == "towers" else fusion
-    reset_truncation_warnings()
     with caplog.at_level(logging.WARNING, logger="mmembed"):
         ours = encoder.encode_candidates([Item(str(i), t) for i, t in enumerate(TEXTS)], batch_size=3)
         encoder.encode_candidates([Item("again", TEXTS[-1])])

@@ -11,8 +11,7 @@ from PIL import Image
 
 from mmembed.data.images import LazyImage
 from mmembed.encoders.base import Item
-from mmembed.encoders.bidirectional import is_bidirectional, set_bidirectional
-from mmembed.encoders.common import reset_truncation_warnings
+from mmembed.encoders.bidirectional import set_bidirectional
 from mmembed.encoders.prompts import build_prompt, count_prefix_tokens
 from mmembed.encoders.registry import load_encoder
 from mmembed.encoders.vlm import VLMEncoder
@@ -123,7 +122,7 @@ def test_bidirectional_attention_lets_tokens_see_later_tokens(encoders, family):
         with torch.no_grad():
             causal, _ = enc.adapter.hidden_states(inputs)
             set_bidirectional(lm, True)
-            assert is_bidirectional(lm)
+            assert not lm.config.is_causal
             bidir, _ = enc.adapter.hidden_states(inputs)
     finally:
         set_bidirectional(lm, False)
@@ -195,11 +194,10 @@ def test_bad_input_errors_name_the_item(encoders, tmp_path):
         enc.encode_candidates([Item("pic-7", "x", LazyImage(broken, "pic-7"))])
 
 
-def test_long_text_is_truncated_with_one_warning(tiny_dirs, caplog):
-    reset_truncation_warnings()
+def test_long_text_is_truncated_with_one_warning(tiny_dirs, caplog, fresh_truncation_warnings):
     enc = VLMEncoder.from_hf(tiny_dirs["qwen2_vl"], pooling="last", max_length=16)
     long = [Item(f"long{i}", "a dog on a tree near the river " * 20, MIXED[0].image) for i in range(3)]
-    with caplog.at_level(logging.WARNING, logger="mmembed.encoders.common"):
+    with caplog.at_level(logging.WARNING, logger="mmembed.encoders.inputs"):
         rows = enc.encode_candidates(long)
         enc.encode_queries(long, "Find it")
     assert sum("truncated" in r.getMessage() for r in caplog.records) == 1

@@ -19,7 +19,7 @@ _LAZY = {
     "registered_types": "mmembed.encoders.registry",
     "named_models": "mmembed.encoders.registry",
     "encoder_class": "mmembed.encoders.registry",
-    "BatchedEncoder": "mmembed.encoders.common",
+    "BatchedEncoder": "mmembed.encoders.batching",
     "TowersEncoder": "mmembed.encoders.towers",
     "FusionTowersEncoder": "mmembed.encoders.towers_fusion",
     "FeatureCache": "mmembed.encoders.image_cache",

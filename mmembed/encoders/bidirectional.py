@@ -39,7 +39,3 @@ def set_bidirectional(language_model: nn.Module, enabled: bool = True) -> int:
                        "the config flag alone", type(language_model).__name__)
     return changed
 
-
-def is_bidirectional(language_model: nn.Module) -> bool:
-    """Whether :func:`set_bidirectional` (or an equivalent config) made the model non-causal."""
-    return not getattr(language_model.config, "is_causal", True)

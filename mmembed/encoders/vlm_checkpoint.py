@@ -31,7 +31,8 @@ from typing import Any
 
 import torch
 
-from mmembed.encoders.common import load_checkpoint, load_state_strict, require_module, save_checkpoint
+from mmembed.dependencies import require_module
+from mmembed.encoders.checkpoint import load_checkpoint, load_state_strict, save_checkpoint
 from mmembed.errors import ConfigError, ModelError
 
 ADAPTER_DIR = "adapter"

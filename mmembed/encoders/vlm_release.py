@@ -48,7 +48,8 @@ from typing import Any
 
 import torch
 
-from mmembed.encoders.common import quiet_transformers, resolve_device, resolve_dtype
+from mmembed.dependencies import quiet_transformers
+from mmembed.encoders.devices import resolve_device, resolve_dtype
 from mmembed.encoders.folders import is_kind, read_folder_config
 from mmembed.encoders.pooling import LatentAttentionPooler
 from mmembed.errors import ModelError

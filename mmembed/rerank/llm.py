@@ -39,7 +39,7 @@ import numpy as np
 import torch
 
 from mmembed.encoders.base import Item
-from mmembed.encoders.common import resolve_device, resolve_dtype
+from mmembed.encoders.devices import resolve_device, resolve_dtype
 from mmembed.errors import ConfigError, DataError, Location, ModelError
 from mmembed.rerank.base import (
     BaseReranker,

@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from mmembed.encoders.common import quiet_transformers
+from mmembed.dependencies import quiet_transformers
 from mmembed.errors import MissingDependencyError, ModelError
 from mmembed.fileio import atomic_directory, file_sha256, user_cache_dir, write_json
 

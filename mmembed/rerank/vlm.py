@@ -41,8 +41,10 @@ import torch
 from PIL import Image
 
 from mmembed.data.images import as_pil
+from mmembed.dependencies import quiet_transformers
 from mmembed.encoders.base import Item
-from mmembed.encoders.common import check_items, quiet_transformers, resolve_device, resolve_dtype
+from mmembed.encoders.devices import resolve_device, resolve_dtype
+from mmembed.encoders.inputs import check_items
 from mmembed.encoders.vlm_families import adapter_class, positions_from_mask
 from mmembed.errors import ConfigError, ModelError
 from mmembed.rerank.base import BaseReranker, TextTruncator, aligned_pairs, batches, progress_bar

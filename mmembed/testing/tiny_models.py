@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from mmembed.encoders.common import quiet_transformers
+from mmembed.dependencies import quiet_transformers
 
 logger = logging.getLogger(__name__)
 

@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from mmembed.encoders.common import package_version
+from mmembed.dependencies import package_version
 from mmembed.errors import ConfigError
 from mmembed.fileio import write_json
 from mmembed.version import __version__
@@ -139,19 +139,6 @@ def write_rng(directory: Path, states: list[tuple[dict, dict[str, torch.Tensor]]
     write_json(directory / "rng.json", {"world_size": len(states), "ranks": [s[0] for s in states]})
     save_file({f"rank{r}.{k}": v.contiguous() for r, s in enumerate(states) for k, v in s[1].items()},
               str(directory / "rng.safetensors"))
-
-
-def read_rng(directory: Path, rank: int) -> tuple[dict, dict[str, torch.Tensor]] | None:
-    """The RNG state saved for ``rank`` (``None`` when the run was saved with fewer processes)."""
-    from safetensors.torch import load_file
-
-    meta = json.loads((directory / "rng.json").read_text(encoding="utf-8"))
-    if rank >= meta["world_size"]:
-        return None
-    prefix = f"rank{rank}."
-    tensors = {k.removeprefix(prefix): v for k, v in load_file(str(directory / "rng.safetensors")).items()
-               if k.startswith(prefix)}
-    return meta["ranks"][rank], tensors
 
 
 # ----------------------------------------------------------------------------- tensors and states

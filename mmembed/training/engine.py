@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from mmembed.encoders.common import require_module
+from mmembed.dependencies import require_module
 from mmembed.errors import ConfigError
 from mmembed.training.config import OptimSettings, TrainConfig
 from mmembed.training.embedding_module import INNER
