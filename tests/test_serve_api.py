@@ -183,9 +183,12 @@ def test_query_errors(serve):
     assert_error(search(client, text="x" * 51), 422, "text_too_long", "51 characters", "limit is 50")
     assert_error(search(client, text="red", instruction="y" * 51), 422, "text_too_long", "instruction")
     assert_error(search(client, text="red", k=21), 422, "invalid_k", "between 1 and 20")
-    body = assert_error(search(client, text="red", k=0), 422, "invalid_request", "k:")
+    assert_error(search(client, text="red", k=0), 422, "invalid_k", "between 1 and 20, got 0")
+    # the service's limit is named, not a parser bound (was "less than or equal to 10000")
+    body = assert_error(search(client, text="red", k=10001), 422, "invalid_k", "between 1 and 20, got 10001")
+    assert "10000" not in body["detail"].replace("10001", "")
+    body = assert_error(search(client, text="red", k="many"), 422, "invalid_request", "k:")
     assert body["fields"][0]["field"] == "k"
-    assert_error(search(client, text="red", k="many"), 422, "invalid_request", "k:")
     assert_error(search(client, text="red", rerank=True), 409, "no_reranker", "--rerank")
 
 
@@ -254,10 +257,12 @@ def test_embed_errors(serve):
     assert_error(post({"items": [{"image_base64": "***"}]}), 422, "invalid_base64", "item 0")
     big = base64.b64encode(png((64, 64), noise=True)).decode()
     assert_error(post({"items": [{"image_base64": big}]}), 413, "image_too_large", "item 0")
-    assert_error(post({"items": []}), 422, "invalid_request", "items")
+    assert_error(post({"items": []}), 422, "empty_input", "no items given")
     assert_error(post({"items": [{"text": "a"}], "colour": "red"}), 422, "invalid_request", "colour")
-    response = client.post("/api/v1/embed", content=b"{not json", headers={"content-type": "application/json"})
-    assert_error(response, 422, "invalid_request", "JSON")
+    response = client.post("/api/v1/embed", content=b'{"items": [{"text": "a"}],\n  oops}',
+                           headers={"content-type": "application/json"})
+    body = assert_error(response, 400, "invalid_request", "not valid JSON", "at character 29")
+    assert "fields" not in body  # no field named after the character offset (was "32: JSON decode error")
 
 
 # --------------------------------------------------------------------------- candidates
@@ -412,12 +417,14 @@ def test_cli_settings_from_flags_config_and_environment(tmp_path, monkeypatch):
 
 
 def test_cli_attaches_the_reranker_of_a_rerank_config(index_dir, tmp_path, monkeypatch):
-    from mmembed.cli.serve import load_reranker, load_retriever
+    from mmembed.cli.main import build_parser
+    from mmembed.cli.serve import load_reranker, load_served
 
     built = []
     monkeypatch.setattr("mmembed.rerank.build_reranker", lambda config: built.append(config) or ImagesFirstReranker())
-    monkeypatch.setattr("mmembed.encoders.registry.load_encoder", lambda spec: ToyEncoder())
+    monkeypatch.setattr("mmembed.encoders.registry.load_encoder", lambda spec, **settings: ToyEncoder())
     (tmp_path / "rerank.yaml").write_text("model: smollm2\ntop_k: 5\n")
-    retriever = load_retriever(str(index_dir), load_reranker(str(tmp_path / "rerank.yaml")))
+    retriever = load_served(build_parser().parse_args(["serve", str(index_dir), "--rerank",
+                                                       str(tmp_path / "rerank.yaml")]))
     assert built[0].top_k == 5 and isinstance(retriever.reranker, ImagesFirstReranker)
     assert load_reranker(None) is None

@@ -260,7 +260,10 @@ def test_client_raises_service_errors_for_every_failure(index_dir, tmp_path):
 
     with TestClient(app_over(index_dir), base_url="http://localhost") as http:
         client = Client(http=http)
-        for call in (lambda: client.search("red", k=0), lambda: client.embed([]), lambda: client.search(),
+        with pytest.raises(ServiceError) as caught:
+            client.search("red", k=0)  # the service's own limit, from the service
+        assert caught.value.error == "invalid_k" and caught.value.status == 422
+        for call in (lambda: client.embed([]), lambda: client.search(),
                      lambda: client.embed([tmp_path / "missing.png"]), lambda: client.embed([{"txt": "a"}])):
             with pytest.raises(ServiceError) as caught:
                 call()

@@ -68,7 +68,7 @@ def test_openai_client_embeds_text_and_images(index_dir):
         assert "not trained for truncation" in caught.value.message and "64" in caught.value.message
         with pytest.raises(openai.NotFoundError) as caught:
             client.embeddings.create(model="text-embedding-3-small", input="blue")
-        assert "toy-encoder-v1" in caught.value.message
+        assert "'toy'" in caught.value.message and "may be left out" in caught.value.message
         with pytest.raises(openai.AuthenticationError):
             openai.OpenAI(base_url=f"{url}/v1", api_key="wrong", max_retries=0).embeddings.create(
                 model="toy", input="blue")
@@ -85,7 +85,9 @@ def test_embeddings_errors_are_openai_shaped(index_dir):
             (post(input=["a"] * 4), 422, "too_many_items", "limit is 3"),
             (post(input=[]), 422, "empty_input", "non-empty"),
             (post(input=[{}]), 422, "empty_item", "input 0"),
-            (post(input="a", instruction="x"), 400, "invalid_request", "input_type='query'"),
+            (post(input="a", instruction="x", input_type="document"), 422, "invalid_request", "without an instruction"),
+            (post(input="a", model="toy-query", input_type="document"), 422, "invalid_request", "drop one of them"),
+            (post(input=5), 422, "invalid_request", "input: expected a string, or a list of strings"),
             (post(input="a", encoding_format="int8"), 422, "invalid_request", "encoding_format"),
             (post(input=[{"image": "data:image/png;base64,***"}]), 422, "invalid_base64", "input 0"),
             (post(input=[{"image": data_url(b"not an image")}]), 415, "unsupported_image_type", "input 0"),

@@ -42,15 +42,10 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from mmembed.errors import ConfigError, DataError, MMEmbedError
 from mmembed.serve import compat
+from mmembed.serve.checks import RawInput, check_embedding
 from mmembed.serve.engine import SearchService
-from mmembed.serve.limits import (
-    ApiError,
-    Upload,
-    b64_upload,
-    check_search,
-    check_text,
-    check_upload_size,
-)
+from mmembed.serve.limits import ApiError, Upload, check_search, check_upload_size
+from mmembed.serve.metrics import CONTENT_TYPE, Metrics, MetricsMiddleware
 from mmembed.serve.middleware import RequestGuard, SecurityHeaders, error_response, is_openai_path
 from mmembed.serve.models import (
     API_KEY_HEADER,
@@ -59,11 +54,12 @@ from mmembed.serve.models import (
     EmbedRequest,
     EmbedResponse,
     ErrorResponse,
-    FieldProblem,
     Health,
     IndexInfo,
     OpenAIEmbeddingRequest,
     OpenAIEmbeddingResponse,
+    OpenAIModel,
+    OpenAIModelList,
     Readiness,
     RerankRequest,
     RerankResponse,
@@ -72,6 +68,7 @@ from mmembed.serve.models import (
     TaskInfo,
 )
 from mmembed.serve.settings import ServeSettings, accepted_hosts
+from mmembed.serve.validation import validation_error
 from mmembed.version import __version__
 
 logger = logging.getLogger(__name__)
@@ -85,24 +82,37 @@ _ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorResponse} for c
 
 
 class ServiceState:
-    """The service of an app, or why there is none yet (loading, or failed to load)."""
+    """The service of an app, or why there is none yet (loading, or failed to load).
+
+    ``source`` is what to serve now (a :class:`~mmembed.retrieval.Retriever` or an
+    :class:`~mmembed.serve.backend.EmbeddingModel`), a retrieval directory to load, or ``None``
+    with ``load`` building what to serve (``mmembed serve --model NAME``)."""
 
     def __init__(self, source: Any, settings: ServeSettings, encoder_spec: str | None = None,
-                 load: Callable[[Path], Any] | None = None, on_load_error: Callable[[str], None] | None = None):
+                 load: Callable[..., Any] | None = None, on_load_error: Callable[[str], None] | None = None):
         self.settings = settings
-        self._load_retriever = load
+        self.encoder_spec = encoder_spec
+        self._load_source = load
         self._on_load_error = on_load_error
         self.directory: Path | None = None
         self.service: SearchService | None = None
         self.error: str | None = None
         self._thread: threading.Thread | None = None
+        self.metrics = Metrics(lambda: self.service.admission.in_flight if self.service is not None else 0)
+        self.started_at = int(time.time())
         if isinstance(source, (str, os.PathLike)):
             self.directory = Path(source)
-        else:
-            self.service = SearchService(source, settings, encoder_spec=encoder_spec)
+        elif source is not None:
+            self._serve(source)
+        elif load is None:
+            raise ConfigError("create_app needs a retriever, a model, a retrieval directory or a load function")
+
+    def _serve(self, source: Any) -> None:
+        self.service = SearchService(source, self.settings, encoder_spec=self.encoder_spec, metrics=self.metrics)
+        self.metrics.ready.set(1)
 
     def start_loading(self) -> None:
-        if self.service is not None or self.directory is None or self._thread is not None:
+        if self.service is not None or self._thread is not None:
             return
         self._thread = threading.Thread(target=self._load, name="mmembed-load", daemon=True)
         self._thread.start()
@@ -110,19 +120,25 @@ class ServiceState:
     def _load(self) -> None:
         from mmembed.retrieval import Retriever, read_retrieval_manifest
 
-        assert self.directory is not None
+        what = f"the index {self.directory}" if self.directory is not None else "the model"
         started = time.perf_counter()
         try:
-            spec = read_retrieval_manifest(self.directory)["encoder"]
-            retriever = (self._load_retriever or Retriever.load)(self.directory)
-            self.service = SearchService(retriever, self.settings, encoder_spec=spec)
+            if self.directory is not None:
+                self.encoder_spec = self.encoder_spec or read_retrieval_manifest(self.directory)["encoder"]
+                source = (self._load_source or Retriever.load)(self.directory)
+            else:
+                assert self._load_source is not None
+                source = self._load_source()
+            self._serve(source)
         except Exception as e:  # reported by readiness; the details go to the log only
-            logger.exception("cannot load the index %s", self.directory)
-            self.error = f"the index could not be loaded ({type(e).__name__}); see the service log"
+            logger.exception("cannot load %s", what)
+            self.error = f"{what.split(' ', 2)[1]} could not be loaded ({type(e).__name__}); see the service log"
             if self._on_load_error is not None:
                 self._on_load_error(f"{type(e).__name__}: {e}")
             return
-        logger.info("index %s loaded in %.1f s", self.directory, time.perf_counter() - started)
+        seconds = time.perf_counter() - started
+        self.metrics.load_seconds.set(seconds)
+        logger.info("%s loaded in %.1f s", what, seconds)
 
     def readiness(self) -> Readiness:
         service = self.service
@@ -130,7 +146,7 @@ class ServiceState:
             return Readiness(ready=True, status="ready", in_flight=service.admission.in_flight,
                              capacity=service.admission.capacity)
         status = "failed" if self.error else "loading"
-        return Readiness(ready=False, status=status, detail=self.error or "the index is loading",
+        return Readiness(ready=False, status=status, detail=self.error or "the model is loading",
                          in_flight=0, capacity=self.settings.capacity)
 
     def close(self) -> None:
@@ -176,20 +192,31 @@ Service = Annotated[SearchService, Depends(get_service)]
 # --------------------------------------------------------------------------- routes
 
 
+def _health() -> Health:
+    return Health(version=__version__)
+
+
+def _ready(request: Request) -> Any:
+    readiness = _state(request).readiness()
+    if not readiness.ready:
+        return JSONResponse(readiness.model_dump(), status_code=503, headers={"Retry-After": "1"})
+    return readiness
+
+
 def _public_routes() -> APIRouter:
-    router = APIRouter(prefix=API_PREFIX, tags=["status"])
+    """Health and readiness (under the API prefix, and at the root where TEI, vLLM and Kubernetes
+    probes look), and the metrics; no key needed."""
+    router = APIRouter(tags=["status"])
+    for prefix in (API_PREFIX, ""):
+        router.add_api_route(f"{prefix}/health", _health, response_model=Health,
+                             summary="Liveness: the process answers")
+        router.add_api_route(f"{prefix}/ready", _ready, response_model=Readiness, responses={503: {"model": Readiness}},
+                             summary="Readiness: the model (and index) are loaded")
 
-    @router.get("/health", response_model=Health, summary="Liveness: the process answers")
-    def health() -> Health:
-        return Health(version=__version__)
-
-    @router.get("/ready", response_model=Readiness, summary="Readiness: the index is loaded",
-                responses={503: {"model": Readiness}})
-    def ready(request: Request) -> Any:
-        readiness = _state(request).readiness()
-        if not readiness.ready:
-            return JSONResponse(readiness.model_dump(), status_code=503, headers={"Retry-After": "1"})
-        return readiness
+    @router.get("/metrics", response_class=Response, summary="Prometheus metrics (text format)",
+                responses={200: {"content": {CONTENT_TYPE: {}}}})
+    def metrics(request: Request) -> Response:
+        return Response(_state(request).metrics.exposition(), media_type=CONTENT_TYPE)
 
     return router
 
@@ -219,6 +246,7 @@ def _api_routes() -> APIRouter:
     async def search(request: Request, service: Service, query: Annotated[SearchQuery, Form()],
                      image: Annotated[UploadFile | None, File(description="query image (PNG, JPEG, WebP, GIF, BMP)")]
                      = None) -> SearchResponse:
+        service.require_index("search")
         upload = await _read_upload(image, service.settings)
         check_search(query, upload is not None, service.settings)
         instruction = service.resolve_instruction(query.instruction, query.task)
@@ -228,8 +256,10 @@ def _api_routes() -> APIRouter:
 
     @router.post("/embed", response_model=EmbedResponse, tags=["search"], summary="Embed queries or candidates")
     async def embed(request: Request, service: Service, body: EmbedRequest) -> EmbedResponse:
-        texts, uploads, instruction = _check_embed(body, service)
-        job, result = await service.call(lambda: service.embed_job(texts, uploads, body.kind, instruction))
+        inputs = check_embedding([RawInput(item.text, item.image_base64) for item in body.items], body.kind,
+                                 body.instruction, body.task, service)
+        job, result = await service.call(lambda: service.embed_job(inputs.texts, inputs.uploads, inputs.kind,
+                                                                   inputs.instruction))
         return service.embed_response(job, result, _arrival(request))
 
     @router.get("/candidates/{candidate_id:path}/image", tags=["candidates"], summary="A candidate's image (PNG)",
@@ -253,13 +283,21 @@ def _compat_routes() -> APIRouter:
     router = APIRouter(prefix="/v1", dependencies=[Depends(require_api_key)], tags=["compatible"],
                        responses=_ERRORS)
 
+    @router.get("/models", response_model=OpenAIModelList, summary="The served model names (OpenAI / vLLM)")
+    def models(request: Request, service: Service) -> OpenAIModelList:
+        root = service.encoder_spec or service.encoder.encoder_id
+        created = _state(request).started_at
+        return OpenAIModelList(data=[OpenAIModel(id=name, created=created, root=root,
+                                                 input_type=compat.choose_model(name, service).input_type)
+                                     for name in compat.served_names(service)])
+
     @router.post("/embeddings", response_model=OpenAIEmbeddingResponse,
                  summary="OpenAI's embeddings API, with image inputs, input_type and instruction")
     async def embeddings(service: Service, body: OpenAIEmbeddingRequest) -> OpenAIEmbeddingResponse:
-        request = compat.embedding_request(body, service)
+        choice, request = compat.embedding_request(body, service)
         job, result = await service.call(lambda: service.embed_job(request.texts, request.uploads, request.kind,
                                                                     request.instruction))
-        return compat.embedding_response(body, result.value, request, service)
+        return compat.embedding_response(body, result.value, request, choice, service)
 
     @router.post("/rerank", response_model=RerankResponse,
                  summary="Rerank documents for a query (Cohere / Jina / TEI shape); needs a reranker")
@@ -285,27 +323,6 @@ async def _read_upload(image: UploadFile | None, settings: ServeSettings) -> Upl
     return Upload(data)
 
 
-def _check_embed(body: EmbedRequest,
-                 service: SearchService) -> tuple[list[str | None], list[Upload | None], str | None]:
-    settings = service.settings
-    if len(body.items) > settings.max_embed_items:
-        raise ApiError(422, "too_many_items", f"{len(body.items)} items; the limit is {settings.max_embed_items}")
-    if body.kind == "candidate" and (body.instruction or body.task):
-        raise ApiError(422, "invalid_request", "candidates are embedded without an instruction")
-    if body.instruction is not None and body.task is not None:
-        raise ApiError(422, "invalid_request", "give an instruction or a task, not both")
-    check_text(body.instruction, "instruction", settings)
-    texts, uploads = [], []
-    for i, item in enumerate(body.items):
-        if item.text is None and item.image_base64 is None:
-            raise ApiError(422, "empty_item", f"item {i} has neither text nor an image")
-        check_text(item.text, f"the text of item {i}", settings)
-        texts.append(item.text)
-        uploads.append(None if item.image_base64 is None else b64_upload(item.image_base64, f"image of item {i}",
-                                                                           settings))
-    return texts, uploads, service.resolve_instruction(body.instruction, body.task)
-
-
 def _arrival(request: Request) -> float:
     return float(request.scope.get("mmembed.arrival", time.perf_counter()))
 
@@ -324,10 +341,8 @@ def _install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
-        fields = [FieldProblem(field=".".join(str(p) for p in e.get("loc", ()) if p not in ("body", "query", "path")),
-                               message=str(e.get("msg", "invalid"))) for e in exc.errors()]
-        detail = "; ".join(f"{f.field or 'request'}: {f.message}" for f in fields) or "invalid request"
-        return error_response(422, "invalid_request", detail, fields=fields, openai=is_openai_path(request.scope))
+        status, detail, fields = validation_error(exc.errors())
+        return error_response(status, "invalid_request", detail, fields=fields, openai=is_openai_path(request.scope))
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -378,15 +393,17 @@ def _public_message(exc: MMEmbedError) -> str:
 # --------------------------------------------------------------------------- the app
 
 
-def create_app(retriever_or_dir: Any, settings: ServeSettings | None = None, *,
-               encoder_spec: str | None = None, load: Callable[[Path], Any] | None = None,
+def create_app(source: Any = None, settings: ServeSettings | None = None, *,
+               encoder_spec: str | None = None, load: Callable[..., Any] | None = None,
                on_load_error: Callable[[str], None] | None = None) -> FastAPI:
-    """The service over a :class:`~mmembed.retrieval.Retriever` (served at once) or a retrieval
-    directory (loaded in the background when the app starts, by ``load`` when given, e.g. to attach
-    a reranker; its encoder spec is read from it). ``encoder_spec`` names the encoder of a given
-    retriever in the info route; ``on_load_error`` is told when loading fails."""
+    """The service over a :class:`~mmembed.retrieval.Retriever` or an
+    :class:`~mmembed.serve.backend.EmbeddingModel` (served at once), a retrieval directory (loaded
+    in the background when the app starts, by ``load(directory)`` when given, e.g. to attach a
+    reranker; its encoder spec is read from it), or nothing, with ``load()`` building what to serve
+    in the background. ``encoder_spec`` names the encoder (info route, ``/v1/models``);
+    ``on_load_error`` is told when loading fails."""
     settings = settings or ServeSettings()
-    state = ServiceState(retriever_or_dir, settings, encoder_spec, load, on_load_error)
+    state = ServiceState(source, settings, encoder_spec, load, on_load_error)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI):
@@ -407,6 +424,7 @@ def create_app(retriever_or_dir: Any, settings: ServeSettings | None = None, *,
     app.add_middleware(RequestGuard, max_bytes=settings.max_request_bytes, hosts=accepted_hosts(settings),
                        body_timeout_s=settings.body_timeout_s)
     app.add_middleware(SecurityHeaders)
+    app.add_middleware(MetricsMiddleware, metrics=state.metrics)
     return app
 
 

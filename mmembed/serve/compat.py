@@ -5,6 +5,10 @@
 the way multimodal embedding APIs do: a list item may be ``{"text": ..., "image": ...}`` with the
 image as a data URL or base64 (URLs are never fetched), ``input_type`` says whether inputs are
 queries or documents (candidates), and queries may carry an ``instruction`` or a ``task``.
+
+``model`` may be left out (one model is served) and the answer echoes the name asked for. Clients
+that cannot send extra fields (LangChain's ``OpenAIEmbeddings``) pick queries or documents by the
+model name: ``NAME-query`` / ``NAME-document`` (see :func:`served_names`).
 """
 
 from __future__ import annotations
@@ -15,7 +19,8 @@ from typing import Any
 
 import numpy as np
 
-from mmembed.serve.limits import ApiError, Upload, b64_upload, check_text
+from mmembed.serve.checks import EmbeddingInputs, RawInput, check_embedding
+from mmembed.serve.limits import ApiError, check_text
 from mmembed.serve.models import (
     OpenAIEmbedding,
     OpenAIEmbeddingRequest,
@@ -27,76 +32,131 @@ from mmembed.serve.models import (
     RerankResponse,
     RerankResultItem,
 )
+from mmembed.serve.settings import INPUT_TYPE_SUFFIXES
 
-#: Model names every service answers to, besides its encoder's id and spec.
+#: Model names every service answers to, besides its served names, its encoder's id and spec.
 GENERIC_MODEL = "mmembed"
+#: tiktoken's encoding of OpenAI's embedding models: what OpenAI clients (LangChain's
+#: ``OpenAIEmbeddings`` by default) send token arrays in.
+TOKEN_ENCODING = "cl100k_base"
+#: Where tiktoken fetches that encoding from; only its local cached copy is ever read here.
+TOKEN_ENCODING_URL = "https://openaipublic.blob.core.windows.net/encodings/cl100k_base.tiktoken"
 
 
 @dataclass(frozen=True)
-class EmbeddingInputs:
-    """A checked embeddings request, ready for the encoder."""
+class ModelChoice:
+    """The model a request named (echoed in the answer) and the input type its name implies."""
 
-    texts: list[str | None]
-    uploads: list[Upload | None]
-    kind: str
-    instruction: str | None
+    name: str
+    input_type: str | None
 
 
-def embedding_request(body: OpenAIEmbeddingRequest, service: Any) -> EmbeddingInputs:
-    check_model(body.model, service)
-    dim = service.retriever.encoder.dim
+def served_names(service: Any) -> list[str]:
+    """The names ``/v1/models`` lists: ``--served-model-name`` s (or the encoder spec), each also
+    as ``NAME-query`` and ``NAME-document``."""
+    names = service.settings.served_model_names or [service.encoder_spec or service.encoder.encoder_id]
+    return [variant for name in names for variant in (name, *(name + s for s in INPUT_TYPE_SUFFIXES))]
+
+
+def choose_model(model: str | None, service: Any) -> ModelChoice:
+    """The served model a request names (``None``: the first served name), or 404 naming them."""
+    names = served_names(service)
+    if model is None:
+        return ModelChoice(names[0], None)
+    aliases = {*names, service.encoder.encoder_id, GENERIC_MODEL, *([service.encoder_spec] if service.encoder_spec
+                                                                    else [])}
+    for suffix in INPUT_TYPE_SUFFIXES:
+        if model.endswith(suffix) and model.removesuffix(suffix) in aliases:
+            return ModelChoice(model, suffix[1:])
+    if model in aliases:
+        return ModelChoice(model, None)
+    raise ApiError(404, "model_not_found", f"this service serves the model {names[0]!r} (also "
+                                           f"{', '.join(repr(m) for m in [*names[1:], GENERIC_MODEL])}); not "
+                                           f"{model!r}. The model field may be left out")
+
+
+def embedding_request(body: OpenAIEmbeddingRequest, service: Any) -> tuple[ModelChoice, EmbeddingInputs]:
+    choice = choose_model(body.model, service)
+    dim = service.encoder.dim
     if body.dimensions is not None and body.dimensions != dim:
         raise ApiError(400, "dimensions_not_supported",
                        f"this model's {dim}-dimensional embeddings are not trained for truncation (Matryoshka), "
                        f"so dimensions={body.dimensions} is refused; omit it or pass {dim}")
-    items = _input_items(body.input)
-    settings = service.settings
-    if not items:
-        raise ApiError(422, "empty_input", "input is empty; give a string or a non-empty list")
-    if len(items) > settings.max_embed_items:
-        raise ApiError(422, "too_many_items", f"{len(items)} inputs; the limit is {settings.max_embed_items}")
-    if body.input_type == "document" and (body.instruction or body.task):
-        raise ApiError(400, "invalid_request", "documents are embedded without an instruction; set "
-                                               "input_type='query' to embed queries with an instruction or task")
-    if body.instruction is not None and body.task is not None:
-        raise ApiError(400, "invalid_request", "give an instruction or a task, not both")
-    check_text(body.instruction, "instruction", settings)
-    texts, uploads = [], []
-    for i, item in enumerate(items):
-        if item.text is None and item.image is None:
-            raise ApiError(422, "empty_item", f"input {i} has neither text nor an image")
-        check_text(item.text, f"the text of input {i}", settings)
-        texts.append(item.text)
-        uploads.append(None if item.image is None else b64_upload(item.image, f"image of input {i}", settings))
-    kind = "query" if body.input_type == "query" else "candidate"
-    return EmbeddingInputs(texts, uploads, kind, service.resolve_instruction(body.instruction, body.task))
+    input_type = input_type_of(body.input_type, choice)
+    if input_type is None:
+        input_type = "query" if (body.instruction or body.task) else service.settings.default_input_type
+    kind = "query" if input_type == "query" else "candidate"
+    inputs = [RawInput(item.text, item.image) for item in _input_items(body.input)]
+    return choice, check_embedding(inputs, kind, body.instruction, body.task, service, noun="input")
 
 
-def check_model(model: str | None, service: Any) -> None:
-    served = {service.retriever.encoder.encoder_id, GENERIC_MODEL}
-    if service.encoder_spec:
-        served.add(service.encoder_spec)
-    if model is not None and model not in served:
-        raise ApiError(404, "model_not_found", f"this service serves the model {sorted(served)[0]!r} (also "
-                                               f"called {', '.join(repr(m) for m in sorted(served)[1:])}); "
-                                               f"not {model!r}")
+def input_type_of(requested: str | None, choice: ModelChoice) -> str | None:
+    if requested is not None and choice.input_type is not None and requested != choice.input_type:
+        raise ApiError(422, "invalid_request", f"the model {choice.name!r} embeds {choice.input_type}s, but "
+                                               f"input_type is {requested!r}; drop one of them")
+    return requested or choice.input_type
 
 
 def _input_items(value: Any) -> list[OpenAIInputItem]:
     if isinstance(value, str):
         return [OpenAIInputItem(text=value)]
-    if any(isinstance(v, (int, list)) for v in value):
-        raise ApiError(400, "token_input_not_supported", "token arrays are not accepted: this model has its own "
-                                                         "tokenizer; send strings")
+    if value and all(isinstance(v, int) for v in value):
+        value = [value]  # one token array
+    if any(isinstance(v, list) for v in value):
+        return [OpenAIInputItem(text=text) for text in decode_token_arrays(value)]
     return [OpenAIInputItem(text=v) if isinstance(v, str) else v for v in value]
 
 
+def decode_token_arrays(arrays: list[Any]) -> list[str]:
+    """Token arrays (OpenAI's ``cl100k_base`` ids) back to text, with the encoding tiktoken already
+    holds on this machine; it is never downloaded."""
+    if not all(isinstance(a, list) and all(isinstance(t, int) for t in a) for a in arrays):
+        raise ApiError(422, "invalid_request", "input mixes token arrays with other inputs; send strings "
+                                               "(or only token arrays)")
+    encoding = local_token_encoding()
+    if encoding is None:
+        raise ApiError(400, "token_input_not_supported",
+                       f"token arrays need tiktoken's {TOKEN_ENCODING} encoding, which this server does not "
+                       "have locally (it never downloads it); send strings: with LangChain's OpenAIEmbeddings "
+                       "set check_embedding_ctx_length=False")
+    try:
+        return [encoding.decode(array) for array in arrays]
+    except (KeyError, ValueError, OverflowError):
+        raise ApiError(422, "invalid_request", f"input holds token ids that are not {TOKEN_ENCODING} tokens") from None
+
+
+def local_token_encoding() -> Any:
+    """tiktoken's ``cl100k_base`` when tiktoken is installed and the encoding file is in its cache."""
+    try:
+        import tiktoken
+    except ImportError:
+        return None
+    if not _tiktoken_cached(TOKEN_ENCODING_URL):
+        return None
+    return tiktoken.get_encoding(TOKEN_ENCODING)
+
+
+def _tiktoken_cached(blob_url: str) -> bool:
+    """Whether tiktoken would read ``blob_url`` from its cache (where tiktoken.load looks)."""
+    import hashlib
+    import os
+    import tempfile
+
+    for variable in ("TIKTOKEN_CACHE_DIR", "DATA_GYM_CACHE_DIR"):
+        if variable in os.environ:
+            directory = os.environ[variable]
+            break
+    else:
+        directory = os.path.join(tempfile.gettempdir(), "data-gym-cache")
+    return bool(directory) and os.path.isfile(os.path.join(directory, hashlib.sha1(blob_url.encode()).hexdigest()))
+
+
 def embedding_response(body: OpenAIEmbeddingRequest, vectors: np.ndarray, inputs: EmbeddingInputs,
-                       service: Any) -> OpenAIEmbeddingResponse:
+                       choice: ModelChoice, service: Any) -> OpenAIEmbeddingResponse:
     rows = np.asarray(vectors, dtype="<f4")  # little-endian float32: what OpenAI's base64 encoding holds
     data = [OpenAIEmbedding(index=i, embedding=_encode(row, body.encoding_format)) for i, row in enumerate(rows)]
-    tokens = count_tokens(service.retriever.encoder, [t for t in inputs.texts if t])
-    return OpenAIEmbeddingResponse(data=data, model=service.retriever.encoder.encoder_id,
+    tokens = count_tokens(service.encoder, [t for t in inputs.texts if t])
+    return OpenAIEmbeddingResponse(data=data, model=choice.name,
                                    usage=OpenAIUsage(prompt_tokens=tokens, total_tokens=tokens))
 
 

@@ -36,6 +36,7 @@ from PIL import Image
 
 from mmembed.encoders.base import Item
 from mmembed.errors import ConfigError, MMEmbedError
+from mmembed.serve.backend import has_index
 from mmembed.serve.limits import ApiError, Upload, decode_image, decode_image_bytes
 from mmembed.serve.models import (
     CandidateInfo,
@@ -211,17 +212,33 @@ class Batcher:
 
 
 class SearchService:
-    """What the routes call: searches, embeddings, candidates and metadata of one retriever."""
+    """What the routes call: searches, embeddings, candidates and metadata of one retriever (or of an
+    :class:`~mmembed.serve.backend.EmbeddingModel`: embeddings, reranking and tasks without an index)."""
 
-    def __init__(self, retriever: Any, settings: ServeSettings, encoder_spec: str | None = None):
+    def __init__(self, retriever: Any, settings: ServeSettings, encoder_spec: str | None = None,
+                 metrics: Any = None):
         self.retriever = retriever
         self.settings = settings
         self.encoder_spec = encoder_spec
+        self.metrics = metrics
         self.encoder_lock = threading.Lock()
         self.admission = Admission(settings.capacity, settings.retry_after_s)
         self._workers = ThreadPoolExecutor(max_workers=settings.workers, thread_name_prefix="mmembed-worker")
         self.batcher = Batcher(self._run_batch, settings.batch_max_items, settings.batch_max_wait_ms / 1000)
         self._thumbnail = functools.lru_cache(maxsize=512)(self._make_thumbnail)
+
+    @property
+    def encoder(self) -> Any:
+        return self.retriever.encoder
+
+    @property
+    def has_index(self) -> bool:
+        return has_index(self.retriever)
+
+    def require_index(self, what: str) -> None:
+        if not self.has_index:
+            raise ApiError(409, "no_index", f"{what} needs an index, and this service serves the model only; "
+                                            "start it with 'mmembed serve --model NAME INDEX' to search")
 
     @property
     def reranker(self) -> Any:
@@ -243,7 +260,8 @@ class SearchService:
     def info(self) -> IndexInfo:
         encoder, s = self.retriever.encoder, self.settings
         return IndexInfo(
-            count=len(self.retriever.index), dim=encoder.dim, encoder_id=encoder.encoder_id, encoder=self.encoder_spec,
+            has_index=self.has_index, count=len(self.retriever.index) if self.has_index else None, dim=encoder.dim,
+            encoder_id=encoder.encoder_id, encoder=self.encoder_spec, precision=precision_of(encoder),
             reranker=self.reranker_id, tasks=self.tasks(), version=__version__,
             limits=Limits(max_upload_bytes=s.max_upload_bytes, max_request_bytes=s.max_request_bytes,
                           max_pixels=s.max_pixels, max_text_chars=s.max_text_chars, max_k=s.max_k,
@@ -265,7 +283,7 @@ class SearchService:
     def check_rerank(self, rerank: bool | None) -> None:
         if rerank and not self.can_rerank:
             raise ApiError(409, "no_reranker", "this service has no reranker; start it with "
-                                               "'mmembed serve INDEX --rerank CONFIG.yaml' to rerank")
+                                               "'mmembed serve ... --rerank CONFIG.yaml' to rerank")
 
     # --- the encoder path ----------------------------------------------------------------------
 
@@ -330,6 +348,8 @@ class SearchService:
                 for i, value in zip(members, self._execute_group(kind, rerank, group, stopwatch)):
                     values[i] = value
         items = sum(job.size for job in jobs)
+        if self.metrics is not None:
+            self.metrics.batch_items.observe(items)
         return [JobResult(value, dict(stopwatch.ms), items, started) for value in values]
 
     def _execute_group(self, kind: str, rerank: bool, jobs: list[Job], stopwatch: Stopwatch) -> list[Any]:
@@ -339,11 +359,12 @@ class SearchService:
             rows = self._search(items, instructions, max(job.k for job in jobs), rerank, stopwatch)
             return [row[:job.k] for row, job in zip(rows, jobs)]
         encoder = self.retriever.encoder
+        batch_size = min(len(items), self.batcher.max_items)  # one large request is encoded in pieces
         with stopwatch.phase("encode"):
             if kind == "query":
-                vectors = encoder.encode_queries(items, instructions, batch_size=len(items))
+                vectors = encoder.encode_queries(items, instructions, batch_size=batch_size)
             else:
-                vectors = encoder.encode_candidates(items, batch_size=len(items))
+                vectors = encoder.encode_candidates(items, batch_size=batch_size)
         rows = np.asarray(vectors, dtype=np.float32)
         bounds = np.cumsum([0] + [job.size for job in jobs])
         return [rows[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
@@ -402,7 +423,7 @@ class SearchService:
         reranker = self.reranker
         if reranker is None:
             raise ApiError(409, "no_reranker", "this service has no reranker; start it with "
-                                               "'mmembed serve INDEX --rerank CONFIG.yaml' to rerank")
+                                               "'mmembed serve ... --rerank CONFIG.yaml' to rerank")
         queries = [Item("query", query)] * len(documents)
         candidates = [Item(f"document {i}", text) for i, text in enumerate(documents)]
         with self.encoder_lock:
@@ -417,6 +438,7 @@ class SearchService:
                              image_url=candidate_image_path(c.did) if c.image else None)
 
     def _candidate(self, candidate_id: str) -> Any:
+        self.require_index("a candidate")
         c = self.retriever.candidates.get(candidate_id)
         if c is None:
             raise ApiError(404, "not_found", f"no candidate with id {candidate_id!r} in this index")
@@ -453,6 +475,16 @@ class SearchService:
     def close(self) -> None:
         self.batcher.close()
         self._workers.shutdown(wait=False, cancel_futures=True)
+
+
+def precision_of(encoder: Any) -> dict[str, str]:
+    """The dtype each modality is encoded in (``{"text": "bfloat16", "image": "float32"}``)."""
+    precision = getattr(encoder, "precision", None)
+    if precision is not None:
+        return dict(precision)
+    dtype = getattr(encoder, "dtype", None)
+    name = str(dtype).removeprefix("torch.") if dtype is not None else "float32"
+    return {"text": name, "image": name}
 
 
 def _ms(seconds: float) -> float:

@@ -1,8 +1,9 @@
 """Request and response models of the search service API, shared by the server and the client.
 
-Every route lives under :data:`API_PREFIX`. The hard bounds here (``HARD_MAX_*``) only keep a
-request parseable; the service's own, usually smaller, limits come from
-:class:`~mmembed.serve.settings.ServeSettings` and are reported by the info route.
+Every route lives under :data:`API_PREFIX`. The models check types only: every limit (``k``,
+text lengths, item counts) is the service's own, from :class:`~mmembed.serve.settings.ServeSettings`,
+checked by :mod:`mmembed.serve.limits` and :mod:`mmembed.serve.checks` with messages that name
+it, and reported by the info route. Request bodies are bounded by ``max_request_bytes``.
 """
 
 from __future__ import annotations
@@ -16,9 +17,6 @@ API_PREFIX = f"/api/{API_VERSION}"
 #: Header carrying the API key.
 API_KEY_HEADER = "X-API-Key"
 
-HARD_MAX_K = 10_000
-HARD_MAX_TEXT = 100_000
-HARD_MAX_ITEMS = 1_000
 
 ModalityName = Literal["text", "image", "image,text"]
 
@@ -90,10 +88,12 @@ class Limits(_Model):
 
 
 class IndexInfo(_Model):
-    count: int = Field(description="candidates in the index")
+    has_index: bool = Field(True, description="false when the service serves the model only (no search)")
+    count: int | None = Field(description="candidates in the index (none without an index)")
     dim: int = Field(description="embedding dimension")
     encoder_id: str
-    encoder: str | None = Field(None, description="the encoder spec the index was built with")
+    encoder: str | None = Field(None, description="the encoder spec the index was built with (or served)")
+    precision: dict[str, str] = Field(default_factory=dict, description="dtype per modality (text, image)")
     reranker: str | None = Field(None, description="id of the attached reranker, if any")
     tasks: list[TaskInfo]
     limits: Limits
@@ -110,13 +110,11 @@ class SearchQuery(BaseModel):
     # The form also carries the image file, which is not a field of this model.
     model_config = ConfigDict(extra="ignore")
 
-    text: str | None = Field(None, max_length=HARD_MAX_TEXT, description="query text")
-    instruction: str | None = Field(None, max_length=HARD_MAX_TEXT, description="task instruction (free text)")
-    task: str | None = Field(None, max_length=200, description="a task name from the info route; not with "
-                                                                "instruction")
-    k: int = Field(10, ge=1, le=HARD_MAX_K, description="number of results (at most the service's max_k)")
-    offset: int = Field(0, ge=0, le=HARD_MAX_K, description="results to skip (paging); offset + k is at most the "
-                                                            "service's max_depth")
+    text: str | None = Field(None, description="query text (at most the service's max_text_chars)")
+    instruction: str | None = Field(None, description="task instruction (free text)")
+    task: str | None = Field(None, description="a task name from the info route; not with instruction")
+    k: int = Field(10, description="number of results, 1 to the service's max_k")
+    offset: int = Field(0, description="results to skip (paging); offset + k is at most the service's max_depth")
     rerank: bool | None = Field(None, description="rerank the top results; default: when a reranker is attached")
 
     _blank = field_validator("text", "instruction", "task", mode="before")(_blank_to_none)
@@ -160,17 +158,17 @@ class SearchResponse(_Model):
 
 
 class EmbedItem(_Model):
-    text: str | None = Field(None, max_length=HARD_MAX_TEXT)
+    text: str | None = None
     image_base64: str | None = Field(None, description="an image file (PNG, JPEG, ...), base64-encoded")
 
     _blank = field_validator("text", "image_base64", mode="before")(_blank_to_none)
 
 
 class EmbedRequest(_Model):
-    items: list[EmbedItem] = Field(min_length=1, max_length=HARD_MAX_ITEMS)
+    items: list[EmbedItem] = Field(description="1 to the service's max_embed_items items")
     kind: Literal["query", "candidate"] = Field("query", description="queries may carry an instruction")
-    instruction: str | None = Field(None, max_length=HARD_MAX_TEXT)
-    task: str | None = Field(None, max_length=200)
+    instruction: str | None = None
+    task: str | None = Field(None, description="a task name (see the tasks route); not with instruction")
 
     _blank = field_validator("instruction", "task", mode="before")(_blank_to_none)
 
@@ -190,7 +188,7 @@ class EmbedResponse(_Model):
 class OpenAIInputItem(_Model):
     """An input with an image (the multimodal extension): text, an image, or both."""
 
-    text: str | None = Field(None, max_length=HARD_MAX_TEXT)
+    text: str | None = None
     image: str | None = Field(None, description="a data URL (data:image/png;base64,...) or base64 image file "
                                                 "bytes; URLs are never fetched")
 
@@ -203,17 +201,21 @@ class OpenAIEmbeddingRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     input: str | list[str | OpenAIInputItem] | list[int] | list[list[int]] = Field(
-        description="a string, or a list of strings and {text, image} objects (token arrays are refused)")
-    model: str = Field(description="the served encoder (its id or spec, or 'mmembed')")
+        description="a string, or a list of strings and {text, image} objects (token arrays of cl100k_base "
+                    "only where the server has tiktoken's copy of it)")
+    model: str | None = Field(None, description="a name from /v1/models (optional: one model is served); "
+                                                "NAME-query / NAME-document embed queries / documents")
     encoding_format: Literal["float", "base64"] = "float"
     dimensions: int | None = Field(None, ge=1, description="accepted only when equal to the model's dimension: "
                                                           "its embeddings are not trained for truncation")
     user: str | None = Field(None, max_length=256, description="ignored")
-    input_type: Literal["query", "document"] = Field(
-        "document", description="'document' embeds candidates (no instruction); 'query' embeds queries, "
-                                "optionally with an instruction or task")
-    instruction: str | None = Field(None, max_length=HARD_MAX_TEXT)
-    task: str | None = Field(None, max_length=200)
+    input_type: Literal["query", "document"] | None = Field(
+        None, description="'document' embeds candidates (no instruction); 'query' embeds queries, optionally "
+                          "with an instruction or task. Default: from the model name's -query / -document, "
+                          "else 'query' when an instruction or task is given, else the service's "
+                          "default_input_type")
+    instruction: str | None = None
+    task: str | None = None
 
 
 class OpenAIEmbedding(_Model):
@@ -234,8 +236,25 @@ class OpenAIEmbeddingResponse(_Model):
     usage: OpenAIUsage
 
 
+class OpenAIModel(_Model):
+    """A served model, as OpenAI's and vLLM's ``GET /v1/models`` list it."""
+
+    id: str
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str = "mmembed"
+    root: str | None = Field(None, description="the encoder spec or id behind the name")
+    input_type: Literal["query", "document"] | None = Field(
+        None, description="what this name embeds when a request does not say (NAME-query, NAME-document)")
+
+
+class OpenAIModelList(_Model):
+    object: Literal["list"] = "list"
+    data: list[OpenAIModel]
+
+
 class RerankDocument(_Model):
-    text: str = Field(max_length=HARD_MAX_TEXT)
+    text: str
 
 
 class RerankRequest(BaseModel):
@@ -243,12 +262,13 @@ class RerankRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    query: str = Field(min_length=1, max_length=HARD_MAX_TEXT)
-    documents: list[str | RerankDocument] = Field(min_length=1, max_length=HARD_MAX_ITEMS)
+    query: str = Field(min_length=1)
+    documents: list[str | RerankDocument] = Field(min_length=1, description="at most the service's "
+                                                                            "max_embed_items")
     top_n: int | None = Field(None, ge=1, description="return the best top_n (default: all)")
     model: str | None = None
     return_documents: bool = False
-    instruction: str | None = Field(None, max_length=HARD_MAX_TEXT)
+    instruction: str | None = None
 
 
 class RerankResultItem(_Model):

@@ -17,6 +17,8 @@ from mmembed.errors import ConfigError
 API_KEY_ENV = "MMEMBED_API_KEY"
 #: Image formats accepted in uploads (Pillow format names); anything else is answered 415.
 IMAGE_FORMATS = ("PNG", "JPEG", "WEBP", "GIF", "BMP")
+#: Served-name suffixes that pick the input type (``NAME-query`` embeds queries).
+INPUT_TYPE_SUFFIXES = ("-query", "-document")
 
 
 @dataclass
@@ -40,8 +42,9 @@ class ServeSettings:
     max_k: int = 100
     #: Deepest result a search may reach with paging (``offset + k``).
     max_depth: int = 1000
-    #: Most items of one embed request.
-    max_embed_items: int = 256
+    #: Most items of one embed request (OpenAI's own limit; LangChain sends up to 1000 per request).
+    #: Encoder calls still take at most ``batch_max_items`` items at a time.
+    max_embed_items: int = 2048
     #: Threads that decode uploaded images and run reranking requests. Encoder calls run on one
     #: batching thread (see ``batch_max_items``) whatever this is.
     workers: int = 2
@@ -68,6 +71,13 @@ class ServeSettings:
     #: Host header values accepted besides localhost names and ``host`` (DNS-rebinding guard);
     #: ``["*"]`` accepts any.
     allowed_hosts: list[str] = field(default_factory=list)
+    #: Names the model answers to in the OpenAI-compatible routes (the first is the one reported);
+    #: empty: the encoder spec. Each also answers as ``NAME-query`` and ``NAME-document``, which
+    #: embed queries or documents for clients that cannot send ``input_type``.
+    served_model_names: list[str] = field(default_factory=list)
+    #: What ``/v1/embeddings`` embeds when neither ``input_type`` nor a ``-query``/``-document``
+    #: model name says: ``"document"`` (OpenAI's meaning: text to be searched) or ``"query"``.
+    default_input_type: str = "document"
 
     def __post_init__(self) -> None:
         for name in ("port", "max_upload_bytes", "max_request_bytes", "max_pixels", "max_text_chars", "max_k",
@@ -84,6 +94,14 @@ class ServeSettings:
                 raise ConfigError(f"serve setting {name} must be a number >= 0, got {value!r}")
         if not all(isinstance(h, str) and h.strip() for h in self.allowed_hosts):
             raise ConfigError(f"serve setting allowed_hosts must be a list of host names, got {self.allowed_hosts!r}")
+        if not all(isinstance(n, str) and n.strip() and not n.endswith(INPUT_TYPE_SUFFIXES)
+                   for n in self.served_model_names):
+            raise ConfigError(f"serve setting served_model_names must be non-empty names not ending in "
+                              f"{' or '.join(INPUT_TYPE_SUFFIXES)} (those variants are added for each name), "
+                              f"got {self.served_model_names!r}")
+        if self.default_input_type not in ("query", "document"):
+            raise ConfigError(f"serve setting default_input_type must be 'query' or 'document', "
+                              f"got {self.default_input_type!r}")
         if self.port > 65535:
             raise ConfigError(f"serve setting port must be at most 65535, got {self.port}")
         if self.max_request_bytes < self.max_upload_bytes:
