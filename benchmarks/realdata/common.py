@@ -20,9 +20,12 @@ from pathlib import Path
 
 from mmembed.data.bundled.builder import _write_global_pools, _write_instructions
 from mmembed.data.bundled.specs import SPLITS, CandSpec, TaskSpec, fraction, split_of
-from mmembed.data.bundled.writer import write_dataset
+from mmembed.data.bundled.writer import WrittenDataset, write_dataset
+from mmembed.data.layout import global_pool_file, local_pool_file
+from mmembed.data.mbeir import read_candidates, write_candidates
 from mmembed.errors import MissingDependencyError
 from mmembed.fileio import atomic_directory, write_json
+from mmembed.types import Candidate
 
 log = logging.getLogger(__name__)
 
@@ -40,19 +43,25 @@ FUNCTION_WORDS = frozenset((
 SPLIT_SHARES = (0.65, 0.15, 0.2)
 
 
-def image_concept(dataset: str, seed: int, key: str) -> str:
-    """The split concept of one image (or of a group of images that must share a split).
+def split_concept(base: str, split: str) -> str:
+    """The first concept name ``"{base}#{n}"`` that the library's writer puts in ``split``.
 
-    The library's writer splits by hashing concepts with fixed shares (70 / 10 / 20 %). To use
-    :data:`SPLIT_SHARES` with a seed, a seeded draw picks the split and the concept is the first
-    name ``"{dataset}:s{seed}:{key}#{n}"`` that the writer's hash puts in that split.
+    The writer splits by hashing concepts with fixed shares (70 / 10 / 20 %); naming the concept
+    this way lets a builder choose the split itself (its own shares and seed).
     """
-    x = fraction(f"{dataset}:s{seed}:{key}", "realdata-split")
-    split = SPLITS[0] if x < SPLIT_SHARES[0] else SPLITS[1] if x < SPLIT_SHARES[0] + SPLIT_SHARES[1] else SPLITS[2]
     n = 0
-    while split_of(f"{dataset}:s{seed}:{key}#{n}") != split:
+    while split_of(f"{base}#{n}") != split:
         n += 1
-    return f"{dataset}:s{seed}:{key}#{n}"
+    return f"{base}#{n}"
+
+
+def image_concept(dataset: str, seed: int, key: str) -> str:
+    """The split concept of one image (or of a group of images that must share a split): a seeded
+    draw with :data:`SPLIT_SHARES`."""
+    base = f"{dataset}:s{seed}:{key}"
+    x = fraction(base, "realdata-split")
+    split = SPLITS[0] if x < SPLIT_SHARES[0] else SPLITS[1] if x < SPLIT_SHARES[0] + SPLIT_SHARES[1] else SPLITS[2]
+    return split_concept(base, split)
 
 
 def image_split(dataset: str, seed: int, key: str) -> str:
@@ -111,11 +120,16 @@ class DatasetSpec:
     tasks: list[TaskSpec]
 
 
-def write_build(out: Path, images: dict[str, bytes], datasets: list[DatasetSpec], facts: dict) -> dict:
+def write_build(out: Path, images: dict[str, bytes], datasets: list[DatasetSpec], facts: dict, *,
+                split_pools: bool = False) -> dict:
     """Write images, queries, pools, qrels and instructions into ``out`` (replaced as a whole).
 
-    Returns the summary (counts per task and split, and ``facts``), also saved as
-    :data:`SUMMARY` beside the data.
+    Pools are the bundled benchmark's: one local pool per task for every split, and global pools
+    of every candidate (val, test) or of the train candidates (train). ``split_pools`` gives each
+    split pools of its own candidates only (split-named local pools, as MSCOCO's in M-BEIR): what
+    a class-label set needs, where a train image of the query's class would otherwise be a false
+    negative in the test pool. Returns the summary (counts per task and split, and ``facts``),
+    also saved as :data:`SUMMARY` beside the data.
     """
     with atomic_directory(out) as stage:
         for rel, data in sorted(images.items()):
@@ -124,10 +138,29 @@ def write_build(out: Path, images: dict[str, bytes], datasets: list[DatasetSpec]
             target.write_bytes(data)
         written = [write_dataset(stage, d.name, d.dataset_id, d.candidates, d.tasks) for d in datasets]
         _write_global_pools(stage, written)
+        if split_pools:
+            _write_split_pools(stage, datasets, written)
         _write_instructions(stage, [t for d in datasets for t in d.tasks])
-        summary = {"facts": facts, "images": len(images),
+        summary = {"facts": facts, "images": len(images), "split_pools": split_pools,
                    "queries": {name: counts for w in written for name, counts in w.counts.items()},
-                   "dropped": {t.name: t.dropped for d in datasets for t in d.tasks}}
+                   "dropped": {t.name: t.dropped for d in datasets for t in d.tasks if t.dropped}}
         write_json(stage / SUMMARY, summary)
     log.info("wrote %s: %s", out, json.dumps(summary["queries"]))
     return summary
+
+
+def _splits_of(candidate: Candidate) -> set[str]:
+    """The splits a written candidate belongs to: those of its concepts (kept in ``src_content``)."""
+    return {split_of(c) for c in json.loads(candidate.src_content or "{}").get("concepts", [])}
+
+
+def _write_split_pools(stage: Path, datasets: list[DatasetSpec], written: list[WrittenDataset]) -> None:
+    union = [c for w in written for c in w.candidates.values()]
+    for split in SPLITS:
+        write_candidates(stage / global_pool_file(split), (c for c in union if split in _splits_of(c)))
+    for d in datasets:
+        for t in d.tasks:
+            pool = read_candidates(stage / local_pool_file(d.name, t.task.id))
+            for split in SPLITS:
+                write_candidates(stage / local_pool_file(d.name, t.task.id, split),
+                                 (c for c in pool if split in _splits_of(c)))
