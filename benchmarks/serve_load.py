@@ -5,6 +5,7 @@ Usage::
     python benchmarks/serve_load.py                          # bundled benchmark, global test pool
     python benchmarks/serve_load.py --data runs/serve-load/data --levels 1,8,32 --kinds text
     python benchmarks/serve_load.py --modes batched --burst 128
+    python benchmarks/serve_load.py --modes batched --dtypes float32,bfloat16 --levels 8 --kinds text
 
 What it does:
 
@@ -20,7 +21,11 @@ What it does:
 3. reports per mode p50/p99 latency, throughput, 503s, other errors and the server-side encode and
    search times, then batched/unbatched ratios per level, with the p99 target of issue 18;
 4. optionally (``--burst N``) releases N simultaneous requests at the batched service: how many
-   were refused with 503 and how fast those answers came.
+   were refused with 503 and how fast those answers came;
+5. with several ``--dtypes`` (``mmembed serve --dtype``), a service per mode and dtype over the
+   same float32-built index, the ratio of each dtype's throughput and latency to float32's, and
+   the parity of their vectors: the cosine of each text query's vector (``/v1/embeddings``) to
+   the float32 service's.
 
 Every image query is made unique (one opaque pixel set from the request number), so no image is
 answered from the encoder's feature cache, which is keyed by pixel content. Text queries cycle
@@ -75,6 +80,11 @@ class Result:
     clients: int
     wall_s: float
     samples: list[Sample] = field(default_factory=list)
+    dtype: str = "float32"
+
+    @property
+    def key(self) -> tuple[str, str, str, int]:
+        return (self.mode, self.dtype, self.kind, self.clients)
 
     def ok(self) -> list[Sample]:
         return [s for s in self.samples if s.status == 200]
@@ -118,8 +128,9 @@ def free_port() -> int:
 
 
 def start_service(index: Path, port: int, args: argparse.Namespace, batch_items: int,
-                  log: Path) -> tuple[subprocess.Popen, str]:
+                  log: Path, dtype: str = "float32") -> tuple[subprocess.Popen, str]:
     command = [sys.executable, "-m", "mmembed.cli.main", "-q", "serve", str(index), "--port", str(port),
+               "--dtype", dtype, *(["--threads", str(args.threads)] if args.threads else []),
                "--workers", str(args.workers), "--queue-size", str(args.queue_size),
                "--batch-max-items", str(batch_items), "--batch-max-wait-ms", str(args.batch_max_wait_ms)]
     logger.info("starting: %s (log: %s)", " ".join(command), log)
@@ -263,27 +274,34 @@ def run_all(index: Path, texts: list[dict], images: list[dict], args: argparse.N
     """Every mode's service runs at once (idle ones cost no CPU); each level runs ``--rounds`` times
     per mode, the modes alternating, so that background load drifting over the run does not favour
     one mode. Returns the results and the service's info (what encoder it really runs)."""
-    services = {mode: start_service(index, free_port(), args, args.batch_max_items if mode == "batched" else 1,
-                                    Path(args.index).parent / f"serve-{mode}.log") for mode in args.mode_list}
-    results: dict[tuple[str, str, int], Result] = {}
+    variants = [(mode, dtype) for mode in args.mode_list for dtype in args.dtype_list]
+    services = {(mode, dtype): start_service(index, free_port(), args, args.batch_max_items if mode == "batched" else 1,
+                                             Path(args.index).parent / f"serve-{mode}-{dtype}.log", dtype)
+                for mode, dtype in variants}
+    results: dict[tuple[str, str, str, int], Result] = {}
     try:
-        for mode, (process, url) in services.items():
-            logger.info("%s service ready after %.1f s", mode, wait_ready(url, process, args.ready_timeout))
+        for (mode, dtype), (process, url) in services.items():
+            logger.info("%s %s service ready after %.1f s", mode, dtype, wait_ready(url, process, args.ready_timeout))
             warm_up(url, texts, images)
         info = httpx.get(f"{next(iter(services.values()))[1]}/api/v1/info", timeout=30).json()
+        info["parity"] = {dtype: text_parity(services[(args.mode_list[0], "float32")][1],
+                                             services[(args.mode_list[0], dtype)][1], texts)
+                          for dtype in args.dtype_list if dtype != "float32" and "float32" in args.dtype_list}
         for i, clients in enumerate(args.level_list):
             for kind in args.kind_list:
                 for turn in range(args.rounds):
-                    order = args.mode_list if turn % 2 == 0 else args.mode_list[::-1]
-                    for mode in order:
-                        salt = ((i * args.rounds + turn) * 2 + args.mode_list.index(mode) + 1) * 100_000
-                        logger.info("%s: %s queries, %d clients, round %d ...", mode, kind, clients, turn + 1)
-                        result = run_level(services[mode][1], Queries(texts if kind == "text" else images, salt),
+                    order = variants if turn % 2 == 0 else variants[::-1]
+                    for mode, dtype in order:
+                        salt = ((i * args.rounds + turn) * len(variants) + variants.index((mode, dtype)) + 1) * 100_000
+                        logger.info("%s %s: %s queries, %d clients, round %d ...", mode, dtype, kind, clients, turn + 1)
+                        result = run_level(services[(mode, dtype)][1],
+                                           Queries(texts if kind == "text" else images, salt),
                                            mode, kind, clients, max(args.requests, 4 * clients), args.seconds)
+                        result.dtype = dtype
                         merge(results, result)
-        if args.burst and "batched" in services:
+        if args.burst and ("batched", args.dtype_list[0]) in services:
             logger.info("overload burst of %d ...", args.burst)
-            merge(results, burst(services["batched"][1], Queries(texts, 0).get(0), args.burst))
+            merge(results, burst(services[("batched", args.dtype_list[0])][1], Queries(texts, 0).get(0), args.burst))
     finally:
         for process, _ in services.values():
             process.terminate()
@@ -291,8 +309,24 @@ def run_all(index: Path, texts: list[dict], images: list[dict], args: argparse.N
     return list(results.values()), info
 
 
-def merge(results: dict[tuple[str, str, int], Result], result: Result) -> None:
-    key = (result.mode, result.kind, result.clients)
+def text_parity(reference_url: str, url: str, texts: list[dict], n: int = 64) -> float:
+    """Lowest cosine, over the first ``n`` text queries (with their instructions), of a service's
+    query vectors to the reference service's."""
+    import numpy as np
+
+    rows = []
+    for base in (reference_url, url):
+        vectors = []
+        for query in texts[:n]:
+            body = {"input": query["data"]["text"], "input_type": "query", "instruction": query["data"]["instruction"]}
+            vectors.append(httpx.post(f"{base}/v1/embeddings", json=body, timeout=60).json()["data"][0]["embedding"])
+        rows.append(np.asarray(vectors, dtype=np.float64))
+    a, b = (r / np.linalg.norm(r, axis=1, keepdims=True) for r in rows)
+    return float((a * b).sum(axis=1).min())
+
+
+def merge(results: dict[tuple[str, str, str, int], Result], result: Result) -> None:
+    key = result.key
     if key in results:
         results[key].samples += result.samples
         results[key].wall_s += result.wall_s
@@ -327,9 +361,9 @@ def num(value: float, digits: int = 0) -> str:
     return "–" if math.isnan(value) else f"{value:.{digits}f}"
 
 
-HEADER = ("| mode | queries | clients | requests | ok | p50 ms | p99 ms | ok/s | encode ms (server, mean) | "
+HEADER = ("| mode | dtype | queries | clients | requests | ok | p50 ms | p99 ms | ok/s | encode ms (server, mean) | "
           "search ms (server, mean) | batch items (mean) | 503 | 503 p50 ms | other errors |\n"
-          "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+          "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
 
 
 def row(r: Result) -> str:
@@ -337,16 +371,33 @@ def row(r: Result) -> str:
     lat = r.latencies_ms()
     refused = [s.seconds * 1000 for s in r.refused()]
     batch = [s.batch_items for s in ok if s.batch_items is not None]
-    return (f"| {r.mode} | {r.kind} | {r.clients} | {len(r.samples)} | {len(ok)} | {num(percentile(lat, 50))} | "
+    return (f"| {r.mode} | {r.dtype} | {r.kind} | {r.clients} | {len(r.samples)} | {len(ok)} | "
+            f"{num(percentile(lat, 50))} | "
             f"{num(percentile(lat, 99))} | {num(r.throughput(), 1)} | "
             f"{num(mean([s.encode_ms for s in ok if s.encode_ms]), 1)} | "
             f"{num(mean([s.search_ms for s in ok if s.search_ms]), 1)} | {num(mean(batch), 1)} | {len(refused)} | "
             f"{num(percentile(refused, 50))} | {r.other_errors()} |")
 
 
-RATIO_HEADER = ("| queries | clients | throughput batched/unbatched | p50 batched/unbatched | "
+RATIO_HEADER = ("| dtype | queries | clients | throughput batched/unbatched | p50 batched/unbatched | "
                 "p99 batched/unbatched | p99 batched ms | p99 target ms | target met |\n"
-                "|---|---:|---:|---:|---:|---:|---:|---|")
+                "|---|---|---:|---:|---:|---:|---:|---:|---|")
+DTYPE_HEADER = ("| mode | dtype | queries | clients | throughput / float32 | p50 / float32 | p99 / float32 |\n"
+                "|---|---|---|---:|---:|---:|---:|")
+
+
+def dtype_rows(results: list[Result]) -> list[str]:
+    """Each reduced dtype against float32, same mode, kind and clients (measured in the same run)."""
+    by_key = {r.key: r for r in results}
+    rows = []
+    for (mode, dtype, kind, clients), r in by_key.items():
+        base = by_key.get((mode, "float32", kind, clients))
+        if dtype == "float32" or base is None:
+            continue
+        rows.append(f"| {mode} | {dtype} | {kind} | {clients} | {ratio(r.throughput(), base.throughput())} | "
+                    f"{ratio(percentile(r.latencies_ms(), 50), percentile(base.latencies_ms(), 50))} | "
+                    f"{ratio(percentile(r.latencies_ms(), 99), percentile(base.latencies_ms(), 99))} |")
+    return rows
 
 
 def ratio(a: float, b: float) -> str:
@@ -356,18 +407,18 @@ def ratio(a: float, b: float) -> str:
 def ratio_rows(results: list[Result]) -> list[str]:
     """Batched against unbatched per level. The p99 target (issue 18): at most 2 x the single-client
     p99 x (clients / throughput ratio), the single-client p99 being the unbatched one."""
-    by_key = {(r.mode, r.kind, r.clients): r for r in results}
+    by_key = {r.key: r for r in results}
     rows = []
-    for (mode, kind, clients), batched in by_key.items():
-        unbatched = by_key.get(("unbatched", kind, clients))
-        single = by_key.get(("unbatched", kind, min(c for m, k, c in by_key if k == kind)))
+    for (mode, dtype, kind, clients), batched in by_key.items():
+        unbatched = by_key.get(("unbatched", dtype, kind, clients))
+        single = by_key.get(("unbatched", dtype, kind, min(c for m, d, k, c in by_key if k == kind and d == dtype)))
         if mode != "batched" or unbatched is None or single is None:
             continue
         speedup = batched.throughput() / unbatched.throughput() if unbatched.throughput() > 0 else float("nan")
         p99 = percentile(batched.latencies_ms(), 99)
         target = 2 * percentile(single.latencies_ms(), 99) * clients / speedup if speedup > 0 else float("nan")
         met = "n/a" if math.isnan(target) or math.isnan(p99) else ("yes" if p99 <= target else "no")
-        rows.append(f"| {kind} | {clients} | {ratio(batched.throughput(), unbatched.throughput())} | "
+        rows.append(f"| {dtype} | {kind} | {clients} | {ratio(batched.throughput(), unbatched.throughput())} | "
                     f"{ratio(percentile(batched.latencies_ms(), 50), percentile(unbatched.latencies_ms(), 50))} | "
                     f"{ratio(p99, percentile(unbatched.latencies_ms(), 99))} | {num(p99)} | {num(target)} | {met} |")
     return rows
@@ -395,6 +446,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--levels", default="1,8,32", help="concurrent clients, comma-separated")
     parser.add_argument("--kinds", default="text,image", help="query kinds: text, image or both")
     parser.add_argument("--modes", default="unbatched,batched", help="service modes to compare")
+    parser.add_argument("--dtypes", default="float32", help="service dtypes (mmembed serve --dtype) to compare")
+    parser.add_argument("--threads", type=int, help="mmembed serve --threads (default: torch's choice)")
     parser.add_argument("--requests", type=int, default=64, help="answered requests per level (at least 4 per client)")
     parser.add_argument("--seconds", type=float, default=20.0, help="most seconds per level, kind, mode and round")
     parser.add_argument("--rounds", type=int, default=2, help="runs of each level per mode, alternating the modes")
@@ -408,6 +461,9 @@ def parse_args() -> argparse.Namespace:
     args.level_list = [int(x) for x in args.levels.split(",")]
     args.kind_list = [k for k in args.kinds.split(",") if k]
     args.mode_list = [m for m in args.modes.split(",") if m]
+    args.dtype_list = [d for d in args.dtypes.split(",") if d]
+    if not set(args.dtype_list) <= {"float32", "bfloat16"} or not args.dtype_list:
+        parser.error("--dtypes takes float32 and/or bfloat16")
     if not set(args.kind_list) <= {"text", "image"} or not set(args.mode_list) <= {"batched", "unbatched"}:
         parser.error("--kinds takes text and/or image; --modes takes batched and/or unbatched")
     if min(args.level_list) < 1 or args.requests < 1 or args.rounds < 1:
@@ -449,6 +505,13 @@ def report(results: list[Result], info: dict, args: argparse.Namespace) -> None:
     if rows:
         print("\n" + RATIO_HEADER)
         print("\n".join(rows))
+    rows = dtype_rows(results)
+    if rows:
+        print("\n" + DTYPE_HEADER)
+        print("\n".join(rows))
+    for dtype, cosine in info.get("parity", {}).items():
+        print(f"\n{dtype} text query vectors: lowest cosine to float32's {cosine:.6f} (first 64 text queries)")
+    print(f"\nprecision per modality: {info.get('precision')}; machine shared with other jobs: compare ratios")
 
 
 if __name__ == "__main__":
