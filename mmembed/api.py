@@ -33,9 +33,10 @@ import numpy as np
 from PIL import Image
 
 from mmembed.data.images import ImageStore, LazyImage
+from mmembed.data.task_instructions import InstructionSource, read_instructions
 from mmembed.encoders.base import Encoder, Item, as_items, l2_normalize
 from mmembed.errors import ConfigError, DataError, Location, ModelError
-from mmembed.instructions import InstructionEntry, InstructionRegistry
+from mmembed.instructions import InstructionEntry, InstructionRegistry, mbeir_task_name
 from mmembed.types import Candidate, Query
 
 if TYPE_CHECKING:
@@ -47,8 +48,6 @@ logger = logging.getLogger(__name__)
 
 #: What ``encode_queries`` / ``encode_documents`` accept, item by item.
 Input = str | Image.Image | os.PathLike | Mapping[str, Any] | Item | Query | Candidate
-#: Where ``task=`` names are looked up: a registry, a query_instructions.tsv, or an M-BEIR folder.
-InstructionSource = InstructionRegistry | str | os.PathLike
 #: Embeddings as returned by the encode methods.
 Embeddings = Union[np.ndarray, "torch.Tensor"]  # noqa: UP007 (a string member cannot use |)
 
@@ -264,41 +263,6 @@ def _as_output(vectors: np.ndarray, convert_to_tensor: bool) -> Embeddings:
 # --- task instructions -------------------------------------------------------------------------------
 
 
-def mbeir_task_name(entry: InstructionEntry) -> str:
-    """``{dataset}_task{id}``, as M-BEIR files and the evaluation name a task."""
-    from mmembed.types import Task
-
-    return f"{entry.dataset_name}_task{Task(entry.query_modality, entry.cand_modality).id}"
-
-
 def _arrow_task_name(entry: InstructionEntry) -> str:
     # The spelling the search service uses: "emoji:text->image".
     return f"{entry.dataset_name}:{entry.query_modality.value}->{entry.cand_modality.value}"
-
-
-def read_instructions(source: InstructionSource | None) -> InstructionRegistry:
-    """Instructions from a registry, a ``query_instructions.tsv`` or an M-BEIR folder; ``None``: the bundled ones."""
-    if source is None:
-        return bundled_instructions()
-    if isinstance(source, InstructionRegistry):
-        return source
-    path = Path(source)
-    if path.is_dir():
-        from mmembed.data.layout import MBEIRDirectory
-
-        return MBEIRDirectory(path).instructions()
-    return InstructionRegistry.from_tsv(path)
-
-
-def bundled_instructions() -> InstructionRegistry:
-    """The bundled benchmark's task instructions, from the code that writes its TSV (no build needed)."""
-    from mmembed.data.bundled import emoji_tasks, wordnet_tasks
-    from mmembed.types import Task
-
-    entries = [InstructionEntry(emoji_tasks.DATASET, emoji_tasks.DATASET_ID, Task.from_id(task_id).query_modality,
-                                Task.from_id(task_id).cand_modality, prompts)
-               for task_id, prompts in emoji_tasks.PROMPTS.items()]
-    text_task = Task.from_id(1)  # WordNet's reverse dictionary: definition (text) -> word (text)
-    entries.append(InstructionEntry(wordnet_tasks.DATASET, wordnet_tasks.DATASET_ID, text_task.query_modality,
-                                    text_task.cand_modality, wordnet_tasks.PROMPTS))
-    return InstructionRegistry(entries)

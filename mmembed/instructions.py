@@ -32,6 +32,13 @@ class InstructionEntry:
     prompts: tuple[str, ...]
 
 
+def mbeir_task_name(entry: InstructionEntry) -> str:
+    """``{dataset}_task{id}``, as M-BEIR files and the evaluation name a task."""
+    from mmembed.types import Task
+
+    return f"{entry.dataset_name}_task{Task(entry.query_modality, entry.cand_modality).id}"
+
+
 class InstructionRegistry:
     """Instructions keyed by (dataset id, query modality, candidate modality)."""
 

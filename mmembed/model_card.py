@@ -199,10 +199,10 @@ class ModelCard:
 
 def source_folder(name: str) -> Path | None:
     """The folder a model was loaded from: a shipped named model's, or ``name`` itself when it is one."""
-    from mmembed import assets
+    from mmembed.assets import SHIPPED, shipped_path
 
-    if name in assets.SHIPPED:
-        return assets.shipped_path(name)
+    if name in SHIPPED:
+        return shipped_path(name)
     path = Path(name)
     return path if (path / "config.json").is_file() else None
 

@@ -14,7 +14,8 @@ import torch
 from PIL import Image, ImageDraw
 
 import mmembed
-from mmembed.api import Embedder, bundled_instructions, to_items
+from mmembed.api import Embedder, to_items
+from mmembed.data.task_instructions import bundled_instructions
 from mmembed.encoders.base import Item
 from mmembed.errors import ConfigError, DataError, ImageError, ModelError
 from mmembed.instructions import InstructionEntry, InstructionRegistry
