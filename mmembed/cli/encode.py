@@ -30,6 +30,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--image-root", help="image root (default: the M-BEIR directory holding the pool)")
     p.add_argument("--chunk-size", type=int, default=4096, help="rows per chunk file, the unit of resumption")
     p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--queries", action="store_true",
+                   help="embed the queries of every task of --split instead of the pool (DATA: an M-BEIR directory), "
+                        "with the evaluation's seeded instruction choice per instruction mode, for 'mmembed evaluate "
+                        "--query-embeddings OUT'; --config/--set take the evaluation's keys (seed, instruction_modes, "
+                        "tasks, max_queries, text_format)")
+    common.add_config_arguments(p)
     p.set_defaults(func=run)
 
 
@@ -49,6 +55,9 @@ def pool_and_root(data: str, split: str, image_root: str | None) -> tuple[Path, 
 def run(args: argparse.Namespace) -> int:
     from mmembed.embeddings import encode_pool, parse_shard
 
+    if args.queries:
+        return _run_queries(args)
+
     shard = parse_shard(args.shard) if args.shard else None
     pool, image_root = pool_and_root(args.data, args.split, args.image_root)
     encoder = common.load_encoder_from_args(args)
@@ -64,3 +73,25 @@ def run(args: argparse.Namespace) -> int:
         print(f"this shard is done; {args.out} is complete when every shard has finished")
     return 0
 
+
+
+def _run_queries(args: argparse.Namespace) -> int:
+    """The split's queries under each instruction mode, as the evaluation with the same settings embeds them."""
+    from mmembed.config import load_config
+    from mmembed.embeddings.queries import encode_split_queries
+    from mmembed.errors import ConfigError
+    from mmembed.eval.runner import EvalConfig
+    from mmembed.eval.text_format import with_text_format
+
+    if not Path(args.data).is_dir():
+        raise ConfigError(f"--queries embeds the queries of an M-BEIR directory; {args.data} is not a directory")
+    config = load_config(EvalConfig, args.config, args.set, base={"split": args.split})
+    config.validate()
+    encoder = with_text_format(common.load_encoder_from_args(args), config.text_format)
+    spec = str(Path(args.encoder).resolve()) if Path(args.encoder).exists() else args.encoder
+    out = encode_split_queries(encoder, args.data, args.out, split=config.split, modes=config.instruction_modes,
+                               seed=config.seed, text_format=config.text_format, tasks=config.tasks,
+                               max_queries=config.max_queries, batch_size=args.batch_size, encoder_spec=spec,
+                               show_progress=sys.stderr.isatty())
+    print(f"embedded the {config.split} queries into {out} (evaluate with --query-embeddings {out})")
+    return 0

@@ -28,13 +28,24 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                                    "with the retrieval score.")
     p.add_argument("data", help="M-BEIR-layout dataset directory, or a BEIR directory (corpus.jsonl, queries.jsonl, "
                                 "qrels/SPLIT.tsv) for text retrieval")
-    p.add_argument("--encoder", required=True, help="encoder directory (save_pretrained output) or 'cpu-default'")
+    p.add_argument("--encoder", help="encoder directory (save_pretrained output) or 'cpu-default'; not needed with "
+                                     "--embeddings and --query-embeddings")
     p.add_argument("--encoder-set", metavar="KEY=VALUE", action="append", default=[], help=ENCODER_SET_HELP)
     p.add_argument("--out", help="directory for results.json, runs/ and config.json")
     p.add_argument("--image-root", help="where the images' relative paths start, when they live outside DATA "
                                         "(same as --set image_root=...)")
     p.add_argument("--embeddings", metavar="DIR", help="precomputed vectors of the split's global pool ('mmembed "
-                                                       "encode' output) instead of encoding the pools")
+                                                       "encode' output) instead of encoding the pools; searched "
+                                                       "streamed, never loaded whole")
+    p.add_argument("--query-embeddings", metavar="DIR",
+                   help="precomputed query vectors ('mmembed encode DATA --queries' output): with --embeddings, "
+                        "no encoder is loaded")
+    p.add_argument("--index", help="the global pool's index: exact (default: streamed exact top-k), faiss (exact "
+                                   "FAISS in memory), faiss-ivf, faiss-hnsw, milvus (approximate: their recall@k "
+                                   "against exact is measured and written next to every score), or a saved index "
+                                   "directory ('mmembed index build' output of this pool)")
+    p.add_argument("--memory-limit", metavar="SIZE", help="memory the exact search may use, e.g. 200MB or 4GiB "
+                                                          "(default: half of what is available)")
     add_config_arguments(p)
     add_rerank_arguments(p)
     p.set_defaults(func=run)
@@ -46,10 +57,16 @@ def run(args: argparse.Namespace) -> int:
     from mmembed.eval.runner import EvalConfig, run_evaluation
 
     base = {"show_progress": sys.stderr.isatty(), **({"image_root": args.image_root} if args.image_root else {}),
-            **({"embeddings_dir": args.embeddings} if args.embeddings else {})}
+            **({"embeddings_dir": args.embeddings} if args.embeddings else {}),
+            **({"query_embeddings_dir": args.query_embeddings} if args.query_embeddings else {}),
+            **({"index": args.index} if args.index else {}),
+            **({"memory_limit": args.memory_limit} if args.memory_limit else {})}
     config = load_config(EvalConfig, args.config, args.set, base=base)
     rerank_config = rerank_config_from_args(args, show_progress=sys.stderr.isatty())
-    encoder = common.load_encoder_arg(args.encoder, args.encoder_set)  # looked up at call time (tests patch it)
+    if args.encoder is None and not (config.embeddings_dir and config.query_embeddings_dir):
+        raise ConfigError("give --encoder, or both --embeddings and --query-embeddings")
+    # looked up at call time (tests patch it)
+    encoder = common.load_encoder_arg(args.encoder, args.encoder_set) if args.encoder else None
     if (Path(args.data) / "corpus.jsonl").is_file():
         if rerank_config is not None:
             raise ConfigError(f"{args.data}: --rerank works on M-BEIR directories; BEIR directories are not "
@@ -84,6 +101,9 @@ def _run_reranked(encoder, args: argparse.Namespace, config, rerank_config) -> i
 
 def _run_beir(encoder, args: argparse.Namespace, config) -> int:
     from mmembed.eval.beir_runner import run_beir_evaluation
+
+    if encoder is None:
+        raise ConfigError(f"{args.data}: a BEIR directory is evaluated with an encoder; give --encoder")
     from mmembed.eval.report import markdown_table
 
     result = run_beir_evaluation(encoder, args.data, split=config.split, batch_size=config.batch_size,

@@ -13,7 +13,7 @@ from mmembed.encoders.base import Encoder, Item
 from mmembed.eval.metrics import evaluate, topk_to_run
 from mmembed.eval.trec import write_run
 from mmembed.fileio import write_json
-from mmembed.index.faiss_index import FaissIndex
+from mmembed.index.exact import ExactIndex
 from mmembed.version import __version__
 
 logger = logging.getLogger(__name__)
@@ -45,8 +45,7 @@ def run_beir_evaluation(encoder: Encoder, root: str | os.PathLike, *, split: str
     queries = [Item(q, data.queries[q]) for q in query_ids]
     doc_vectors = encoder.encode_candidates(docs, batch_size=batch_size, show_progress=show_progress)
     query_vectors = encoder.encode_queries(queries, instruction, batch_size=batch_size, show_progress=show_progress)
-    index = FaissIndex(doc_vectors.shape[1])
-    index.add(doc_ids, doc_vectors)
+    index = ExactIndex.from_vectors(doc_ids, doc_vectors)
     ids, scores = index.search(query_vectors, min(depth, len(doc_ids)))
     run = topk_to_run(query_ids, ids, scores)
     config = {"root": str(root), "split": split, "instruction": instruction, "depth": depth,

@@ -17,16 +17,18 @@ from pathlib import Path
 import numpy as np
 
 from mmembed.data.layout import MBEIRDirectory, TaskFiles, check_task_queries
-from mmembed.data.mbeir import iter_candidates, read_qrels, read_queries
-from mmembed.embeddings.pool_cache import MODALITY_CODES, EmbeddedPool, PoolEmbeddingCache
-from mmembed.encoders.base import Encoder, as_items
+from mmembed.data.mbeir import read_qrels, read_queries
+from mmembed.embeddings.pool_cache import MODALITY_CODES
+from mmembed.embeddings.queries import choose_instructions
+from mmembed.encoders.base import Encoder
 from mmembed.errors import ConfigError, DataError, Location
+from mmembed.eval.inputs import EvalInputs
 from mmembed.eval.metrics import evaluate, parse_metric, topk_to_run
+from mmembed.eval.split_search import Found
 from mmembed.eval.text_format import TEXT_FORMATS, with_text_format
 from mmembed.eval.trec import write_run
 from mmembed.fileio import write_json
-from mmembed.index.faiss_index import FaissIndex
-from mmembed.instructions import INSTRUCTION_MODES, InstructionRegistry
+from mmembed.instructions import INSTRUCTION_MODES
 from mmembed.types import Query, Run
 from mmembed.version import __version__
 
@@ -62,7 +64,17 @@ class EvalConfig:
     text_format: str = "raw"
     #: ``mmembed encode`` output of the split's global pool: its vectors are used instead of
     #: encoding the pools (local pools are taken from it); checked against pool file and encoder.
+    #: It is searched streamed, chunk by chunk, never loaded whole.
     embeddings_dir: str | None = None
+    #: ``mmembed encode DATA --queries`` output: the queries' vectors, so no encoder is needed.
+    query_embeddings_dir: str | None = None
+    #: The global pool's index: ``exact`` (streamed exact top-k), ``faiss`` (exact FAISS in memory),
+    #: ``faiss-ivf``, ``faiss-hnsw``, ``milvus`` (approximate: recall reported), or a saved index directory.
+    index: str = "exact"
+    #: Memory the exact search may use (e.g. ``"2GB"``; default half of what is available).
+    memory_limit: str | None = None
+    #: Queries per task and mode an approximate index's recall is measured on (seeded sample).
+    recall_sample: int = 1000
     show_progress: bool = True
 
     def validate(self) -> None:
@@ -72,7 +84,11 @@ class EvalConfig:
         for mode in self.instruction_modes:
             if mode not in INSTRUCTION_MODES:
                 raise ConfigError(f"unknown instruction mode {mode!r}; expected one of {', '.join(INSTRUCTION_MODES)}")
-        for key in ("batch_size", "depth", "modality_error_k", "max_queries"):
+        if self.memory_limit is not None:
+            from mmembed.index.topk import parse_memory
+
+            parse_memory(self.memory_limit)
+        for key in ("batch_size", "depth", "modality_error_k", "max_queries", "recall_sample"):
             value = getattr(self, key)
             if not (value is None and key == "max_queries") and (not isinstance(value, int) or value < 1):
                 raise ConfigError(f"{key} must be a positive integer, got {value!r}")
@@ -101,6 +117,10 @@ class TaskResult:
     pool_file: str = ""
     #: Queries of the task that have no line in its qrels file: counted, named in the log, not scored.
     queries_without_qrels: int = 0
+    #: The index the run came from (see EvalConfig.index; local pools are always searched exactly).
+    index: str = "exact"
+    #: An approximate index's recall against exact search, ``{"index_recall@k": value}`` (None when exact).
+    index_recall: dict[str, float] | None = None
 
 
 @dataclass
@@ -108,6 +128,8 @@ class EvalResults:
     config: dict
     results: list[TaskResult] = field(default_factory=list)
     instructions: dict[str, dict[str, str | None]] = field(default_factory=dict)
+    #: How the split was searched (index, passes over the vectors, memory, peak RSS).
+    search: dict = field(default_factory=dict)
 
     def select(self, pool: str, instructions: str) -> list[TaskResult]:
         return [r for r in self.results if r.pool == pool and r.instructions == instructions]
@@ -120,7 +142,7 @@ class EvalResults:
         settings = sorted({(r.pool, r.instructions) for r in self.results})
         return {"config": self.config, "results": [asdict(r) for r in self.results],
                 "averages": {f"{p}/{i}": self.average(p, i) for p, i in settings},
-                "instructions": self.instructions}
+                "instructions": self.instructions, "search": self.search}
 
 
 @dataclass
@@ -141,57 +163,65 @@ def headline_metric(task: TaskFiles, override: str | None) -> str:
     return "hit@10" if task.dataset in HIT10_DATASETS else "hit@5"
 
 
-def run_evaluation(encoder: Encoder, data_dir: str | os.PathLike, config: EvalConfig | None = None,
+def run_evaluation(encoder: Encoder | None, data_dir: str | os.PathLike, config: EvalConfig | None = None,
                    output_dir: str | os.PathLike | None = None, *,
                    on_run: Callable[[ScoredRun], None] | None = None) -> EvalResults:
     """Evaluate ``encoder`` on an M-BEIR directory; write results under ``output_dir`` if given.
 
-    ``on_run`` is called with every scored run as it is produced (mmembed.eval.rerank_eval uses it).
+    ``encoder`` may be None when ``config`` names precomputed pool and query embeddings. Every
+    query is embedded first; then one exact search of the split answers every task, mode and pool
+    (see :mod:`mmembed.eval.split_search`). ``on_run`` is called with every scored run as it is
+    produced (mmembed.eval.rerank_eval uses it).
     """
     config = config or EvalConfig()
     config.validate()
     directory = MBEIRDirectory(data_dir, image_root=config.image_root)
-    encoder = with_text_format(encoder, config.text_format)
+    if encoder is None and not (config.embeddings_dir and config.query_embeddings_dir):
+        raise ConfigError("evaluation without an encoder needs precomputed pool and query embeddings "
+                          "(embeddings_dir and query_embeddings_dir)")
+    encoder = with_text_format(encoder, config.text_format) if encoder is not None else None
     tasks = directory.select_tasks(config.split, config.tasks or None)
     registry = directory.instructions() if any(m != "none" for m in config.instruction_modes) else None
-    cache = PoolEmbeddingCache(encoder, directory.images, config.cache_dir, config.batch_size, config.show_progress)
-    global_pool = None
-    if "global" in config.pools or config.embeddings_dir:
-        path = directory.global_pool(config.split)
-        if not path.is_file():
-            raise DataError("global candidate pool not found (needed for the global-pool setting and for "
-                            "precomputed embeddings)", Location(str(path)))
-        global_pool = _global_vectors(cache, path, config, encoder.encoder_id)
-
-    results = EvalResults(config={**asdict(config), "data_dir": str(data_dir), "encoder_id": encoder.encoder_id,
+    inputs = EvalInputs(encoder, directory, config, tasks)
+    encoder_id = inputs.encoder_id
+    results = EvalResults(config={**asdict(config), "data_dir": str(data_dir), "encoder_id": encoder_id,
                                   "mmembed_version": __version__})
-    out = Path(output_dir) if output_dir else None
+    prepared = []
     for task in tasks:
         queries = read_queries(task.queries)[: config.max_queries]
         if not queries:
             raise DataError("no query in this file", Location(str(task.queries)))
         check_task_queries(task, queries)
         qrels, unjudged = _qrels_for(task, queries)
-        logger.info("%s (%s): local pool %s", task.name, task.split, _relative(task.local_pool, directory.root))
+        local = inputs.local_pool(task) if "local" in config.pools else None
+        for pool_name in config.pools:
+            _check_positives(task, queries, qrels, inputs.contains(pool_name, local), pool_name)
         for mode in config.instruction_modes:
-            chosen = _instructions(queries, task, registry, mode, config.seed)
+            chosen = choose_instructions(queries, task, registry, mode, config.seed)
             results.instructions[f"{task.name}/{mode}"] = dict(zip([q.qid for q in queries], chosen))
-            query_vectors = encoder.encode_queries(as_items(queries, directory.images), chosen,
-                                                   batch_size=config.batch_size, show_progress=config.show_progress)
-            for pool_name in config.pools:
-                pool = global_pool if pool_name == "global" else _local_pool(cache, task, global_pool)
-                _check_positives(task, queries, qrels, pool, pool_name)
-                result, run = _score(task, queries, qrels, query_vectors, pool, pool_name, mode, config)
-                result.pool_file = _relative(task.local_pool if pool_name == "local" else
-                                             directory.global_pool(config.split), directory.root)
-                result.queries_without_qrels = len(unjudged)
-                results.results.append(result)
-                logger.info("%s %s/%s: %s = %.4f", task.name, pool_name, mode, result.metric, result.score)
-                if out is not None:
-                    write_run(out / "runs" / f"{pool_name}-{mode}" / f"{task.name}.trec", run,
-                              tag=f"mmembed-{pool_name}-{mode}")
-                if on_run is not None:
-                    on_run(ScoredRun(task, queries, qrels, results.instructions[f"{task.name}/{mode}"], run, result))
+            vectors = inputs.query_vectors(task, queries, chosen, mode)
+            prepared.append((task, queries, qrels, unjudged, mode, local, vectors))
+    found, report = inputs.search(prepared)
+    results.search = report.to_dict()
+    out = Path(output_dir) if output_dir else None
+    for task, queries, qrels, unjudged, mode, local, _ in prepared:
+        logger.info("%s (%s): local pool %s", task.name, task.split, _relative(task.local_pool, directory.root))
+        for pool_name in config.pools:
+            hits = found[(task.name, mode, pool_name)]
+            pool_size = len(inputs.pool) if pool_name == "global" else local.size  # type: ignore[arg-type,union-attr]
+            result, run = _score(task, queries, qrels, hits, pool_size, pool_name, mode, config)
+            result.pool_file = _relative(task.local_pool if pool_name == "local" else
+                                         directory.global_pool(config.split), directory.root)
+            result.queries_without_qrels = len(unjudged)
+            if pool_name == "global":
+                result.index, result.index_recall = config.index, hits.recall
+            results.results.append(result)
+            logger.info("%s %s/%s: %s = %.4f", task.name, pool_name, mode, result.metric, result.score)
+            if out is not None:
+                write_run(out / "runs" / f"{pool_name}-{mode}" / f"{task.name}.trec", run,
+                          tag=f"mmembed-{pool_name}-{mode}")
+            if on_run is not None:
+                on_run(ScoredRun(task, queries, qrels, results.instructions[f"{task.name}/{mode}"], run, result))
     if out is not None:
         write_json(out / "results.json", results.to_dict())
         write_json(out / "config.json", results.config)
@@ -219,15 +249,17 @@ def _qrels_for(task: TaskFiles, queries: list[Query]) -> tuple[dict[str, dict[st
     return {q.qid: qrels[q.qid] for q in queries if q.qid in qrels}, missing
 
 
-def _check_positives(task: TaskFiles, queries: list[Query], qrels: dict[str, dict[str, int]], pool: EmbeddedPool,
-                     pool_name: str) -> None:
+def _check_positives(task: TaskFiles, queries: list[Query], qrels: dict[str, dict[str, int]],
+                     contains: Callable[[list[str]], np.ndarray], pool_name: str) -> None:
     """A positive missing from the pool could never be retrieved: refuse rather than count a miss.
 
     Both the judgments and the queries' own ``pos_cand_list`` are checked, as ``data validate`` does.
     """
     judged = [(qid, did, task.qrels) for qid, docs in qrels.items() for did, grade in docs.items() if grade > 0]
     listed = [(q.qid, did, task.queries) for q in queries for did in q.pos]
-    missing = [(qid, did, file) for qid, did, file in judged + listed if did not in pool.position]
+    pairs = judged + listed
+    present = contains([did for _, did, _ in pairs]) if pairs else np.ones(0, dtype=bool)
+    missing = [pair for pair, ok in zip(pairs, present) if not ok]
     if missing:
         qid, did, file = missing[0]
         raise DataError(f"{len(missing)} positive(s) of {task.name} are not in its {pool_name} pool (first: query "
@@ -238,61 +270,25 @@ def _relative(path: Path, root: Path) -> str:
     return str(path.relative_to(root)) if path.is_relative_to(root) else str(path)
 
 
-def _instructions(queries: list[Query], task: TaskFiles, registry: InstructionRegistry | None, mode: str,
-                  seed: int) -> list[str | None]:
-    if mode == "none":
-        return [None] * len(queries)
-    assert registry is not None
-    return [registry.choose(q, task.task.cand_modality, mode, seed) for q in queries]  # type: ignore[arg-type]
-
-
-def _global_vectors(cache: PoolEmbeddingCache, path: Path, config: EvalConfig, encoder_id: str) -> EmbeddedPool:
-    if config.embeddings_dir:
-        from mmembed.embeddings import load_embedded_pool
-
-        return load_embedded_pool(config.embeddings_dir, path, encoder_id)
-    return cache.embed_file(path)
-
-
-def _local_pool(cache: PoolEmbeddingCache, task: TaskFiles, global_pool: EmbeddedPool | None) -> EmbeddedPool:
-    if not task.local_pool.is_file():
-        raise DataError("local candidate pool not found", Location(str(task.local_pool)))
-    if global_pool is not None:
-        # Local pools are subsets of the union: reuse its vectors instead of embedding twice.
-        ids = [c.did for c in iter_candidates(task.local_pool)]
-        if all(did in global_pool.position for did in ids):
-            return global_pool.subset(ids)
-    return cache.embed_file(task.local_pool)
-
-
-def _score(task: TaskFiles, queries: list[Query], qrels, query_vectors: np.ndarray, pool: EmbeddedPool,
-           pool_name: str, mode: str, config: EvalConfig) -> tuple[TaskResult, dict]:
-    depth = min(config.depth, len(pool.ids))
-    index = FaissIndex(dim=pool.vectors.shape[1])
-    index.add(pool.ids, pool.vectors)
-    ids, scores = index.search(query_vectors, depth)
-    run = topk_to_run([q.qid for q in queries], ids, scores)
+def _score(task: TaskFiles, queries: list[Query], qrels, hits: Found, pool_size: int, pool_name: str, mode: str,
+           config: EvalConfig) -> tuple[TaskResult, dict]:
+    run = topk_to_run([q.qid for q in queries], hits.ids, hits.scores)
     metric = headline_metric(task, config.metric)
     names = [metric, *[m for m in config.extra_metrics if m != metric]]
     values = evaluate(run, qrels, names)
     modality_error = None
     if pool_name == "global":
-        modality_error = _modality_error(ids, pool, task, config.modality_error_k)
+        modality_error = _modality_error(hits, task, config.modality_error_k)
     result = TaskResult(task=task.name, task_id=task.task.id, arrow=task.task.arrow, pool=pool_name,
-                        instructions=mode, num_queries=len(queries), pool_size=len(pool.ids), metric=metric,
+                        instructions=mode, num_queries=len(queries), pool_size=pool_size, metric=metric,
                         score=values[metric], scores=values, modality_error=modality_error)
     return result, run
 
 
-def _modality_error(ids, pool: EmbeddedPool, task: TaskFiles, k: int) -> float:
+def _modality_error(hits: Found, task: TaskFiles, k: int) -> float:
     """Share of the top-k results whose modality differs from the task's target modality."""
-    position = pool.position
-    target = MODALITY_CODES[task.task.cand_modality]
-    wrong = total = 0
-    for row in ids:
-        for did in list(row)[:k]:
-            if did is None:
-                continue
-            total += 1
-            wrong += int(pool.modalities[position[did]] != target)
+    codes = hits.modalities[:, :k]
+    present = codes >= 0
+    total = int(present.sum())
+    wrong = int((present & (codes != MODALITY_CODES[task.task.cand_modality])).sum())
     return wrong / total if total else 0.0
