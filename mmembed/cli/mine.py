@@ -31,6 +31,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="output directory (per-task query files or negatives.jsonl)")
     p.add_argument("--embeddings", metavar="DIR", help="precomputed vectors of the split's global pool ('mmembed "
                                                        "encode' output) instead of encoding it")
+    p.add_argument("--index", help="the pool's index: exact (default), faiss, faiss-ivf, faiss-hnsw, milvus, or a "
+                                   "saved index directory of this pool (as 'mmembed evaluate --index')")
+    p.add_argument("--memory-limit", metavar="SIZE", help="memory the exact search may use, e.g. 2GB")
     p.add_argument("--shard", metavar="I/N", help="mine every N-th chunk starting at I (default: from torchrun "
                                                   "RANK/WORLD_SIZE, else 0/1)")
     add_config_arguments(p)
@@ -51,7 +54,9 @@ def run(args: argparse.Namespace) -> int:
     from mmembed.config import load_config
     from mmembed.mining import MiningConfig, mine_beir, mine_mbeir, stats_table
 
-    base = {"embeddings_dir": args.embeddings} if args.embeddings else {}
+    base = {**({"embeddings_dir": args.embeddings} if args.embeddings else {}),
+            **({"index": args.index} if args.index else {}),
+            **({"memory_limit": args.memory_limit} if args.memory_limit else {})}
     config = load_config(MiningConfig, args.config, args.set, base=base)
     shard = parse_shard(args.shard)
     encoder = common.load_encoder_arg(args.encoder, args.encoder_set)  # looked up at call time (tests patch it)

@@ -38,7 +38,8 @@ from mmembed.embeddings.pool_cache import (
 )
 from mmembed.encoders.base import Encoder, Item, as_items
 from mmembed.errors import ConfigError, DataError, Location
-from mmembed.index.faiss_index import FaissIndex
+from mmembed.index.base import VectorIndex
+from mmembed.index.build import search_index
 from mmembed.instructions import INSTRUCTION_MODES
 from mmembed.mining.folds import check_fold, fold_of
 from mmembed.mining.jobs import ChunkedJob, MiningResult, MiningStats, default_shard, merge
@@ -90,6 +91,20 @@ class MiningConfig:
     fold: int = 0
     #: ``mmembed encode`` output of the split's global pool: its vectors instead of encoding the pool.
     embeddings_dir: str | None = None
+    #: The pool's index (as ``mmembed evaluate --index``): ``exact`` (blocked exact top-k, mmembed's tie
+    #: rule), ``faiss``, ``faiss-ivf``, ``faiss-hnsw``, ``milvus`` or a saved index directory of this pool.
+    index: str = "exact"
+    #: Memory the exact search may use (e.g. ``"2GB"``; default half of what is available).
+    memory_limit: str | None = None
+
+    def identity(self) -> dict:
+        """The settings mined negatives depend on: the exact index's memory setting changes nothing, so an
+        exact run keeps the identity it had before these keys existed (finished runs are reused)."""
+        settings = asdict(self)
+        settings.pop("memory_limit")
+        if settings["index"] == "exact":
+            settings.pop("index")
+        return settings
 
     def rule(self) -> NegativeRule:
         self.validate()
@@ -113,6 +128,10 @@ class MiningConfig:
             raise ConfigError(f"seed must be in [0, 2**32), got {self.seed}")
         if not self.split:
             raise ConfigError("split must not be empty")
+        if self.memory_limit is not None:
+            from mmembed.index.topk import parse_memory
+
+            parse_memory(self.memory_limit)
 
 
 # ----------------------------------------------------------------------------- driver
@@ -123,10 +142,10 @@ def _embed_queries(encoder: Encoder, items: list[Item], instructions: list[str |
     return encoder.encode_queries(items, instructions, batch_size=config.batch_size, show_progress=show_progress)
 
 
-def _index(ids: list[str], vectors: np.ndarray) -> FaissIndex:
-    index = FaissIndex(dim=vectors.shape[1])
-    index.add(ids, vectors)
-    return index
+def _index(ids: list[str], vectors: np.ndarray, config: MiningConfig, encoder_id: str) -> VectorIndex:
+    """The index the queries search (the vectors are searched in place by the exact index, not copied)."""
+    return search_index(config.index, ids=ids, vectors=vectors, encoder_id=encoder_id,
+                        memory_limit=config.memory_limit)
 
 
 def _task_queries(task: TaskFiles) -> list[Query]:
@@ -162,7 +181,7 @@ def mine_mbeir(encoder: Encoder, data_dir: str | os.PathLike, output_dir: str | 
     candidates = read_candidates(pool_path)
     _check_positives(tasks, queries_of, {c.did for c in candidates}, pool_path)
     inputs = _mbeir_inputs(directory, tasks, pool_path, candidates, queries_of, config, out)
-    job = ChunkedJob(out, asdict(config), encoder.encoder_id, shard or default_shard(), inputs)
+    job = ChunkedJob(out, config.identity(), encoder.encoder_id, shard or default_shard(), inputs)
     if (done := job.finished()) is not None:
         return done
     job.start()
@@ -172,7 +191,7 @@ def mine_mbeir(encoder: Encoder, data_dir: str | os.PathLike, output_dir: str | 
         return merge(job, units, config.chunk_size, extra)
     cache = PoolEmbeddingCache(encoder, directory.images, config.cache_dir, config.batch_size, show_progress)
     pool = _pool_vectors(cache, pool_path, config, encoder.encoder_id)
-    index = _index(pool.ids, pool.vectors)
+    index = _index(pool.ids, pool.vectors, config, encoder.encoder_id)
     names = [m for m, _ in sorted(MODALITY_CODES.items(), key=lambda kv: kv[1])]
     pool_modality = {did: names[code].value for did, code in zip(pool.ids, pool.modalities)}
     fallbacks = _fallback_groups(pool_modality)
@@ -300,7 +319,7 @@ def mine_beir(encoder: Encoder, beir_dir: str | os.PathLike, output_dir: str | o
     files = (root / "corpus.jsonl", root / "queries.jsonl", root / "qrels" / f"{config.split}.tsv")
     beir = load_beir(beir_dir, config.split)  # every file checked before its hash keys the reuse
     inputs = {"files": {_relative(path, root): file_sha256(path) for path in files}}
-    job = ChunkedJob(out, asdict(config), encoder.encoder_id, shard or default_shard(), inputs)
+    job = ChunkedJob(out, config.identity(), encoder.encoder_id, shard or default_shard(), inputs)
     if (done := job.finished()) is not None:
         return done
     job.start()
@@ -315,7 +334,7 @@ def mine_beir(encoder: Encoder, beir_dir: str | os.PathLike, output_dir: str | o
     logger.info("embedding %d corpus documents of %s", len(doc_ids), beir_dir)
     docs = [Item(d, beir.corpus[d].full_text, None) for d in doc_ids]
     vectors = encoder.encode_candidates(docs, batch_size=config.batch_size, show_progress=show_progress)
-    index = _index(doc_ids, vectors)
+    index = _index(doc_ids, vectors, config, encoder.encoder_id)
 
     def work(start: int, stop: int) -> tuple[list, MiningStats]:
         chunk = qids[start:stop]
