@@ -67,7 +67,10 @@ def run(args: argparse.Namespace) -> int:
     result = run_recipe(recipe, show_progress=sys.stderr.isatty(), report=not args.no_report)
     for name, outcome in result.steps:
         print(f"{name}: {outcome}")
-    print(summary_table(result.evaluations))
+    final = result.selection.chosen if result.selection is not None else None
+    print(summary_table(result.evaluations, final))
+    if result.selection is not None:
+        print(f"final: {result.output_dir / 'final'} ({result.selection.reason})")
     if result.report is not None:
         print(f"report: {result.report}")
     return 0

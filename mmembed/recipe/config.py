@@ -54,6 +54,12 @@ class EvaluateSpec:
     #: A BEIR-format text set scored by nDCG@10 (``None``: no text evaluation).
     beir: str | None = None
     beir_split: str = "test"
+    #: Choose the final model on this split (``val``): every model of ``select_among`` is scored there,
+    #: the best global-pool average is linked as ``OUTPUT_DIR/final`` and named in the report, and
+    #: ``config.split`` (the test split) is scored once for the table. ``None``: no choice is made.
+    select_split: str | None = None
+    #: Labels of ``models`` that may be chosen (empty: every model that a training step produced).
+    select_among: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -65,6 +71,8 @@ class RecipeConfig:
     build_bundled: bool = False
     steps: list[Step] = field(default_factory=list)
     evaluate: EvaluateSpec = field(default_factory=EvaluateSpec)
+    #: Lines the report shows under its title (e.g. how a validation split was made).
+    notes: list[str] = field(default_factory=list)
 
     def validate(self) -> None:
         seen: set[str] = set()

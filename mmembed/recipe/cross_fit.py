@@ -31,6 +31,7 @@ from mmembed.fileio import atomic_open, write_json
 from mmembed.mining.folds import fold_of
 from mmembed.mining.jobs import FORMAT_VERSION, MANIFEST, MiningStats, default_shard
 from mmembed.recipe.config import RecipeConfig, Step
+from mmembed.recipe.steps import FINAL, mining_config, step_train_config, train_unless_done, wait_for
 from mmembed.version import __version__
 
 logger = logging.getLogger(__name__)
@@ -40,7 +41,6 @@ def run_cross_fit(recipe: RecipeConfig, step: Step, show_progress: bool) -> str:
     """Train the fold models, mine each held-out fold, merge; returns ``ran`` or ``skipped``."""
     from mmembed.encoders.registry import load_encoder
     from mmembed.mining import mine_mbeir
-    from mmembed.recipe.runner import FINAL, mining_config, step_train_config, train_config, wait_for
 
     assert step.mine is not None
     folds = step.mine.cross_fit
@@ -51,7 +51,7 @@ def run_cross_fit(recipe: RecipeConfig, step: Step, show_progress: bool) -> str:
     for fold in range(folds):
         root = target / "folds" / f"fold-{fold}"
         label = f"{step.name} fold {fold}/{folds}"
-        outcome = train_config(fold_train_config(base, root, folds, fold, config.seed), label)
+        outcome = train_unless_done(fold_train_config(base, root, folds, fold, config.seed), label)
         logger.info("%s: training %s", label, outcome)
         encoder = load_encoder(str(root / "model" / FINAL))
         fold_config = replace(config, folds=folds, fold=fold)

@@ -40,14 +40,27 @@ def _average(rows: dict[str, dict], key: str = "score") -> float | None:
     return sum(values) / len(values) if values else None
 
 
-def summary_table(evaluations: Sequence) -> str:
-    """Per model: local / global average of the headline metric, global modality error, text nDCG@10."""
+def global_average(evaluation) -> float | None:
+    """The global-pool average of the headline metric (the recipe's measure of a model), in [0, 1]."""
+    return _average(_rows(evaluation, "global"))
+
+
+def modality_error(evaluation) -> float | None:
+    """The global-pool average modality error@k, in [0, 1]."""
+    return _average(_rows(evaluation, "global"), "modality_error")
+
+
+def summary_table(evaluations: Sequence, final: str | None = None) -> str:
+    """Per model: local / global average of the headline metric, global modality error, text nDCG@10.
+
+    ``final`` (a label) is marked as the model chosen on validation data.
+    """
     rows = []
     for ev in evaluations:
-        local, glob = _rows(ev, "local"), _rows(ev, "global")
-        error = _average(glob, "modality_error")
         text = ev.beir["scores"].get("ndcg@10") if ev.beir else None
-        rows.append([ev.label, _pct(_average(local)), _pct(_average(glob)), _pct(error), _pct(text)])
+        label = f"**{ev.label}** (final)" if ev.label == final else ev.label
+        rows.append([label, _pct(_average(_rows(ev, "local"))), _pct(global_average(ev)), _pct(modality_error(ev)),
+                     _pct(text)])
     k = evaluations[0].mbeir["config"].get("modality_error_k", 5) if evaluations else 5
     return markdown_table(["model", "local avg", "global avg", f"global mod.err@{k} (%)", "text nDCG@10"], rows)
 
@@ -114,6 +127,35 @@ def training_table(training_dirs: dict[str, Path]) -> str | None:
     return markdown_table(["run", "steps", "first loss", "last loss"], rows) if rows else None
 
 
+def timings_table(out: Path) -> str | None:
+    """Per step (and evaluation): wall-clock and CPU time, optimizer steps and time per step."""
+    from mmembed.recipe.steps import TIMINGS_FILE
+
+    path = out / TIMINGS_FILE
+    if not path.is_file():
+        return None
+    saved = json.loads(path.read_text(encoding="utf-8"))
+    rows, wall, cpu = [], 0.0, 0.0
+    for name, t in saved.get("steps", {}).items():
+        steps = t.get("steps")
+        per_step = f"{t['wall_s'] / steps:.2f}" if steps else "-"
+        rows.append([name, f"{t['wall_s']:.0f}", f"{t['cpu_s']:.0f}", str(steps or "-"), per_step])
+        wall, cpu = wall + t["wall_s"], cpu + t["cpu_s"]
+    rows.append(["total", f"{wall:.0f}", f"{cpu:.0f}", "", ""])
+    table = markdown_table(["step", "wall (s)", "CPU (s)", "optimizer steps", "wall per step (s)"], rows)
+    return table + f"\n\nPeak resident memory of the last run: {saved.get('peak_rss_mb', 0):,.0f} MB. A skipped " \
+                   "step keeps the time of the run that made its output."
+
+
+def selection_text(selection) -> list[str]:
+    """The "final model" section: which model is the result, on which split it was chosen, and why."""
+    rows = [[label, _pct(score), _pct(selection.modality_errors.get(label))]
+            for label, score in selection.scores.items()]
+    return [f"**Final model: {selection.chosen}** (`final` links to `{selection.spec}`), chosen on the "
+            f"`{selection.split}` split: {selection.reason}.", "",
+            markdown_table(["candidate", f"global avg on {selection.split}", "global mod.err (%)"], rows), ""]
+
+
 def write_plots(out: Path, evaluations: Sequence, training_dirs: dict[str, Path]) -> list[Path]:
     """PNG plots (matplotlib, headless); none when matplotlib is missing."""
     try:
@@ -164,11 +206,13 @@ def _save(fig, path: Path) -> Path:
 
 def render(evaluations: Sequence, *, title: str, notes: Sequence[str] = (),
            training_dirs: dict[str, Path] | None = None, mining_dirs: dict[str, Path] | None = None,
-           plots: Sequence[Path] = (), out: Path | None = None) -> str:
+           plots: Sequence[Path] = (), out: Path | None = None, selection=None) -> str:
     """The report's Markdown."""
     first = evaluations[0].mbeir
     k = first["config"].get("modality_error_k", 5)
-    parts = [f"# {title}", "", *notes, "", "## Summary", "", summary_table(evaluations), "",
+    chosen = selection_text(selection) if selection is not None else []
+    final = selection.chosen if selection is not None else None
+    parts = [f"# {title}", "", *notes, "", *chosen, "## Summary", "", summary_table(evaluations, final), "",
              f"Data: `{first['config'].get('data_dir')}`, split `{first['config'].get('split')}`, instructions "
              f"`{_mode(evaluations[0])}`; headline metric hit@5 (M-BEIR's 'Recall@5'). Modality error@{k}: share of "
              f"the top {k} global-pool results whose modality is not the task's target modality.", ""]
@@ -180,6 +224,8 @@ def render(evaluations: Sequence, *, title: str, notes: Sequence[str] = (),
         parts += ["## Hard-negative mining", "", table, ""]
     if training_dirs and (table := training_table(training_dirs)):
         parts += ["## Training runs", "", table, ""]
+    if out is not None and (table := timings_table(out)):
+        parts += ["## Time and memory", "", table, ""]
     for plot in plots:
         shown = plot.relative_to(out) if out is not None and plot.is_relative_to(out) else plot
         parts += [f"![{plot.stem}]({shown})", ""]
@@ -187,12 +233,12 @@ def render(evaluations: Sequence, *, title: str, notes: Sequence[str] = (),
 
 
 def write_report(out: Path, evaluations: Sequence, recipe: RecipeConfig | None = None, *,
-                 title: str = "mmembed recipe report", notes: Sequence[str] = ()) -> Path:
+                 title: str = "mmembed recipe report", notes: Sequence[str] = (), selection=None) -> Path:
     """``out/report.md`` and ``out/plots/*.png``; returns the Markdown file's path."""
     training_dirs = {s.name: out / s.name for s in recipe.steps if s.train is not None} if recipe else {}
     mining_dirs = {s.name: out / s.name for s in recipe.steps if s.mine is not None} if recipe else {}
     plots = write_plots(out, evaluations, training_dirs)
     text = render(evaluations, title=title, notes=notes, training_dirs=training_dirs, mining_dirs=mining_dirs,
-                  plots=plots, out=out)
+                  plots=plots, out=out, selection=selection)
     write_text(out / "report.md", text)
     return out / "report.md"

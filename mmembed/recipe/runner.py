@@ -1,13 +1,8 @@
-"""Running a recipe: each step in order, skipped when its output is there and valid, then evaluation.
+"""Running a recipe: each step in order (:mod:`mmembed.recipe.steps`), the final model chosen on
+validation data (:mod:`mmembed.recipe.selection`), then evaluation and the report.
 
-- a training step is skipped when ``<step>/final`` holds a model trained with the same resolved
-  configuration, resumed from its last checkpoint when it was interrupted, and refused when its
-  directory holds a run of another configuration (delete it to retrain);
-- a mining step is skipped when its ``mining.json`` records the same settings and encoder (an
-  encoder retrained since then means mining again), and resumes its finished chunks otherwise;
-- an evaluation is skipped when ``eval/<label>/`` holds results of the same encoder and settings.
-
-The report (:mod:`mmembed.recipe.report`) is written at the end, from what is on disk.
+- an evaluation is skipped when ``eval/<label>/`` holds results of the same encoder and settings;
+- the report (:mod:`mmembed.recipe.report`) is written at the end, from what is on disk.
 """
 
 from __future__ import annotations
@@ -15,30 +10,29 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from mmembed.config import load_config
 from mmembed.errors import ConfigError, MMEmbedError
-from mmembed.mining.jobs import MANIFEST as MINING_MANIFEST
 from mmembed.mining.jobs import default_shard
-from mmembed.recipe.config import RecipeConfig, Step
+from mmembed.recipe.config import RecipeConfig
+from mmembed.recipe.cross_fit import run_cross_fit
+from mmembed.recipe.evaluation import ModelEvaluation, evaluate_models
+from mmembed.recipe.selection import Selection
+from mmembed.recipe.steps import (
+    FINAL,
+    Timings,
+    mining_config,
+    resolve_model,
+    run_mine_step,
+    step_train_config,
+    train_unless_done,
+)
 
 logger = logging.getLogger(__name__)
 
-FINAL = "final"
-
-
-@dataclass
-class ModelEvaluation:
-    """One evaluated model: M-BEIR results (``EvalResults.to_dict()``) and the text-set result."""
-
-    label: str
-    spec: str
-    mbeir: dict
-    beir: dict | None = None
-    seconds: float = 0.0
+__all__ = ["FINAL", "ModelEvaluation", "RecipeResult", "check_recipe", "evaluate_models", "run_recipe"]
 
 
 @dataclass
@@ -47,68 +41,76 @@ class RecipeResult:
     #: ``(step name, what happened)``: ``ran``, ``resumed`` or ``skipped``.
     steps: list[tuple[str, str]] = field(default_factory=list)
     evaluations: list[ModelEvaluation] = field(default_factory=list)
+    #: The final model chosen on validation data (``evaluate.select_split``), else ``None``.
+    selection: Selection | None = None
     report: Path | None = None
 
 
 def run_recipe(recipe: RecipeConfig, *, show_progress: bool = True, report: bool = True) -> RecipeResult:
-    """Run every step of ``recipe`` that is not done yet, evaluate, and write the report."""
+    """Run every step of ``recipe`` that is not done yet, choose the final model, evaluate, report."""
     out = Path(recipe.output_dir)
     result = RecipeResult(out)
-    check_recipe(recipe)
+    train_configs = check_recipe(recipe)
     if recipe.build_bundled:
         from mmembed.data.bundled import build
 
         build(recipe.data)
+    timings = Timings(out)
     for step in recipe.steps:
-        started = time.perf_counter()
-        outcome = _run_train(recipe, step) if step.train is not None else _run_mine(recipe, step, show_progress)
-        logger.info("recipe step %s: %s (%.0f s)", step.name, outcome, time.perf_counter() - started)
+        with timings.measure(step.name) as measured:
+            if step.train is not None:
+                outcome = train_unless_done(train_configs[step.name], step.name)
+                measured.steps = _trained_steps(out / step.name)
+            elif step.mine is not None and step.mine.cross_fit > 1:
+                outcome = run_cross_fit(recipe, step, show_progress)
+            else:
+                outcome = run_mine_step(recipe, step, show_progress)
+            measured.skipped = outcome == "skipped"
+        logger.info("recipe step %s: %s (%.0f s)", step.name, outcome, time.perf_counter() - measured.wall)
         result.steps.append((step.name, outcome))
     if default_shard()[0] != 0:  # under a launcher, one process evaluates and reports
         return result
     spec = recipe.evaluate
+    data = spec.data or recipe.data
     models = {label: resolve_model(recipe, str(name)) for label, name in spec.models.items()}
-    result.evaluations = evaluate_models(models, spec.data or recipe.data, spec.config, out / "eval",
-                                         beir=spec.beir, beir_split=spec.beir_split, show_progress=show_progress)
+    if spec.select_split:
+        from mmembed.recipe.selection import select_final
+
+        with timings.measure(f"select on {spec.select_split}"):
+            result.selection = select_final(recipe, models, out, show_progress=show_progress)
+    with timings.measure("evaluate"):
+        result.evaluations = evaluate_models(models, data, spec.config, out / "eval", beir=spec.beir,
+                                             beir_split=spec.beir_split, show_progress=show_progress)
     if report:
         from mmembed.recipe.report import write_report
 
-        result.report = write_report(out, result.evaluations, recipe)
+        result.report = write_report(out, result.evaluations, recipe, notes=recipe.notes,
+                                     selection=result.selection)
     return result
 
 
-def resolve_model(recipe: RecipeConfig, name: str) -> str:
-    """A training step's final model directory, or ``name`` itself (a directory or built-in name)."""
-    if any(s.name == name and s.train is not None for s in recipe.steps):
-        return str(Path(recipe.output_dir) / name / FINAL)
-    return name
+def _trained_steps(run_dir: Path) -> int | None:
+    """The optimizer steps of the model a training step exported (its ``training.json``)."""
+    from mmembed.training.saving import TRAINING_META_FILE
+
+    try:
+        return int(json.loads((run_dir / FINAL / TRAINING_META_FILE).read_text(encoding="utf-8"))["step"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
-def step_train_config(recipe: RecipeConfig, step: Step):
-    from mmembed.training.config import load_train_config
+def check_recipe(recipe: RecipeConfig) -> dict:
+    """Every step's configuration, before the first step runs: an error names the step and the key.
 
-    assert step.train is not None
-    return load_train_config(step.train, [*step.set, f"output_dir={Path(recipe.output_dir) / step.name}"])
-
-
-def mining_config(step: Step):
-    """A mining step's :class:`~mmembed.mining.MiningConfig` (checked)."""
-    from mmembed.mining import MiningConfig
-
-    assert step.mine is not None
-    return load_config(MiningConfig, None, None, base=dict(step.mine.config))
-
-
-def check_recipe(recipe: RecipeConfig) -> None:
-    """Every step's configuration, before the first step runs: an error names the step and the key."""
+    Returns each training step's resolved ``TrainConfig`` by step name (parsed once, here).
+    """
     from mmembed.eval.runner import EvalConfig
 
-    trained: set[str] = set()
+    trained: dict = {}
     for step in recipe.steps:
         try:
             if step.train is not None:
-                step_train_config(recipe, step)
-                trained.add(step.name)
+                trained[step.name] = step_train_config(recipe, step)
             else:
                 assert step.mine is not None
                 mining_config(step)
@@ -123,11 +125,23 @@ def check_recipe(recipe: RecipeConfig) -> None:
         for label, name in recipe.evaluate.models.items():
             _check_model_spec(recipe, str(name), trained, f"evaluate.models.{label}")
         _check_input_dir(recipe, recipe.evaluate.data or recipe.data, "evaluate.data")
+        _check_selection(recipe)
     except MMEmbedError as e:
         raise ConfigError(f"recipe evaluate: {e}") from None
+    return trained
 
 
-def _check_model_spec(recipe: RecipeConfig, name: str, trained: set[str], key: str) -> None:
+def _check_selection(recipe: RecipeConfig) -> None:
+    spec = recipe.evaluate
+    if spec.select_split is None:
+        return
+    unknown = [label for label in spec.select_among if label not in spec.models]
+    if unknown:
+        raise ConfigError(f"select_among: {', '.join(map(repr, unknown))} not in evaluate.models "
+                          f"({', '.join(spec.models)})")
+
+
+def _check_model_spec(recipe: RecipeConfig, name: str, trained, key: str) -> None:
     """A model is an earlier training step, an existing directory or a named model."""
     from mmembed.encoders.registry import named_models
 
@@ -143,122 +157,3 @@ def _check_input_dir(recipe: RecipeConfig, data: str, key: str) -> None:
     built_here = recipe.build_bundled and Path(data) == Path(recipe.data)
     if not built_here and not Path(data).is_dir():
         raise ConfigError(f"{key}: directory {data!r} not found")
-
-
-# ----------------------------------------------------------------------------- steps
-
-
-def _run_train(recipe: RecipeConfig, step: Step) -> str:
-    return train_config(step_train_config(recipe, step), step.name)
-
-
-def train_config(config, label: str) -> str:
-    """Train ``config`` unless its output directory already holds a model of that configuration."""
-    import torch
-
-    from mmembed.config import to_dict
-    from mmembed.training import checkpoint as ckpt
-    from mmembed.training.config import TrainConfig
-    from mmembed.training.saving import TRAIN_CONFIG_FILE
-    from mmembed.training.trainer import Trainer
-
-    out = Path(config.output_dir)
-    final = out / FINAL / TRAIN_CONFIG_FILE
-    if final.is_file():
-        done, wanted = to_dict(load_config(TrainConfig, final)), to_dict(config)
-        if done == wanted:
-            return "skipped"
-        changed = sorted(k for k in set(done) | set(wanted) if done.get(k) != wanted.get(k))
-        raise ConfigError(f"recipe step {label}: {out} holds a model trained with another configuration "
-                          f"(sections {', '.join(changed)} differ); delete {out} to train it again")
-    resume = bool(ckpt.list_checkpoints(out))
-    threads = torch.get_num_threads()
-    try:
-        Trainer(config).train(resume=resume)
-    finally:  # train.num_threads is for training; mining and evaluation get the machine back
-        torch.set_num_threads(threads)
-    return "resumed" if resume else "ran"
-
-
-def _run_mine(recipe: RecipeConfig, step: Step, show_progress: bool) -> str:
-    from mmembed.encoders.registry import load_encoder
-    from mmembed.mining import mine_beir, mine_mbeir, stats_table
-
-    assert step.mine is not None
-    if step.mine.cross_fit > 1:
-        from mmembed.recipe.cross_fit import run_cross_fit
-
-        return run_cross_fit(recipe, step, show_progress)
-    config = mining_config(step)
-    encoder = load_encoder(resolve_model(recipe, step.mine.encoder))
-    mine = mine_beir if (Path(step.mine.data) / "corpus.jsonl").is_file() else mine_mbeir
-    target = Path(recipe.output_dir) / step.name
-    mined = mine(encoder, step.mine.data, target, config, show_progress=show_progress)
-    if not mined.complete:  # launched in several processes: each mined its shard; wait for the last one
-        wait_for(target / MINING_MANIFEST, f"the other processes' mining shards of step {step.name}")
-        return "ran"
-    logger.info("mining statistics of %s:\n%s", step.name, stats_table(mined))
-    return "skipped" if mined.reused else "ran"
-
-
-def wait_for(path: Path, what: str, poll_s: float = 10.0) -> None:
-    logger.info("waiting for %s (%s)", what, path)
-    while not path.is_file():
-        time.sleep(poll_s)
-
-
-# ----------------------------------------------------------------------------- evaluation
-
-
-def evaluate_models(models: dict[str, str], data_dir: str, eval_config: dict, out_dir: Path, *,
-                    beir: str | None = None, beir_split: str = "test", show_progress: bool = True,
-                    on_model: Callable[[ModelEvaluation], None] | None = None) -> list[ModelEvaluation]:
-    """Evaluate every ``{label: encoder spec}`` on ``data_dir`` (and ``beir``), reusing valid results."""
-    from mmembed.encoders.registry import load_encoder
-    from mmembed.eval.runner import EvalConfig
-
-    evaluations = []
-    for label, spec in models.items():
-        started = time.perf_counter()
-        encoder = load_encoder(spec)
-        config = load_config(EvalConfig, None, None, base={**eval_config, "show_progress": show_progress})
-        target = out_dir / label
-        mbeir = _mbeir_results(encoder, data_dir, config, target)
-        text = _beir_result(encoder, beir, beir_split, config, target) if beir else None
-        evaluation = ModelEvaluation(label, spec, mbeir, text, time.perf_counter() - started)
-        evaluations.append(evaluation)
-        if on_model is not None:
-            on_model(evaluation)
-    return evaluations
-
-
-def _comparable(config: dict) -> dict:
-    """The settings that decide a result, as JSON has them (tuples become lists)."""
-    kept = {k: v for k, v in config.items() if k not in ("show_progress", "mmembed_version")}
-    return json.loads(json.dumps(kept))
-
-
-def _mbeir_results(encoder, data_dir: str, config, target: Path) -> dict:
-    from mmembed.eval.runner import run_evaluation
-
-    path = target / "results.json"
-    wanted = _comparable({**asdict(config), "data_dir": str(data_dir), "encoder_id": encoder.encoder_id})
-    if path.is_file():
-        saved = json.loads(path.read_text(encoding="utf-8"))
-        if _comparable(saved["config"]) == wanted:
-            logger.info("reusing the evaluation in %s", target)
-            return saved
-    return run_evaluation(encoder, data_dir, config, target).to_dict()
-
-
-def _beir_result(encoder, root: str, split: str, config, target: Path) -> dict:
-    from mmembed.eval.beir_runner import run_beir_evaluation
-
-    path = target / f"beir-{Path(root).name}-{split}.json"
-    if path.is_file():
-        saved = json.loads(path.read_text(encoding="utf-8"))
-        if saved.get("config", {}).get("encoder_id") == encoder.encoder_id:
-            return saved
-    result = run_beir_evaluation(encoder, root, split=split, batch_size=config.batch_size,
-                                 show_progress=config.show_progress, output_dir=target)
-    return dict(result.__dict__)
