@@ -4,7 +4,7 @@
 import mmembed
 model = mmembed.load("cpu-default-stage3")
 q = model.encode_queries(["red heart"], task="emoji_task0")
-d = model.encode_documents(["red heart", {"text": "heart", "image": "x.png"}])
+d = model.encode_candidates(["red heart", {"text": "heart", "image": "x.png"}])
 model.similarity(q, d)
 ```
 

@@ -4,7 +4,7 @@
 import mmembed
 model = mmembed.load("cpu-default-stage3")            # a named model or any model folder
 q = model.encode_queries(["red heart"], instruction="Retrieve the emoji image that matches this keyword.")
-d = model.encode_documents(["red heart", Image.open("x.png"), {"text": "heart", "image": "x.png"}])
+d = model.encode_candidates(["red heart", Image.open("x.png"), {"text": "heart", "image": "x.png"}])
 model.similarity(q, d)                                 # (1, 3) cosine scores
 ```
 
@@ -46,7 +46,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-#: What ``encode_queries`` / ``encode_documents`` accept, item by item.
+#: What ``encode_queries`` / ``encode_candidates`` accept, item by item.
 Input = str | Image.Image | os.PathLike | Mapping[str, Any] | Item | Query | Candidate
 #: Embeddings as returned by the encode methods.
 Embeddings = Union[np.ndarray, "torch.Tensor"]  # noqa: UP007 (a string member cannot use |)
@@ -113,10 +113,11 @@ class Embedder:
                                               show_progress=_show(show_progress, len(items)))
         return _as_output(vectors, convert_to_tensor)
 
-    def encode_documents(self, inputs: Input | Sequence[Input], *, ids: Sequence[str] | None = None,
-                         batch_size: int = 32, show_progress: bool | None = None, convert_to_tensor: bool = False,
-                         image_root: str | os.PathLike | None = None) -> Embeddings:
-        """Document (candidate) embeddings, (n, dim) L2-normalised float32; never with an instruction."""
+    def encode_candidates(self, inputs: Input | Sequence[Input], *, ids: Sequence[str] | None = None,
+                          batch_size: int = 32, show_progress: bool | None = None, convert_to_tensor: bool = False,
+                          image_root: str | os.PathLike | None = None) -> Embeddings:
+        """Candidate embeddings (the items searched: "documents" elsewhere), (n, dim) L2-normalised float32;
+        never with an instruction."""
         items = to_items(inputs, ids=ids, image_root=image_root)
         vectors = self.encoder.encode_candidates(items, batch_size=batch_size,
                                                  show_progress=_show(show_progress, len(items)))

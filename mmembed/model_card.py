@@ -103,7 +103,7 @@ SHIPPED = {
 
 INTENDED_USE = ("Embedding queries (text, an image, or both, with a task instruction) and candidates (text, an "
                 "image, or both; never an instruction) for cosine-similarity retrieval, as in MM-Embed "
-                "(Lin et al., ICLR 2025): `mmembed.load(folder)`, then `encode_queries`, `encode_documents` and "
+                "(Lin et al., ICLR 2025): `mmembed.load(folder)`, then `encode_queries`, `encode_candidates` and "
                 "`similarity`.")
 BUNDLED_ONLY = ("It was trained only on the bundled emoji and WordNet tasks, at CPU scale; how it does on "
                 "other data has not been measured here.")

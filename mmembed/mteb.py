@@ -88,7 +88,7 @@ class MTEBModel(AbsEncoder):
         for batch in inputs:
             items = batch_items(batch, f"{task_metadata.name}/{hf_subset}/{hf_split}/{len(rows)}")
             if is_document:
-                rows.append(self.model.encode_documents(items, batch_size=len(items), show_progress=show))
+                rows.append(self.model.encode_candidates(items, batch_size=len(items), show_progress=show))
                 continue
             instruction = _batch_instructions(batch, len(items)) or task_instruction
             rows.append(self.model.encode_queries(items, instruction=instruction, batch_size=len(items),

@@ -79,7 +79,7 @@ def test_plain_inputs_mean_what_they_say(model, heart_png):
                 [image, heart_png, {"image": heart_png}, {"image": str(heart_png)}, {"image": image}],
                 [{"text": "heart", "image": heart_png}, Item("x", "heart", heart_image())]]
     for same in variants:
-        vectors = model.encode_documents(same)
+        vectors = model.encode_candidates(same)
         np.testing.assert_allclose(vectors, np.repeat(vectors[:1], len(same), axis=0), atol=1e-5)
     modalities = [it.modality for it in to_items(["a", heart_png, {"text": "a", "image": heart_png}])]
     assert modalities == [Modality.TEXT, Modality.IMAGE, Modality.IMAGE_TEXT]
@@ -116,7 +116,7 @@ def test_bad_inputs_are_refused_naming_the_input(bad, message):
 def test_a_missing_image_file_names_the_file(model, tmp_path):
     missing = tmp_path / "nope.png"
     with pytest.raises(ImageError, match="nope.png"):
-        model.encode_documents([missing])
+        model.encode_candidates([missing])
 
 
 def test_a_task_name_selects_its_instruction(model):
@@ -157,11 +157,11 @@ def test_bundled_instructions_are_the_ones_the_benchmark_writes():
 
 def test_outputs_numpy_or_torch_and_batching_does_not_change_them(model, heart_png):
     inputs = ["red heart", "green apple", heart_png, {"text": "a heart", "image": heart_png}, "sun"]
-    one_batch = model.encode_documents(inputs, batch_size=32)
-    tiny_batches = model.encode_documents(inputs, batch_size=2, show_progress=True)
+    one_batch = model.encode_candidates(inputs, batch_size=32)
+    tiny_batches = model.encode_candidates(inputs, batch_size=2, show_progress=True)
     assert one_batch.dtype == np.float32 and one_batch.shape == (5, model.dim)
     np.testing.assert_allclose(one_batch, tiny_batches, atol=1e-5)
-    tensor = model.encode_documents(inputs, convert_to_tensor=True)
+    tensor = model.encode_candidates(inputs, convert_to_tensor=True)
     assert isinstance(tensor, torch.Tensor)
     np.testing.assert_allclose(tensor.numpy(), one_batch, atol=1e-6)
     np.testing.assert_allclose(np.linalg.norm(one_batch, axis=1), 1.0, atol=1e-5)
@@ -189,7 +189,7 @@ def test_save_pretrained_round_trips_and_writes_a_factual_card(model, tmp_path, 
     saved = model.save_pretrained(tmp_path / "stage3")
     again = mmembed.load(saved)
     inputs = ["red heart", heart_png, {"text": "heart", "image": heart_png}]
-    np.testing.assert_allclose(again.encode_documents(inputs), model.encode_documents(inputs), atol=1e-6)
+    np.testing.assert_allclose(again.encode_candidates(inputs), model.encode_candidates(inputs), atol=1e-6)
     np.testing.assert_allclose(again.encode_queries(["red heart"], task="emoji_task0"),
                                model.encode_queries(["red heart"], task="emoji_task0"), atol=1e-6)
     card = (saved / "README.md").read_text(encoding="utf-8")
@@ -248,16 +248,16 @@ def test_a_sentence_transformers_folder_loads_as_a_text_encoder(monkeypatch):
     model = mmembed.load(folder)
     reference = sentence_transformers.SentenceTransformer(str(folder), device="cpu").encode(
         texts, normalize_embeddings=True, convert_to_numpy=True)
-    np.testing.assert_allclose(model.encode_documents(texts), reference, atol=1e-5)
+    np.testing.assert_allclose(model.encode_candidates(texts), reference, atol=1e-5)
     np.testing.assert_allclose(model.encode_queries(texts), reference, atol=1e-5)
     assert model.dim == 384
 
 
 def test_records_and_relative_paths_resolve_under_image_root(model, heart_png):
     record = mmembed.Candidate("10:1", "heart", "x.png", Modality.IMAGE_TEXT)
-    by_record = model.encode_documents([record, {"text": "heart", "image": "x.png"}], image_root=heart_png.parent)
+    by_record = model.encode_candidates([record, {"text": "heart", "image": "x.png"}], image_root=heart_png.parent)
     np.testing.assert_allclose(by_record[0], by_record[1], atol=1e-6)
-    np.testing.assert_allclose(by_record[:1], model.encode_documents([{"text": "heart", "image": heart_png}]),
+    np.testing.assert_allclose(by_record[:1], model.encode_candidates([{"text": "heart", "image": heart_png}]),
                                atol=1e-6)
     with pytest.raises(ImageError, match="escapes the image root"):
         to_items([{"image": "../x.png"}], image_root=heart_png.parent)

@@ -71,7 +71,7 @@ def test_encode_follows_the_prompt_type_and_the_task_instruction(embedder, text_
                              prompt_type=mteb.types.PromptType.document)
     np.testing.assert_allclose(queries, embedder.encode_queries(texts, instruction=metadata.prompt["query"]),
                                atol=1e-6)
-    np.testing.assert_allclose(documents, embedder.encode_documents(texts), atol=1e-6)
+    np.testing.assert_allclose(documents, embedder.encode_candidates(texts), atol=1e-6)
     symmetric = model.encode(batches, task_metadata=metadata, hf_split="test", hf_subset="default")
     np.testing.assert_allclose(symmetric, queries, atol=1e-6)  # no prompt type: queries, with the query prompt
 
