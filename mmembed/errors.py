@@ -64,3 +64,8 @@ class IndexMismatchError(MMEmbedError):
 
 class ModelError(MMEmbedError):
     """A model cannot be built, loaded or used with the given input."""
+
+
+class ArgumentError(MMEmbedError, ValueError):
+    """A library function got arguments that do not fit together (a count, a shape or a value out
+    of range); the message names the argument. Also a :class:`ValueError`, as Python's own are."""

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 import numpy as np
 
 from mmembed.data.images import ImageLike, ImageStore
-from mmembed.errors import DataError, Location
+from mmembed.errors import ArgumentError, DataError, Location
 from mmembed.types import Candidate, Modality, Query, has_visible_text
 
 if TYPE_CHECKING:
@@ -62,7 +62,7 @@ def per_item_instructions(instruction: Instructions, n: int) -> list[str | None]
         return [instruction] * n
     instructions = list(instruction)
     if len(instructions) != n:
-        raise ValueError(f"got {len(instructions)} instructions for {n} queries")
+        raise ArgumentError(f"instruction: got {len(instructions)} instructions for {n} queries")
     return instructions
 
 

@@ -26,7 +26,7 @@ def set_bidirectional(language_model: nn.Module, enabled: bool = True) -> int:
     their own, already non-causal, settings).
     """
     config = getattr(language_model, "config", None)
-    if config is None:
+    if config is None:  # a programming error: encoders pass their transformers language model
         raise TypeError(f"{type(language_model).__name__} has no config; pass a transformers model")
     config.is_causal = not enabled
     changed = 0

@@ -107,7 +107,7 @@ class CLIPEncoder(BatchedEncoder):
         items = list(items)
         check_items(items, accepts_images=True, encoder_name=self.encoder_id)
         instructions = list(instructions) if instructions is not None else [None] * len(items)
-        if role == "candidate" and any(instructions):
+        if role == "candidate" and any(instructions):  # a programming error: see prompts.build_prompt
             raise ValueError("candidates never get an instruction")
         texts = [uniir_query_text(it.text, ins) if role == "query" else it.text for it, ins in zip(items, instructions)]
         text_rows = [i for i, t in enumerate(texts) if t and t.strip()]

@@ -135,9 +135,9 @@ def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, mode: PoolingMode =
     elif mode == "last":
         out = last_token(hidden, attention_mask)
     elif mode == "latent_attention":
-        if latent_pooler is None:
+        if latent_pooler is None:  # a programming error: encoders build the pooler with the mode
             raise ValueError("latent_attention pooling needs a LatentAttentionPooler")
         out = latent_pooler(hidden, pooling_mask(attention_mask, exclude_lengths))
-    else:
+    else:  # a programming error: encoders check the mode against POOLING_MODES (ConfigError) when built
         raise ValueError(f"unknown pooling mode {mode!r}; expected one of {', '.join(POOLING_MODES)}")
     return F.normalize(out.float(), dim=-1) if normalize else out

@@ -76,13 +76,13 @@ def build_prompt(text: str | None, has_image: bool, role: Role, instruction: str
     """The MM-Embed prompt of one item (placeholders inside ``text`` or ``instruction`` are escaped)."""
     text, instruction = escape_tokens(text, (image_placeholder,)), escape_tokens(instruction, (image_placeholder,))
     if role == "candidate":
-        if instruction:
+        if instruction:  # a programming error: the Encoder protocol gives candidates no instruction argument
             raise ValueError("candidates never get an instruction")
         prefix = ""
     elif role == "query":
         prefix = f"Instruct: {instruction}\nQuery: " if instruction else ""
         lead = "" if instruction else "Query: "
-    else:
+    else:  # a programming error: roles come from the encoders' own code (the Role literal)
         raise ValueError(f"role must be 'query' or 'candidate', got {role!r}")
     body = (f"{image_placeholder}\n" if has_image else "") + (text or "")
     if role == "query":
@@ -131,7 +131,7 @@ def excluded_tokens(tokenizer, prompt: Prompt, convention: InstructionMask, *, a
     """
     if convention == "prefix":
         return count_prefix_tokens(tokenizer, prompt.prefix)
-    if convention != "release":
+    if convention != "release":  # a programming error: encoders check instruction_mask (ConfigError) when built
         raise ValueError(f"instruction mask must be one of {', '.join(INSTRUCTION_MASKS)}, got {convention!r}")
     part = release_instruction_part(prompt.text)
     if part is None:

@@ -78,8 +78,8 @@ class FusionTowersEncoder(PartsModel):
         """L2-normalised (batch, 384) embeddings; differentiable w.r.t. the trainable weights."""
         items = list(items)
         check_items(items, encoder_name=self.encoder_type)
-        if role == "candidate" and instructions is not None and any(instructions):
-            raise ValueError("candidates never get an instruction")
+        if role == "candidate" and instructions is not None and any(instructions):  # a programming error
+            raise ValueError("candidates never get an instruction")  # (see prompts.build_prompt)
         instructions = list(instructions) if instructions is not None else [None] * len(items)
         texts = [self._text_of(it, ins) for it, ins in zip(items, instructions)]
         out = torch.zeros(len(items), self.dim, device=self.image_proj.weight.device)

@@ -20,7 +20,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from mmembed.errors import ConfigError
+from mmembed.errors import ConfigError, ModelError
 
 
 @dataclass
@@ -206,8 +206,9 @@ class LlavaNextAdapter(FamilyAdapter):
         if "pixel_values" in inputs.tensors:
             features = self.image_features(inputs.tensors["pixel_values"]).to(embeds.dtype)
             if int(is_image.sum()) != features.shape[0] * features.shape[1]:
-                raise ValueError(f"{int(is_image.sum())} image tokens for {features.shape[0]} images of "
-                                 f"{features.shape[1]} tokens")
+                raise ModelError(f"{type(self).__name__}: the processor wrote {int(is_image.sum())} image tokens for "
+                                 f"{features.shape[0]} images of {features.shape[1]} tokens (processor and model "
+                                 "configs disagree)")
             embeds = embeds.masked_scatter(is_image.unsqueeze(-1), features.reshape(-1, features.shape[-1]))
         out = self.language_model(inputs_embeds=embeds, attention_mask=mask, position_ids=positions_from_mask(mask),
                                   use_cache=False)

@@ -70,8 +70,11 @@ def weight_files(path: Path) -> dict[str, Path]:
     """Tensor name -> file, from the shard index or the single safetensors file."""
     index = path / INDEX_FILE
     if index.is_file():
-        weight_map = json.loads(index.read_text(encoding="utf-8")).get("weight_map") or {}
-        if not weight_map:
+        try:
+            weight_map = json.loads(index.read_text(encoding="utf-8")).get("weight_map") or {}
+        except (OSError, json.JSONDecodeError, UnicodeDecodeError, AttributeError) as e:
+            raise ModelError(f"{index}: cannot read the shard index: {e}") from None
+        if not isinstance(weight_map, dict) or not weight_map:
             raise ModelError(f"{index}: no weight_map")
         return {name: path / file for name, file in weight_map.items()}
     single = path / "model.safetensors"

@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from mmembed.errors import ArgumentError
 from mmembed.hashing import stable_hash
 from mmembed.losses.distributed import gather_keys, gather_with_grad, global_sum, world
 
@@ -53,9 +54,9 @@ def info_nce(q: Tensor, c: Tensor, target: Tensor, mask: Tensor | None = None,
     lose the differences the loss is about.
     """
     if q.ndim != 2 or c.ndim != 2 or q.shape[1] != c.shape[1]:
-        raise ValueError(f"expected q [B, d] and c [N, d], got {tuple(q.shape)} and {tuple(c.shape)}")
+        raise ArgumentError(f"q and c: expected q [B, d] and c [N, d], got {tuple(q.shape)} and {tuple(c.shape)}")
     if temperature <= 0:
-        raise ValueError(f"temperature must be positive, got {temperature}")
+        raise ArgumentError(f"temperature must be positive, got {temperature}")
     target = target.to(device=q.device, dtype=torch.long)
     q, c = q.float(), c.float()
     if normalize:
@@ -64,9 +65,9 @@ def info_nce(q: Tensor, c: Tensor, target: Tensor, mask: Tensor | None = None,
     if mask is not None:
         mask = mask.to(device=logits.device, dtype=torch.bool)
         if mask.shape != logits.shape:
-            raise ValueError(f"mask shape {tuple(mask.shape)} does not match logits {tuple(logits.shape)}")
+            raise ArgumentError(f"mask: shape {tuple(mask.shape)} does not match the logits {tuple(logits.shape)}")
         if len(target) and mask.gather(1, target[:, None]).any():
-            raise ValueError("the mask hides a query's own target candidate")
+            raise ArgumentError("mask: the mask hides a query's own target candidate")
         logits = logits.masked_fill(mask, float("-inf"))
     return F.cross_entropy(logits, target, reduction=reduction)
 
@@ -139,7 +140,7 @@ class InfoNCELoss:
 
     def __init__(self, temperature: float = DEFAULT_TEMPERATURE, *, normalize: bool = True, gather: bool = True):
         if temperature <= 0:
-            raise ValueError(f"temperature must be positive, got {temperature}")
+            raise ArgumentError(f"temperature must be positive, got {temperature}")
         self.temperature = temperature
         self.normalize = normalize
         self.gather = gather
@@ -147,7 +148,7 @@ class InfoNCELoss:
     def __call__(self, q: Tensor, c: Tensor, target: Tensor, positive_keys: Tensor | None = None,
                  candidate_keys: Tensor | None = None) -> Tensor:
         if (positive_keys is None) != (candidate_keys is None):
-            raise ValueError("give both positive_keys and candidate_keys, or neither")
+            raise ArgumentError("give both positive_keys and candidate_keys, or neither")
         rank, world_size = world()
         target = target.to(device=q.device, dtype=torch.long)
         if not self.gather or world_size == 1:

@@ -22,7 +22,7 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 
 from mmembed.encoders.base import Item
-from mmembed.errors import ConfigError, DataError, Location
+from mmembed.errors import ArgumentError, ConfigError, DataError, Location
 from mmembed.types import Run
 
 logger = logging.getLogger(__name__)
@@ -112,7 +112,8 @@ def fuse(retrieval: np.ndarray | None, rerank: np.ndarray, alpha: float, method:
         raise ConfigError("fusion with alpha > 0 needs the candidates' retrieval scores")
     retrieval = np.asarray(retrieval, dtype=np.float64)
     if retrieval.shape != rerank.shape:
-        raise ValueError(f"{retrieval.shape[0]} retrieval scores for {rerank.shape[0]} reranked candidates")
+        raise ArgumentError(f"retrieval: {retrieval.shape[0]} retrieval scores for {rerank.shape[0]} reranked "
+                            "candidates")
     return alpha * normalize_scores(retrieval, method) + (1.0 - alpha) * normalize_scores(rerank, method)
 
 
@@ -181,10 +182,10 @@ class BaseReranker:
         n = len(queries)
         candidate_lists = [list(cands) for cands in candidate_lists]
         if len(candidate_lists) != n:
-            raise ValueError(f"{len(candidate_lists)} candidate lists for {n} queries")
+            raise ArgumentError(f"candidate_lists: {len(candidate_lists)} candidate lists for {n} queries")
         instructions = [None] * n if instructions is None else list(instructions)
         if len(instructions) != n:
-            raise ValueError(f"{len(instructions)} instructions for {n} queries")
+            raise ArgumentError(f"instructions: {len(instructions)} instructions for {n} queries")
         if self.alpha > 0 and retrieval_scores is None:  # fail before the expensive scoring
             raise ConfigError(f"fusion with alpha={self.alpha} needs the candidates' retrieval scores")
         retrieval = _retrieval_arrays(queries, candidate_lists, retrieval_scores)
@@ -207,10 +208,10 @@ def aligned_pairs(queries: Sequence[Item], candidates: Sequence[Item], instructi
     """The pairs ``(queries[i], candidates[i], instructions[i])`` of ``score_pairs`` as lists, checked to align."""
     queries, candidates = list(queries), list(candidates)
     if len(queries) != len(candidates):
-        raise ValueError(f"{len(queries)} queries for {len(candidates)} candidates")
+        raise ArgumentError(f"queries and candidates: {len(queries)} queries for {len(candidates)} candidates")
     instructions = [None] * len(queries) if instructions is None else list(instructions)
     if len(instructions) != len(queries):
-        raise ValueError(f"{len(instructions)} instructions for {len(queries)} pairs")
+        raise ArgumentError(f"instructions: {len(instructions)} instructions for {len(queries)} pairs")
     return queries, candidates, instructions
 
 
@@ -224,7 +225,8 @@ def _retrieval_arrays(queries: Sequence[Item], candidate_lists: Sequence[Sequenc
     if retrieval_scores is None:
         return [None] * len(queries)
     if len(retrieval_scores) != len(queries):
-        raise ValueError(f"{len(retrieval_scores)} retrieval score lists for {len(queries)} queries")
+        raise ArgumentError(f"retrieval_scores: {len(retrieval_scores)} retrieval score lists for "
+                            f"{len(queries)} queries")
     out: list[np.ndarray | None] = []
     for query, cands, scores in zip(queries, candidate_lists, retrieval_scores):
         if len(scores) != len(cands):
@@ -282,7 +284,7 @@ def fuse_results(results: Sequence[RerankResult], alpha: float, normalization: s
     by_retrieval = sorted(results, key=lambda r: r.retrieval_rank)
     rerank = np.array([r.rerank_score for r in by_retrieval if r.reranked], dtype=np.float64)
     if any(r.reranked for r in by_retrieval[len(rerank):]):
-        raise ValueError("reranked results must be the head of the retrieval order")
+        raise ArgumentError("results: the reranked results must be the head of the retrieval order")
     retrieval = None
     if all(r.retrieval_score is not None for r in by_retrieval):
         retrieval = np.array([r.retrieval_score for r in by_retrieval], dtype=np.float64)

@@ -121,6 +121,7 @@ def head_content(query: Item, instruction: str | None = None, *, query_text: str
 def join_text_parts(parts: Sequence[Mapping[str, str]]) -> str:
     """The content of text-only parts as one string (for text-only chat templates)."""
     if any(p["type"] != "text" for p in parts):
+        # a programming error: callers pass text-only parts (images go to VLM rerankers only)
         raise ValueError("join_text_parts got an image part")
     return "".join(p["text"] for p in parts)
 

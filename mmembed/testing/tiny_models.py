@@ -86,7 +86,7 @@ def build_tiny_tokenizer(specials: list[str], *, vocab_size: int = 1000, bos: st
     tok.train_from_iterator(_corpus(seed), trainer=trainer)
     for word in ANSWER_WORDS:  # make sure each answer word is one token, with or without a leading space
         for form in (word, "Ġ" + word):
-            if tok.token_to_id(form) is None:
+            if tok.token_to_id(form) is None:  # the fixed corpus guarantees it: a broken corpus is a bug
                 raise RuntimeError(f"tiny tokenizer did not learn {form!r} as one token")
     if trailing_specials:
         tok.add_special_tokens(list(trailing_specials))
@@ -128,7 +128,7 @@ def build_tiny(family: str, out_dir: str | Path, seed: int = 0) -> Path:
     Cached per process on ``(family, seed)``: a second call copies nothing and returns the first
     directory when it still exists.
     """
-    if family not in FAMILIES:
+    if family not in FAMILIES:  # a test's own mistake: mmembed.testing serves test code only
         raise ValueError(f"unknown tiny family {family!r}; expected one of {', '.join(FAMILIES)}")
     cached = _CACHE.get((family, seed))
     if cached is not None and (cached / "config.json").is_file():
