@@ -111,7 +111,8 @@ def _write_pool_vectors(out: Path, pool_path: Path, count: int, dim: int, seed: 
         vectors[(dup >= 0) & (dup < duplicates)] = first  # rows 1..duplicates copy row 0
         write_chunk(out, chunk, [_candidate_id(n) for n in range(start, stop)], vectors.astype(dtype),
                     np.zeros(stop - start, dtype=np.int8))
-    write_json(out / MANIFEST, Manifest(identity, None, str(pool_path.resolve()), "mmembed synthetic").to_dict())
+    # the spec names no loadable encoder: these vectors were never encoded (search them through an index)
+    write_json(out / MANIFEST, Manifest(identity, encoder_id, str(pool_path.resolve()), "mmembed synthetic").to_dict())
     return out
 
 
