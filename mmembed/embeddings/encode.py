@@ -10,13 +10,14 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from mmembed.data.images import ImageStore
-from mmembed.data.mbeir import read_candidates
+from mmembed.data.mbeir import iter_candidates
 from mmembed.embeddings.pool_cache import MODALITY_CODES, file_sha256
 from mmembed.embeddings.store import (
     CHUNKS,
@@ -33,6 +34,7 @@ from mmembed.embeddings.store import (
 from mmembed.encoders.base import Encoder, as_items
 from mmembed.errors import ConfigError, DataError, IndexMismatchError, Location
 from mmembed.fileio import write_json
+from mmembed.hashing import stable_hash
 from mmembed.types import Candidate
 from mmembed.version import __version__
 
@@ -96,24 +98,64 @@ def encode_pool(encoder: Encoder, pool_path: str | os.PathLike, out: str | os.Pa
     shard = shard or default_shard()
     check_shard(shard)
     pool_path, out = Path(pool_path), Path(out)
-    candidates = read_candidates(pool_path)
-    if not candidates:
-        raise DataError("the candidate pool is empty", Location(str(pool_path)))
-    identity = Identity("candidates", encoder.encoder_id, file_sha256(pool_path),
-                        ids_fingerprint(c.did for c in candidates), len(candidates), encoder.dim, dtype, chunk_size)
+    count, fingerprint = scan_pool(pool_path)
+    identity = Identity("candidates", encoder.encoder_id, file_sha256(pool_path), fingerprint, count, encoder.dim,
+                        dtype, chunk_size)
     claim_directory(out, identity)
     images = ImageStore(image_root or guess_image_root(pool_path))
-    mine = list(range(shard[0], identity.num_chunks, shard[1]))
-    _remove_stale_temporaries(out, mine)
-    todo = [c for c in mine if not _chunk_done(out, c, identity, candidates)]
-    log.info("shard %d/%d: %d of its %d chunks to encode (%d rows each) into %s", shard[0], shard[1], len(todo),
-             len(mine), chunk_size, out)
-    for chunk in _progress(todo, show_progress, f"encoding shard {shard[0]}/{shard[1]}"):
-        start, stop = identity.chunk_rows(chunk)
-        _encode_chunk(encoder, candidates[start:stop], images, out, chunk, dtype, batch_size)
+    mine = set(range(shard[0], identity.num_chunks, shard[1]))
+    _remove_stale_temporaries(out, sorted(mine))
+    log.info("shard %d/%d: %d chunks (%d rows each) into %s", shard[0], shard[1], len(mine), chunk_size, out)
+    encoded = reused = 0
+    # the pool is read as a stream, one chunk of candidates at a time: memory holds one chunk
+    chunks = (rows for chunk, rows in enumerate(_chunked(iter_candidates(pool_path), chunk_size)) if chunk in mine)
+    for chunk, rows in _progress(zip(sorted(mine), chunks), show_progress, len(mine),
+                                 f"encoding shard {shard[0]}/{shard[1]}"):
+        if _chunk_done(out, chunk, rows):
+            reused += 1
+            continue
+        _encode_chunk(encoder, rows, images, out, chunk, dtype, batch_size)
+        encoded += 1
     complete = _finish(out, identity, Manifest(identity, encoder_spec, str(pool_path.resolve()),
                                                f"mmembed {__version__}"))
-    return EncodeResult(out, len(todo), len(mine) - len(todo), complete)
+    return EncodeResult(out, encoded, reused, complete)
+
+
+def scan_pool(pool_path: Path) -> tuple[int, str]:
+    """(candidates, ids fingerprint) of a pool file, read as a stream; an empty pool or a repeated id is refused.
+
+    Repeats are found among 64-bit hashes of the ids (8 bytes per candidate, not a set of strings);
+    a hash collision is confirmed on the strings before it is reported.
+    """
+    hashes: list[int] = []
+
+    def ids():
+        for candidate in iter_candidates(pool_path):
+            hashes.append(stable_hash(candidate.did))
+            yield candidate.did
+
+    fingerprint = ids_fingerprint(ids())
+    if not hashes:
+        raise DataError("the candidate pool is empty", Location(str(pool_path)))
+    ordered = np.sort(np.array(hashes, dtype=np.uint64))
+    if (ordered[1:] == ordered[:-1]).any():
+        seen: set[str] = set()
+        for candidate in iter_candidates(pool_path):
+            if candidate.did in seen:
+                raise DataError("duplicate id", Location(str(pool_path), None, None, candidate.did))
+            seen.add(candidate.did)
+    return len(hashes), fingerprint
+
+
+def _chunked(items: Iterator[Candidate], size: int) -> Iterator[list[Candidate]]:
+    batch: list[Candidate] = []
+    for item in items:
+        batch.append(item)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
 
 
 def _encode_chunk(encoder: Encoder, rows: list[Candidate], images: ImageStore, out: Path, chunk: int,
@@ -129,7 +171,7 @@ def _encode_chunk(encoder: Encoder, rows: list[Candidate], images: ImageStore, o
     write_chunk(out, chunk, [c.did for c in rows], vectors.astype(dtype), modalities)
 
 
-def _chunk_done(out: Path, chunk: int, identity: Identity, candidates: list[Candidate]) -> bool:
+def _chunk_done(out: Path, chunk: int, rows: list[Candidate]) -> bool:
     """A chunk counts as done when its file opens and holds the pool's ids for its rows.
 
     Only the ids are read (chunks are written whole, atomically): resuming a 5.6M x 4096 run must
@@ -138,15 +180,14 @@ def _chunk_done(out: Path, chunk: int, identity: Identity, candidates: list[Cand
     path = chunk_path(out, chunk)
     if not path.is_file():
         return False
-    start, stop = identity.chunk_rows(chunk)
     try:
         with np.load(path, allow_pickle=False) as z:
             ids = z["ids"].tolist()
     except (OSError, ValueError, KeyError, EOFError) as e:
         log.warning("redoing %s: unreadable (%s)", path, e)
         return False
-    if ids != [c.did for c in candidates[start:stop]]:
-        log.warning("redoing %s: its ids are not the pool's rows %d-%d", chunk_path(out, chunk), start, stop - 1)
+    if ids != [c.did for c in rows]:
+        log.warning("redoing %s: its ids are not the pool's rows of that chunk", path)
         return False
     return True
 
@@ -173,9 +214,9 @@ def _finish(out: Path, identity: Identity, manifest: Manifest) -> bool:
     return True
 
 
-def _progress(items: list[int], show: bool, desc: str):
+def _progress(items, show: bool, total: int, desc: str):
     if not show:
         return items
     from tqdm.auto import tqdm
 
-    return tqdm(items, desc=desc, unit="chunk")
+    return tqdm(items, total=total, desc=desc, unit="chunk")
