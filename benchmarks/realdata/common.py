@@ -73,9 +73,13 @@ def seeded_order(keys, seed: int, salt: str) -> list:
     return sorted(keys, key=lambda k: (fraction(f"{salt}:{seed}:{k}"), k))
 
 
-@lru_cache(maxsize=1)
-def english_lexicon(wordnet_dir: Path = WORDNET_DIR) -> frozenset[str]:
+def english_lexicon() -> frozenset[str]:
     """Every word of WordNet 3.0's index and exception lists, lower-cased (Debian ``wordnet-base``)."""
+    return _lexicon(WORDNET_DIR)
+
+
+@lru_cache(maxsize=2)
+def _lexicon(wordnet_dir: Path) -> frozenset[str]:
     words: set[str] = set(FUNCTION_WORDS)
     index = sorted(wordnet_dir.glob("index.*")) + sorted(wordnet_dir.glob("*.exc"))
     if not any(p.name.startswith("index.") for p in index):

@@ -106,9 +106,10 @@ def build_tasks(labels: np.ndarray, seed: int) -> tuple[DatasetSpec, dict[str, s
         split, d = split_of(concept[k]), label_of[k]
         facts = {"index": int(k), "label": d}
         i2t.append(QuerySpec(None, paths[k], (f"label:{d}",), frozenset({concept[k]}), facts))
-        same_class = gallery[(split, d)]
-        i2i.append(QuerySpec(None, paths[k], tuple(same_class), frozenset({concept[k]}) | concepts(same_class),
-                             facts))
+        same_class = gallery.get((split, d))
+        if same_class:  # a tiny set may have no gallery image of the class in the split
+            i2i.append(QuerySpec(None, paths[k], tuple(same_class), frozenset({concept[k]}) | concepts(same_class),
+                                 facts))
     images = sorted(key for key in candidates if key.startswith("image:"))
     labels_pool = [f"label:{d}" for d in range(len(LABELS))]
     tasks = [_task(0, "class name -> images of the class", t2i, images),

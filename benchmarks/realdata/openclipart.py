@@ -31,6 +31,7 @@ import shutil
 import subprocess
 import xml.etree.ElementTree as ET
 from collections import Counter, defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -241,14 +242,14 @@ def assign_roles(chosen: list[Kept], seed: int) -> dict[str, list[Kept]]:
     return roles
 
 
-def render_sample(kept: list[Kept], root: Path, max_images: int, seed: int,
-                  counts: Counter) -> tuple[list[Kept], dict[str, bytes]]:
+def render_sample(kept: list[Kept], root: Path, max_images: int, seed: int, counts: Counter,
+                  render_svg: Callable[[Path], bytes | None] = render) -> tuple[list[Kept], dict[str, bytes]]:
     """Render kept clip-arts in seeded order until ``max_images`` distinct pictures are drawn."""
     chosen, images, pixels = [], {}, set()
     for item in seeded_order(kept, seed, "sample"):
         if len(chosen) >= max_images:
             break
-        png = render(root / item.key)
+        png = render_svg(root / item.key)
         if png is None:
             counts["renders blank or fails"] += 1
             continue
@@ -307,18 +308,20 @@ def package_version(package: str) -> str:
     return done.stdout.strip() or "unknown"
 
 
-def build(out: Path, *, svg_root: Path = SVG_ROOT, max_images: int = 2500, seed: int = 0) -> dict:
+def build(out: Path, *, svg_root: Path = SVG_ROOT, max_images: int = 2500, seed: int = 0,
+          render_svg: Callable[[Path], bytes | None] = render) -> dict:
+    """Build the set into ``out`` (replaced as a whole); ``render_svg`` draws one SVG as PNG bytes."""
     if not svg_root.is_dir():
         raise MissingDependencyError(f"no clip-art SVGs at {svg_root}; install them with: "
                                      f"apt-get install {PACKAGE}")
-    if shutil.which("rsvg-convert") is None:
+    if render_svg is render and shutil.which("rsvg-convert") is None:
         raise MissingDependencyError("rendering the SVGs needs rsvg-convert; install it with: "
                                      "apt-get install librsvg2-bin")
     counts: Counter = Counter()
     cliparts = read_metadata(svg_root)
     counts["distinct SVG files"] = len(cliparts)
     kept = select(cliparts, counts)
-    chosen, images = render_sample(kept, svg_root, max_images, seed, counts)
+    chosen, images = render_sample(kept, svg_root, max_images, seed, counts, render_svg)
     spec = build_tasks(chosen, seed)
     facts = {"source": f"Debian {PACKAGE} {package_version(PACKAGE)}", "seed": seed, "max_images": max_images,
              "size": SIZE, "selection": dict(sorted(counts.items())),
