@@ -12,7 +12,6 @@ Checkpoints of the models built from these parts store only what differs from th
 from __future__ import annotations
 
 import contextlib
-import copy
 import hashlib
 import importlib.util
 import json
@@ -72,30 +71,56 @@ def check_base_packages(recorded: Mapping[str, str] | None, where: str) -> None:
 
 
 class TextBackbone(nn.Module):
-    """all-MiniLM-L6-v2: tokenizer and bidirectional BERT (no pooler layer)."""
+    """all-MiniLM-L6-v2: tokenizer and bidirectional BERT (no pooler layer).
+
+    BERT is :class:`~mmembed.encoders.minilm.CompactBert` (the same computation and parameter
+    names as transformers' ``BertModel``, without importing transformers: a cold process embeds
+    in about a second) until training needs transformers' own model (:meth:`use_transformers`:
+    dropout, gradient checkpointing, peft), which then replaces it with the same weights.
+    """
 
     #: An unused BERT vocabulary entry standing for one image token, so the vocabulary is unchanged.
     IMAGE_TOKEN = "[unused0]"
 
     def __init__(self, max_length: int = 256):
         super().__init__()
-        from transformers import AutoTokenizer, BertModel
+        from mmembed.encoders.minilm import CompactBert, WordPieceTokenizer
 
         path = minilm_dir()
-        with quiet_transformers():
-            self.tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
-            self.model = BertModel.from_pretrained(str(path), local_files_only=True, add_pooling_layer=False,
-                                                   attn_implementation="sdpa")
-        self.tokenizer.add_special_tokens({"additional_special_tokens": [self.IMAGE_TOKEN]})
+        self.tokenizer = WordPieceTokenizer(path, [self.IMAGE_TOKEN])
+        self.model: nn.Module = CompactBert.from_directory(path)
         if len(self.tokenizer) != self.model.config.vocab_size:
             raise ModelError(f"{self.IMAGE_TOKEN} is not in the MiniLM vocabulary")
         self.image_token_id = self.tokenizer.convert_tokens_to_ids(self.IMAGE_TOKEN)
         self.max_length = min(max_length, self.model.config.max_position_embeddings)
         self.hidden_size = self.model.config.hidden_size
         # The Rust tokenizer without truncation/padding: we truncate ourselves to know when it happens.
-        self._backend = copy.deepcopy(self.tokenizer.backend_tokenizer)
-        self._backend.no_truncation()
-        self._backend.no_padding()
+        self._backend = self.tokenizer.backend_tokenizer
+
+    def use_transformers(self) -> None:
+        """Replace the compact BERT by transformers' ``BertModel`` with the same weights, dtype,
+        device, gradient flags and mode (what training needs); nothing when already done."""
+        from mmembed.encoders.minilm import CompactBert
+
+        compact = self.model
+        if not isinstance(compact, CompactBert):
+            return
+        from transformers import BertModel
+
+        with quiet_transformers():
+            model = BertModel.from_pretrained(str(minilm_dir()), local_files_only=True, add_pooling_layer=False,
+                                              attn_implementation="sdpa")
+        model.to(device=compact.device, dtype=compact.dtype)
+        model.load_state_dict(compact.state_dict())
+        trainable = {name: p.requires_grad for name, p in compact.named_parameters()}
+        for name, p in model.named_parameters():
+            p.requires_grad_(trainable[name])
+        self.model = model.train(compact.training)
+
+    def train(self, mode: bool = True) -> TextBackbone:
+        if mode:
+            self.use_transformers()  # the compact model has no dropout: it embeds, it does not train
+        return super().train(mode)
 
     def sanitize(self, text: str | None) -> str | None:
         """User text with the image token spelt so that it cannot become one (same word pieces)."""
@@ -242,6 +267,7 @@ class PartsModel(nn.Module, BatchedEncoder, TrainableEncoder):
     # ------------------------------------------------------------ the TrainableEncoder protocol
 
     def torch_module(self) -> nn.Module:
+        self.text.use_transformers()  # what is trained is transformers' BERT (see TextBackbone)
         return self
 
     def _projector_and_pooler(self) -> tuple[nn.Module | None, nn.Module | None]:
@@ -249,6 +275,7 @@ class PartsModel(nn.Module, BatchedEncoder, TrainableEncoder):
         raise NotImplementedError
 
     def trainable_parts(self) -> TrainableParts:
+        self.text.use_transformers()
         projector, pooler = self._projector_and_pooler()
         # the vision tower's features come from a cache, without gradients
         return TrainableParts(self.text.model, projector, pooler, list(self.vision.parameters()), True)
@@ -277,6 +304,7 @@ class PartsModel(nn.Module, BatchedEncoder, TrainableEncoder):
         A low-rank update loaded with this model is already merged into BERT's weights, so the new
         adapter trains on top of it; :meth:`save_pretrained` stores both as one set of factors.
         """
+        self.text.use_transformers()
         if live_lora_layers(self.text.model):
             raise ModelError("this model already has a LoRA adapter being trained")
         peft = require_module("peft", extra="train", what="peft (LoRA)")
