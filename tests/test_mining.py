@@ -362,3 +362,16 @@ def test_folds_split_the_queries_and_together_cover_them(toy_root, tmp_path):
         assert sum(m.stats[task].queries for m in mined) == 6
     with pytest.raises(ConfigError, match="fold"):
         small_config(folds=2, fold=2).validate()
+
+
+def test_a_low_type1_yield_is_said_with_what_the_slots_got_instead():
+    from mmembed.mining.jobs import MiningStats, type1_yield_note
+
+    low = MiningStats(queries=6010, negatives={"type1": 5, "type2": 6010, "random": 6005},
+                      candidates={"type1": 5, "type2": 30000}, with_candidates={"type1": 5, "type2": 6010})
+    note = type1_yield_note(low, {"num_type1": 1, "random_fallback": True})
+    assert "5 of 6,010 training queries (0.1 %)" in note and "6,005 empty slots hold random candidates" in note
+    assert "in-batch negatives only" in type1_yield_note(low, {"num_type1": 1, "random_fallback": False})
+    fine = MiningStats(queries=100, candidates={"type1": 40}, with_candidates={"type1": 20})
+    assert type1_yield_note(fine, {"num_type1": 1}) is None
+    assert type1_yield_note(low, {"num_type1": 0}) is None  # text mining asks for no type-1 negative

@@ -92,6 +92,37 @@ class MiningStats:
                    int(obj.get("wrong_modality_slots", 0)), int(obj.get("slots", 0)))
 
 
+#: Under this share of training queries with a type-1 candidate, mining says so (log and report).
+LOW_TYPE1_YIELD = 0.05
+
+
+def type1_yield_note(stats: MiningStats, config: dict) -> str | None:
+    """A sentence for a low type-1 yield (and what the missing slots got instead), else ``None``.
+
+    ``config`` is the mining configuration as ``mining.json`` stores it. A stage-1 model that has
+    fitted its training queries ranks their positives above every wrong-modality candidate, so it
+    finds almost no type-1 negative; that must not pass for modality-aware training.
+    """
+    wanted = int(config.get("num_type1", 0))
+    if not wanted or not stats.queries:
+        return None
+    found = stats.with_candidates.get("type1") if stats.candidates else None
+    if found is None:  # a fixed sample without the typed sets: queries with at least one type-1 id
+        found = min(stats.queries, stats.negatives.get("type1", 0))
+    if found >= LOW_TYPE1_YIELD * stats.queries:
+        return None
+    share = f"{found:,} of {stats.queries:,} training queries ({100 * found / stats.queries:.1f} %)"
+    if config.get("random_fallback", True):
+        instead = (f"their {stats.negatives.get('random', 0):,} empty slots hold random candidates of the target "
+                   "modality (easy negatives, nothing modality-aware); with random_fallback: false they train with "
+                   "in-batch negatives only")
+    else:
+        instead = "the others train with their type-2 and in-batch negatives only (no random fill)"
+    return (f"low type-1 yield: a wrong-modality candidate ranked above the positive for {share}, so the miner "
+            f"already ranks almost every positive first; {instead}. Cross-fitted mining (recipe: --cross-fit 2) "
+            "mines each query with a model that did not train on it and finds more.")
+
+
 @dataclass
 class MiningResult:
     output_dir: Path

@@ -86,6 +86,24 @@ def task_table(evaluations: Sequence, pool: str, key: str = "score") -> str:
     return markdown_table(["task", "q->c", "metric", *[ev.label for ev in evaluations]], body)
 
 
+def mining_notes(mining_dirs: dict[str, Path]) -> list[str]:
+    """Each mining step's low type-1 yield sentence (none when the yield is fine)."""
+    from mmembed.mining.jobs import MiningStats, type1_yield_note
+
+    notes = []
+    for name, directory in mining_dirs.items():
+        path = directory / "mining.json"
+        if not path.is_file():
+            continue
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+        total = MiningStats()
+        for s in manifest["stats"].values():
+            total.add(MiningStats.from_dict(s))
+        if note := type1_yield_note(total, manifest.get("config", {})):
+            notes.append(f"**{name}**: {note}")
+    return notes
+
+
 def mining_table(mining_dirs: dict[str, Path]) -> str | None:
     """Per mining step and task: the stored sample by type, the typed candidate sets, fallbacks and
     the modality error of the miner's top k (the evaluation's definition, on the training queries)."""
@@ -222,6 +240,8 @@ def render(evaluations: Sequence, *, title: str, notes: Sequence[str] = (),
     parts += [f"## Modality error@{k} in the global pool (%)", "", errors, ""]
     if mining_dirs and (table := mining_table(mining_dirs)):
         parts += ["## Hard-negative mining", "", table, ""]
+        for note in mining_notes(mining_dirs):
+            parts += [note, ""]
     if training_dirs and (table := training_table(training_dirs)):
         parts += ["## Training runs", "", table, ""]
     if out is not None and (table := timings_table(out)):

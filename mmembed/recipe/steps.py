@@ -91,6 +91,7 @@ def run_mine_step(recipe: RecipeConfig, step: Step, show_progress: bool) -> str:
     """Mine with the step's encoder; ``ran`` or ``skipped`` (cross-fitting: :mod:`mmembed.recipe.cross_fit`)."""
     from mmembed.encoders.registry import load_encoder
     from mmembed.mining import mine_beir, mine_mbeir, stats_table
+    from mmembed.mining.jobs import type1_yield_note
 
     assert step.mine is not None
     config = mining_config(step)
@@ -102,6 +103,8 @@ def run_mine_step(recipe: RecipeConfig, step: Step, show_progress: bool) -> str:
         wait_for(target / MINING_MANIFEST, f"the other processes' mining shards of step {step.name}")
         return "ran"
     logger.info("mining statistics of %s:\n%s", step.name, stats_table(mined))
+    if note := type1_yield_note(mined.total(), asdict(config)):
+        logger.warning("mining step %s: %s", step.name, note)
     return "skipped" if mined.reused else "ran"
 
 
