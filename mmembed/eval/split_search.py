@@ -162,8 +162,19 @@ def search_split(blocks: Sequence[QueryBlock], pool: PoolRows, exact: ExactIndex
                 reference = found.pop((block.task, block.mode, "reference"))
                 result.recall = _recall(result.ids[samples[i]], reference.ids, global_depth)
             found[(block.task, block.mode, "global")] = result
-    report.peak_rss_bytes = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    report.peak_rss_bytes = peak_rss()
     return found, report
+
+
+def peak_rss() -> int:
+    """This process's peak RSS in bytes (VmHWM; ``ru_maxrss`` would include a forking parent's over exec)."""
+    try:
+        for line in open("/proc/self/status", encoding="ascii"):
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 def _record(report: SearchReport, stats: PassStats) -> None:

@@ -1,11 +1,11 @@
 """Exact top-k by blocks: vectors streamed chunk by chunk against every query, memory bounded.
 
-Each chunk of candidate vectors meets the queries in blocks of :data:`QUERY_BLOCK` rows (one matrix
-product each); every block's scores are merged into a running top-k per query. Nothing but one chunk,
-one block of scores and the running top-k is held, so the candidate vectors may be far larger
-than memory. Several *requests* share one pass: each names its query rows, its depth and,
-optionally, the candidate rows it may return (``allowed``, e.g. a task's local pool), so a split's
-global and local searches read each vector once.
+Each chunk of candidate vectors (in slices of at most :data:`CANDIDATE_BLOCK` rows) meets the
+queries in blocks of :data:`QUERY_BLOCK` rows (one matrix product each); every block's scores are
+merged into a running top-k per query. Nothing but one chunk, one block of scores and the running
+top-k is held, so the candidate vectors may be far larger than memory. Several *requests* share
+one pass: each names its query rows, its depth and, optionally, the candidate rows it may return
+(``allowed``, e.g. a task's local pool), so a split's global and local searches read each vector once.
 
 Ties follow the one tie rule of mmembed (:func:`mmembed.eval.metrics.rank_documents`): score
 descending, then candidate id descending. Scores and ids are packed into one int64 key per pair
@@ -13,8 +13,8 @@ descending, then candidate id descending. Scores and ids are packed into one int
 the low half), so a top-k by key is a top-k by that rule, cut-off included.
 
 Arithmetic does not depend on the memory setting: every matrix product has the same shape
-(:data:`QUERY_BLOCK` query rows, padded with zeros, times one chunk), so a query's scores are the
-same bits however many queries share a pass.
+(:data:`QUERY_BLOCK` query rows, padded with zeros, times one slice of a chunk, the slices fixed by
+the chunk layout), so a query's scores are the same bits however many queries share a pass.
 """
 
 from __future__ import annotations
@@ -32,6 +32,8 @@ log = logging.getLogger(__name__)
 
 #: Query rows per matrix product (fixed: see the module docstring).
 QUERY_BLOCK = 256
+#: Candidate rows per matrix product at most (a chunk is cut into such slices, whatever the limit).
+CANDIDATE_BLOCK = 8192
 #: Bytes per score of a block while it is merged: float32 score, int64 key, int64 partition index.
 BYTES_PER_SCORE = 20
 #: Key of an empty slot (below every real key).
@@ -192,7 +194,7 @@ def plan_memory(limit: int, *, chunk_rows: int, dim: int, stored_itemsize: int, 
     ``held_bytes``: what the candidate side holds throughout (ids, their ranks, cached vectors).
     """
     fixed = held_bytes + chunk_rows * dim * (stored_itemsize + 4)
-    block = QUERY_BLOCK * (chunk_rows * BYTES_PER_SCORE + dim * 4)
+    block = QUERY_BLOCK * (min(chunk_rows, CANDIDATE_BLOCK) * BYTES_PER_SCORE + dim * 4)
     # per query: its float32 vector, and its keys in the top-k of every request that holds it (plus
     # the merge's copy of them)
     per_query = int(dim * 4 + 2 * keys_per_query * 8) + 1
@@ -231,27 +233,35 @@ def _one_pass(source: ChunkSource, queries: np.ndarray, lo: int, hi: int, part: 
               ranks: np.ndarray, stats: PassStats | None) -> None:
     block = np.zeros((QUERY_BLOCK, queries.shape[1]), dtype=np.float32)
     for start, vectors in source():
-        chunk_ranks = ranks[start:start + vectors.shape[0]]
-        for b in range(lo, hi, QUERY_BLOCK):
-            e = min(b + QUERY_BLOCK, hi)
-            block[: e - b] = queries[b:e]
-            block[e - b:] = 0.0  # padding: the product keeps its shape (see the module docstring)
-            scores = block @ vectors.T
-            for (_, request, s), top in zip(part, tops):
-                rb, re_ = max(s.start, b), min(s.stop, e)
-                if rb >= re_:
-                    continue
-                rows = scores[rb - b:re_ - b]
-                cols = chunk_ranks
-                if request.allowed is not None:
-                    keep = np.flatnonzero(request.allowed[start:start + vectors.shape[0]])
-                    rows, cols = rows[:, keep], chunk_ranks[keep]
-                top.push(slice(rb - s.start, re_ - s.start), rows, cols)
+        for offset in range(0, vectors.shape[0], CANDIDATE_BLOCK):
+            _merge_slice(block, queries, lo, hi, part, tops, ranks, start + offset,
+                         vectors[offset:offset + CANDIDATE_BLOCK])
         if stats is not None:
             stats.vectors_read += vectors.shape[0]
             stats.chunks_read += 1
     if stats is not None:
         stats.passes += 1
+
+
+def _merge_slice(block: np.ndarray, queries: np.ndarray, lo: int, hi: int, part: list, tops: list[TopK],
+                 ranks: np.ndarray, start: int, vectors: np.ndarray) -> None:
+    """Score candidate rows ``start:start + len(vectors)`` against the pass's queries, block by block."""
+    chunk_ranks = ranks[start:start + vectors.shape[0]]
+    for b in range(lo, hi, QUERY_BLOCK):
+        e = min(b + QUERY_BLOCK, hi)
+        block[: e - b] = queries[b:e]
+        block[e - b:] = 0.0  # padding: the product keeps its shape (see the module docstring)
+        scores = block @ vectors.T
+        for (_, request, s), top in zip(part, tops):
+            rb, re_ = max(s.start, b), min(s.stop, e)
+            if rb >= re_:
+                continue
+            rows = scores[rb - b:re_ - b]
+            cols = chunk_ranks
+            if request.allowed is not None:
+                keep = np.flatnonzero(request.allowed[start:start + vectors.shape[0]])
+                rows, cols = rows[:, keep], chunk_ranks[keep]
+            top.push(slice(rb - s.start, re_ - s.start), rows, cols)
 
 
 def id_ranks(ids: Iterable[str] | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
