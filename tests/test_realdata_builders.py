@@ -100,8 +100,12 @@ def test_openclipart_keeps_english_distinct_titles_and_splits_by_image(tmp_path,
     by_split = _images_by_split(out)
     assert set(by_split) == {"train", "val", "test"}
     assert not (by_split["train"] & by_split["test"]) and not (by_split["train"] & by_split["val"])
-    # One role per image: no image or caption is both a query and a candidate anywhere.
     d = MBEIRDirectory(out)
+    for task in d.tasks("train"):  # training reads no val or test image, in no pool
+        for pool_file in (task.local_pool, d.global_pool("train")):
+            shown = {c.image for c in read_candidates(pool_file) if c.image}
+            assert shown and not (shown & (by_split["val"] | by_split["test"]))
+    # One role per image: no image or caption is both a query and a candidate anywhere.
     queries = [q for s in ("train", "val", "test") for t in d.tasks(s) for q in read_queries(t.queries)]
     pool = read_candidates(d.global_pool("test"))
     assert not ({q.image for q in queries if q.image} & {c.image for c in pool if c.image})

@@ -128,12 +128,14 @@ def write_build(out: Path, images: dict[str, bytes], datasets: list[DatasetSpec]
                 split_pools: bool = False) -> dict:
     """Write images, queries, pools, qrels and instructions into ``out`` (replaced as a whole).
 
-    Pools are the bundled benchmark's: one local pool per task for every split, and global pools
-    of every candidate (val, test) or of the train candidates (train). ``split_pools`` gives each
-    split pools of its own candidates only (split-named local pools, as MSCOCO's in M-BEIR): what
-    a class-label set needs, where a train image of the query's class would otherwise be a false
-    negative in the test pool. Returns the summary (counts per task and split, and ``facts``),
-    also saved as :data:`SUMMARY` beside the data.
+    Pools are the bundled benchmark's, global pools of every candidate (val, test) or of the train
+    candidates (train), and one local pool per task for val and test; the train split gets
+    split-named local pools of train candidates only, so that nothing a training step reads holds
+    a val or test image. ``split_pools`` gives val and test pools of their own candidates only too
+    (split-named local pools, as MSCOCO's in M-BEIR): what a class-label set needs, where a train
+    image of the query's class would otherwise be a false negative in the test pool. Returns the
+    summary (counts per task and split, and ``facts``), also saved as :data:`SUMMARY` beside the
+    data.
     """
     with atomic_directory(out) as stage:
         for rel, data in sorted(images.items()):
@@ -142,8 +144,7 @@ def write_build(out: Path, images: dict[str, bytes], datasets: list[DatasetSpec]
             target.write_bytes(data)
         written = [write_dataset(stage, d.name, d.dataset_id, d.candidates, d.tasks) for d in datasets]
         _write_global_pools(stage, written)
-        if split_pools:
-            _write_split_pools(stage, datasets, written)
+        _write_split_pools(stage, datasets, written, SPLITS if split_pools else ("train",))
         _write_instructions(stage, [t for d in datasets for t in d.tasks])
         summary = {"facts": facts, "images": len(images), "split_pools": split_pools,
                    "queries": {name: counts for w in written for name, counts in w.counts.items()},
@@ -158,13 +159,15 @@ def _splits_of(candidate: Candidate) -> set[str]:
     return {split_of(c) for c in json.loads(candidate.src_content or "{}").get("concepts", [])}
 
 
-def _write_split_pools(stage: Path, datasets: list[DatasetSpec], written: list[WrittenDataset]) -> None:
+def _write_split_pools(stage: Path, datasets: list[DatasetSpec], written: list[WrittenDataset],
+                       splits: tuple[str, ...]) -> None:
+    """Global and split-named local pools of each of ``splits`` holding that split's candidates only."""
     union = [c for w in written for c in w.candidates.values()]
-    for split in SPLITS:
+    for split in splits:
         write_candidates(stage / global_pool_file(split), (c for c in union if split in _splits_of(c)))
     for d in datasets:
         for t in d.tasks:
             pool = read_candidates(stage / local_pool_file(d.name, t.task.id))
-            for split in SPLITS:
+            for split in splits:
                 write_candidates(stage / local_pool_file(d.name, t.task.id, split),
                                  (c for c in pool if split in _splits_of(c)))
