@@ -101,10 +101,9 @@ def test_openclipart_keeps_english_distinct_titles_and_splits_by_image(tmp_path,
     assert set(by_split) == {"train", "val", "test"}
     assert not (by_split["train"] & by_split["test"]) and not (by_split["train"] & by_split["val"])
     d = MBEIRDirectory(out)
-    for task in d.tasks("train"):  # training reads no val or test image, in no pool
-        for pool_file in (task.local_pool, d.global_pool("train")):
-            shown = {c.image for c in read_candidates(pool_file) if c.image}
-            assert shown and not (shown & (by_split["val"] | by_split["test"]))
+    train_pools = [t.local_pool for t in d.tasks("train")] + [d.global_pool("train")]
+    shown = {c.image for path in train_pools for c in read_candidates(path) if c.image}
+    assert shown and not (shown & (by_split["val"] | by_split["test"]))  # training reads no val or test image
     # One role per image: no image or caption is both a query and a candidate anywhere.
     queries = [q for s in ("train", "val", "test") for t in d.tasks(s) for q in read_queries(t.queries)]
     pool = read_candidates(d.global_pool("test"))
