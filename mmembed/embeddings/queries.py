@@ -26,9 +26,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from mmembed import __version__
 from mmembed.errors import ConfigError, IndexMismatchError
 from mmembed.fileio import atomic_open, file_sha256, write_json
+from mmembed.version import __version__
 
 if TYPE_CHECKING:
     from mmembed.data.layout import MBEIRDirectory, TaskFiles
