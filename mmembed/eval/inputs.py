@@ -141,7 +141,8 @@ class EvalInputs:
         report = SearchReport(index=config.index)
         if self.pool is not None:
             exact, other = global_index(config.index, self.pool, vectors=self._vectors, embeddings=self.embeddings,
-                                        encoder_id=self.encoder_id, memory_limit=config.memory_limit)
+                                        encoder_id=self.encoder_id, memory_limit=config.memory_limit,
+                                        device=config.search_device)
             found, report = search_split(blocks, self.pool, exact, other, kind=config.index, depth=config.depth,
                                          search_global="global" in config.pools, recall_sample=config.recall_sample,
                                          seed=config.seed)

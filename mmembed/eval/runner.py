@@ -75,6 +75,8 @@ class EvalConfig:
     memory_limit: str | None = None
     #: Queries per task and mode an approximate index's recall is measured on (seeded sample).
     recall_sample: int = 1000
+    #: Where the exact search's matrix products run: ``auto`` (a CUDA GPU when present), ``cpu``, ``cuda``.
+    search_device: str = "auto"
     show_progress: bool = True
 
     def validate(self) -> None:

@@ -103,13 +103,14 @@ class SearchReport:
 
 
 def global_index(kind: str, pool: PoolRows, *, vectors: np.ndarray | None = None, embeddings=None,
-                 encoder_id: str | None = None, memory_limit: str | int | None = None
+                 encoder_id: str | None = None, memory_limit: str | int | None = None, device: str | None = "cpu"
                  ) -> tuple[ExactIndex, VectorIndex | None]:
     """(the exact streamed index over the global pool, the approximate one or None when ``kind`` is exact)."""
     if embeddings is not None:
-        exact = ExactIndex.from_embeddings(embeddings, memory_limit=memory_limit)
+        exact = ExactIndex.from_embeddings(embeddings, memory_limit=memory_limit, device=device)
     else:
-        exact = ExactIndex.from_vectors(pool.ids.tolist(), vectors, encoder_id=encoder_id, memory_limit=memory_limit)
+        exact = ExactIndex.from_vectors(pool.ids.tolist(), vectors, encoder_id=encoder_id, memory_limit=memory_limit,
+                                        device=device)
     if kind == "exact":
         return exact, None
     other = search_index(kind, ids=None if embeddings is not None else pool.ids.tolist(), vectors=vectors,

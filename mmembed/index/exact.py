@@ -60,7 +60,7 @@ class ExactIndex:
 
     def __init__(self, ids: np.ndarray, dim: int, *, chunks, chunk_rows: int, stored_itemsize: int,
                  encoder_id: str | None = None, memory_limit: int | str | None = None,
-                 embeddings: EmbeddingSet | None = None):
+                 embeddings: EmbeddingSet | None = None, device: str | None = "cpu"):
         from mmembed.index.topk import parse_memory
 
         self._ids = ids
@@ -71,13 +71,15 @@ class ExactIndex:
         self._itemsize = stored_itemsize
         self.memory_limit = default_memory_limit() if memory_limit is None else parse_memory(memory_limit)
         self.embeddings = embeddings
+        #: Where the matrix products run: "cpu", "cuda", or "auto" (a GPU when torch sees one).
+        self.device = device
         self._ranks, self._order = id_ranks(ids)
         #: What the last search did (passes, rows read, the memory it planned for).
         self.last_stats = PassStats()
 
     @classmethod
     def from_vectors(cls, ids: Sequence[str], vectors: np.ndarray, *, encoder_id: str | None = None,
-                     memory_limit: int | str | None = None) -> ExactIndex:
+                     memory_limit: int | str | None = None, device: str | None = "cpu") -> ExactIndex:
         """An index over an array in memory (not copied; rows normalised chunk by chunk while searching)."""
         x = np.asarray(vectors)
         if x.ndim != 2:
@@ -91,19 +93,19 @@ class ExactIndex:
                 yield start, x[start:start + ARRAY_CHUNK]
 
         index = cls(np.array(list(ids), dtype=str), x.shape[1], chunks=chunks, chunk_rows=min(ARRAY_CHUNK, len(ids)),
-                    stored_itemsize=0, encoder_id=encoder_id, memory_limit=memory_limit)
+                    stored_itemsize=0, encoder_id=encoder_id, memory_limit=memory_limit, device=device)
         index._held_vectors = x.nbytes  # already in memory: not the search's to count
         return index
 
     @classmethod
-    def from_embeddings(cls, embeddings: EmbeddingSet | str | os.PathLike, *,
-                        memory_limit: int | str | None = None) -> ExactIndex:
+    def from_embeddings(cls, embeddings: EmbeddingSet | str | os.PathLike, *, memory_limit: int | str | None = None,
+                        device: str | None = "cpu") -> ExactIndex:
         """An index over an ``mmembed encode`` store, read chunk by chunk at every search pass."""
         store = embeddings if isinstance(embeddings, EmbeddingSet) else EmbeddingSet.open(embeddings)
         ids, _ = store.id_array()
         return cls(ids, store.dim, chunks=store.vector_chunks, chunk_rows=store.identity.chunk_size,
                    stored_itemsize=np.dtype(store.identity.dtype).itemsize, encoder_id=store.encoder_id,
-                   memory_limit=memory_limit, embeddings=store)
+                   memory_limit=memory_limit, embeddings=store, device=device)
 
     _held_vectors = 0
 
@@ -154,7 +156,7 @@ class ExactIndex:
                           planned_peak_bytes=plan.peak(plan.rows_per_pass))
         started = time.perf_counter()
         keys = blocked_search(self._normalised_chunks, q, requests, self._ranks, rows_per_pass=plan.rows_per_pass,
-                              stats=stats)
+                              stats=stats, device=self.device)
         stats.seconds = time.perf_counter() - started
         self.last_stats = stats
         log.info("exact search: %d queries, %d requests, %d pass(es) over %d vectors, planned peak %.1f MiB of %.1f",

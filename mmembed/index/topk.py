@@ -209,12 +209,49 @@ def plan_memory(limit: int, *, chunk_rows: int, dim: int, stored_itemsize: int, 
     return MemoryPlan(fixed, block, per_query, min(rows, max(query_rows, 1)))
 
 
+class Scorer:
+    """The matrix product of a block: numpy on the CPU, or torch on a GPU (the merge stays on the CPU).
+
+    On a GPU, TF32 is turned off for the product so float32 scores keep float32 precision; the
+    last bits may still differ from the CPU's (another summation order), which
+    ``benchmarks/gpu_check.py`` measures.
+    """
+
+    def __init__(self, device: str | None = None):
+        self.device = resolve_device(device)
+
+    def __call__(self, block: np.ndarray, vectors: np.ndarray) -> np.ndarray:
+        if self.device == "cpu":
+            return block @ vectors.T
+        import torch
+
+        torch.backends.cuda.matmul.allow_tf32 = False
+        with torch.no_grad():
+            q = torch.from_numpy(block).to(self.device, non_blocking=True)
+            v = torch.from_numpy(np.ascontiguousarray(vectors)).to(self.device, non_blocking=True)
+            return (q @ v.T).cpu().numpy()
+
+
+def resolve_device(device: str | None) -> str:
+    """``None``/``"auto"``: a CUDA GPU when torch sees one, else the CPU."""
+    if device not in (None, "auto"):
+        return device
+    try:
+        import torch
+    except ImportError:
+        return "cpu"
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
 def blocked_search(source: ChunkSource, queries: np.ndarray, requests: Sequence[Request], ranks: np.ndarray,
-                   *, rows_per_pass: int, stats: PassStats | None = None) -> list[np.ndarray]:
+                   *, rows_per_pass: int, stats: PassStats | None = None, device: str | None = "cpu"
+                   ) -> list[np.ndarray]:
     """The sorted top-k keys (best first) of every request; ``queries`` are float32 unit rows.
 
     Queries are searched ``rows_per_pass`` at a time; each pass reads every chunk of ``source`` once.
+    ``device``: where the matrix products run (see :class:`Scorer`).
     """
+    scorer = Scorer(device)
     results = [np.full((r.rows.stop - r.rows.start, r.k), EMPTY, dtype=np.int64) for r in requests]
     for lo in range(0, queries.shape[0], rows_per_pass):
         hi = min(lo + rows_per_pass, queries.shape[0])
@@ -223,19 +260,19 @@ def blocked_search(source: ChunkSource, queries: np.ndarray, requests: Sequence[
         if not part:
             continue
         tops = [TopK(s.stop - s.start, r.k) for _, r, s in part]
-        _one_pass(source, queries, lo, hi, part, tops, ranks, stats)
+        _one_pass(source, queries, lo, hi, part, tops, ranks, stats, scorer)
         for (i, r, s), top in zip(part, tops):
             results[i][s.start - r.rows.start:s.stop - r.rows.start] = top.sorted_keys()
     return results
 
 
 def _one_pass(source: ChunkSource, queries: np.ndarray, lo: int, hi: int, part: list, tops: list[TopK],
-              ranks: np.ndarray, stats: PassStats | None) -> None:
+              ranks: np.ndarray, stats: PassStats | None, scorer: Scorer) -> None:
     block = np.zeros((QUERY_BLOCK, queries.shape[1]), dtype=np.float32)
     for start, vectors in source():
         for offset in range(0, vectors.shape[0], CANDIDATE_BLOCK):
             _merge_slice(block, queries, lo, hi, part, tops, ranks, start + offset,
-                         vectors[offset:offset + CANDIDATE_BLOCK])
+                         vectors[offset:offset + CANDIDATE_BLOCK], scorer)
         if stats is not None:
             stats.vectors_read += vectors.shape[0]
             stats.chunks_read += 1
@@ -244,14 +281,14 @@ def _one_pass(source: ChunkSource, queries: np.ndarray, lo: int, hi: int, part: 
 
 
 def _merge_slice(block: np.ndarray, queries: np.ndarray, lo: int, hi: int, part: list, tops: list[TopK],
-                 ranks: np.ndarray, start: int, vectors: np.ndarray) -> None:
+                 ranks: np.ndarray, start: int, vectors: np.ndarray, scorer: Scorer) -> None:
     """Score candidate rows ``start:start + len(vectors)`` against the pass's queries, block by block."""
     chunk_ranks = ranks[start:start + vectors.shape[0]]
     for b in range(lo, hi, QUERY_BLOCK):
         e = min(b + QUERY_BLOCK, hi)
         block[: e - b] = queries[b:e]
         block[e - b:] = 0.0  # padding: the product keeps its shape (see the module docstring)
-        scores = block @ vectors.T
+        scores = scorer(block, vectors)
         for (_, request, s), top in zip(part, tops):
             rb, re_ = max(s.start, b), min(s.stop, e)
             if rb >= re_:
