@@ -23,6 +23,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--task", help="use the instruction of a task, e.g. 'emoji:text->image' (see --list-tasks)")
     p.add_argument("--list-tasks", action="store_true", help="list the tasks of the index and exit")
     p.add_argument("-k", type=int, default=10, help="number of results (default 10)")
+    p.add_argument("--threads", type=int, default=1, metavar="N",
+                   help="torch threads (default 1: one query gains nothing from more, and on a busy machine "
+                        "idle-spinning threads make a cold start several times slower)")
     p.add_argument("--encoder-set", metavar="KEY=VALUE", action="append", default=[],
                    help="an encoder loading option, over those recorded when the index was built (e.g. device=cuda)")
     add_rerank_arguments(p)
@@ -43,8 +46,13 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run_local(args: argparse.Namespace) -> int:
+    import torch
+
     from mmembed.retrieval import Retriever, task_name
 
+    if args.threads < 1:
+        raise ConfigError(f"--threads must be at least 1, got {args.threads}")
+    torch.set_num_threads(args.threads)
     rerank_config = rerank_config_from_args(args)
     retriever = Retriever.load(args.index, encoder_settings=parse_encoder_settings(args.encoder_set))
     if args.list_tasks:
