@@ -125,4 +125,7 @@ def load_encoder(path_or_name: str | os.PathLike, **overrides: Any) -> Encoder:
     folder = classify_folder(key)
     if folder.kind == "mmembed":
         return encoder_class(folder.config["encoder_type"]).from_pretrained(key, **overrides)
-    return _FOLDER_LOADERS[folder.kind](key, **overrides)
+    loader = _FOLDER_LOADERS.get(folder.kind)
+    if loader is None:  # a built-in module that registers this kind failed to import
+        raise ModelError(f"{key!r} is a {folder.kind} folder, but no loader for it is registered")
+    return loader(key, **overrides)
