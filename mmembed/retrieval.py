@@ -140,32 +140,66 @@ class Retriever:
     # --- searching -----------------------------------------------------------------------------
 
     def search(self, text: str | None = None, image: ImageLike | None = None, *, instruction: str | None = None,
-               k: int = 10, rerank: bool | None = None) -> list[Hit]:
+               k: int = 10, rerank: bool | None = None, where: str | None = None,
+               modality: str | list[str] | None = None, hybrid: str | None = None) -> list[Hit]:
         """Top ``k`` candidates for one query (text, image, or both), with an optional instruction.
+
+        ``where`` and ``modality`` restrict the candidates (see :mod:`mmembed.index.filters`;
+        e.g. ``where='dataset == "10"'``, ``modality="image"``). ``hybrid`` (``"rrf"`` or
+        ``"weighted"``) fuses the dense ranking with BM25 over the candidates' texts
+        (:mod:`mmembed.index.hybrid`).
 
         ``rerank``: ``None`` reranks when a reranker is attached, ``False`` never, ``True`` always
         (a :class:`ConfigError` without a reranker). With reranking, the retriever's top
         ``max(k, reranker.top_k)`` are fetched, the reranker reorders the first ``top_k`` of them
         (see :class:`Hit`), and the first ``k`` are returned.
         """
-        return self.search_items([Item("query", text, image)], [instruction], k=k, rerank=rerank)[0]
+        return self.search_items([Item("query", text, image)], [instruction], k=k, rerank=rerank, where=where,
+                                 modality=modality, hybrid=hybrid)[0]
 
     def search_items(self, queries: list[Item], instructions: list[str | None], k: int = 10, *,
-                     rerank: bool | None = None) -> list[list[Hit]]:
+                     rerank: bool | None = None, where: str | None = None, modality: str | list[str] | None = None,
+                     hybrid: str | None = None) -> list[list[Hit]]:
         """:meth:`search` for many queries (their reranking pairs are batched together)."""
         if k < 1:
             raise ConfigError(f"k must be at least 1, got {k}")
         reranker = self._reranker_for(rerank)
         depth = k if reranker is None else max(k, reranker.top_k)
+        allowed = self.filter_mask(where, modality)  # a bad filter fails before anything is encoded
         vectors = self.encoder.encode_queries(queries, instructions)
-        hits = self.search_vectors(vectors, depth)
+        if hybrid is not None:
+            from mmembed.index.hybrid import hybrid_search
+
+            hits = self._hits(*hybrid_search(self, vectors, [q.text for q in queries], depth, allowed, hybrid))
+        else:
+            hits = self.search_vectors(vectors, depth, allowed=allowed)
         if reranker is not None:
             hits = self._rerank(reranker, queries, instructions, hits)
         return [row[:k] for row in hits]
 
-    def search_vectors(self, vectors: np.ndarray, k: int) -> list[list[Hit]]:
-        """Retrieval only (query vectors carry nothing a reranker could read)."""
-        ids, scores = self.index.search(vectors, min(k, len(self.index)))
+    def search_vectors(self, vectors: np.ndarray, k: int, *, allowed: np.ndarray | None = None) -> list[list[Hit]]:
+        """Retrieval only (query vectors carry nothing a reranker could read); ``allowed``: see :meth:`filter_mask`."""
+        from mmembed.index.filters import search_allowed
+
+        return self._hits(*search_allowed(self.index, vectors, min(k, len(self.index)), allowed))
+
+    def filter_mask(self, where: str | None = None, modality: str | list[str] | None = None) -> np.ndarray | None:
+        """Bool over the index's rows: the candidates ``where`` and ``modality`` keep (None: no filter)."""
+        if where is None and modality is None:
+            return None
+        filt = self.fields.parse(where, modality)
+        return None if filt is None else self.fields.mask(filt)
+
+    @property
+    def fields(self) -> Any:
+        """The filterable fields of the candidates (:class:`mmembed.index.filters.CandidateFields`), built once."""
+        if getattr(self, "_fields", None) is None:
+            from mmembed.index.filters import CandidateFields
+
+            self._fields = CandidateFields.of(self.index.ids(), self.candidates)  # type: ignore[attr-defined]
+        return self._fields
+
+    def _hits(self, ids: np.ndarray, scores: np.ndarray) -> list[list[Hit]]:
         return [[Hit(rank, did, float(score), self.candidates[did], retrieval_score=float(score))
                  for rank, (did, score) in enumerate(zip(row_ids, row_scores), start=1) if did is not None]
                 for row_ids, row_scores in zip(ids, scores)]

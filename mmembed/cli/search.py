@@ -23,6 +23,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--task", help="use the instruction of a task, e.g. 'emoji:text->image' (see --list-tasks)")
     p.add_argument("--list-tasks", action="store_true", help="list the tasks of the index and exit")
     p.add_argument("-k", type=int, default=10, help="number of results (default 10)")
+    p.add_argument("--modality", action="append", choices=("text", "image", "image,text"),
+                   help="return only candidates of this modality (repeat for several)")
+    p.add_argument("--where", metavar="EXPR", help="return only candidates whose fields match, e.g. "
+                                                   "'dataset == \"10\"' (fields: id, dataset, modality and the keys "
+                                                   "of a JSON src_content; and, or, not, ==, !=, <, >, in [...])")
+    p.add_argument("--hybrid", choices=("rrf", "weighted"),
+                   help="fuse the dense ranking with BM25 over the candidates' texts (needs mmembed[hybrid])")
     p.add_argument("--threads", type=int, default=1, metavar="N",
                    help="torch threads (default 1: one query gains nothing from more, and on a busy machine "
                         "idle-spinning threads make a cold start several times slower)")
@@ -71,7 +78,8 @@ def _run_local(args: argparse.Namespace) -> int:
         from mmembed.rerank import build_reranker
 
         retriever.reranker = build_reranker(rerank_config)
-    hits = retriever.search(args.text, image, instruction=instruction, k=args.k)
+    hits = retriever.search(args.text, image, instruction=instruction, k=args.k, where=args.where,
+                            modality=args.modality, hybrid=args.hybrid)
     reranked = retriever.reranker is not None
     if reranked:
         print(f"reranked by {retriever.reranker.reranker_id}; columns: rank, score, retrieval score, id, ...")

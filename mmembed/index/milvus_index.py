@@ -266,8 +266,11 @@ class MilvusIndex:
 
     # --- searching --------------------------------------------------------------------------
 
-    def search(self, queries: np.ndarray, k: int, *, batch_size: int = 1024) -> SearchResult:
-        """Top ``min(k, len(self))`` ids and cosine scores per query, best first (missing: None, -inf)."""
+    def search(self, queries: np.ndarray, k: int, *, batch_size: int = 1024, filter: str | None = None) -> SearchResult:
+        """Top ``min(k, len(self))`` ids and cosine scores per query, best first (missing: None, -inf).
+
+        ``filter``: a Milvus boolean expression the results must satisfy (see :mod:`mmembed.index.filters`).
+        """
         if not isinstance(k, int) or isinstance(k, bool) or k < 1:
             raise ConfigError(f"k must be a positive integer, got {k!r}")
         q = _matrix(queries, self.dim, "queries")
@@ -284,7 +287,7 @@ class MilvusIndex:
         for start in range(0, q.shape[0], batch_size):
             found = self._client.search(self.collection, data=list(_unit_rows(q[start:start + batch_size])),
                                         limit=kk, anns_field=VECTOR_FIELD, output_fields=[ID_FIELD],
-                                        search_params=params)
+                                        search_params=params, filter=filter or "")
             for row, hits in enumerate(found, start=start):
                 for col, hit in enumerate(hits[:kk]):
                     ids[row, col] = hit["id"]
