@@ -284,6 +284,8 @@ def run_all(index: Path, texts: list[dict], images: list[dict], args: argparse.N
             logger.info("%s %s service ready after %.1f s", mode, dtype, wait_ready(url, process, args.ready_timeout))
             warm_up(url, texts, images)
         info = httpx.get(f"{next(iter(services.values()))[1]}/api/v1/info", timeout=30).json()
+        info["precisions"] = {dtype: httpx.get(f"{services[(args.mode_list[0], dtype)][1]}/api/v1/info",
+                                               timeout=30).json().get("precision") for dtype in args.dtype_list}
         info["parity"] = {dtype: text_parity(services[(args.mode_list[0], "float32")][1],
                                              services[(args.mode_list[0], dtype)][1], texts)
                           for dtype in args.dtype_list if dtype != "float32" and "float32" in args.dtype_list}
@@ -511,7 +513,10 @@ def report(results: list[Result], info: dict, args: argparse.Namespace) -> None:
         print("\n".join(rows))
     for dtype, cosine in info.get("parity", {}).items():
         print(f"\n{dtype} text query vectors: lowest cosine to float32's {cosine:.6f} (first 64 text queries)")
-    print(f"\nprecision per modality: {info.get('precision')}; machine shared with other jobs: compare ratios")
+    for dtype, precision in info.get("precisions", {}).items():
+        print(f"--dtype {dtype}: encodes {precision}")
+    print(f"torch threads per service: {args.threads or 'torch default'}; the machine may be shared with other "
+          "jobs: compare the ratios, measured in the same run")
 
 
 if __name__ == "__main__":

@@ -149,3 +149,38 @@ def test_search_page_reports_errors(page, tmp_path):
     page.get_by_label("Query image").set_input_files(tmp_path / "notes.txt")
     expect(page.locator("#status")).to_contain_text("“notes.txt” is a text/plain file")
     expect(page.locator("#image-preview")).to_be_hidden()
+
+
+def test_a_refused_file_clears_the_results_it_would_seem_to_describe(page, tmp_path):
+    from playwright.sync_api import expect
+
+    page.get_by_label("Query text").fill("red")
+    page.get_by_label("Query text").press("Enter")
+    expect(page.locator("#results .card")).to_have_count(10)
+    (tmp_path / "notes.txt").write_text("not an image")
+    page.get_by_label("Query image").set_input_files(tmp_path / "notes.txt")
+    expect(page.locator("#status")).to_contain_text("“notes.txt” is a text/plain file")
+    expect(page.locator("#results .card")).to_have_count(0)  # was left on screen by refuseNonImage
+    expect(page.locator("#more-results")).to_be_hidden()
+    assert page.problems == []
+
+
+def test_the_page_of_a_service_without_an_index_says_search_needs_one(toy_dir):
+    from playwright.sync_api import expect, sync_playwright
+
+    from mmembed.serve.backend import EmbeddingModel
+
+    with running_server(create_app(EmbeddingModel(ToyEncoder()), encoder_spec="toy")) as url, \
+            sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True)
+        try:
+            page = browser.new_page()
+            page.set_default_timeout(TIMEOUT_MS)
+            page.goto(url)
+            expect(page.locator("#index-info")).to_contain_text("without an index: search needs one")
+            expect(page.get_by_role("button", name="Search")).to_be_disabled()
+            page.goto(f"{url}/docs")
+            expect(page.locator("body")).to_contain_text("OpenAIEmbeddingRequest")
+            expect(page.locator("body")).to_contain_text("input_type")
+        finally:
+            browser.close()

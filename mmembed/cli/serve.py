@@ -161,6 +161,9 @@ def check_args(args: argparse.Namespace) -> None:
     if args.index is None and args.model is None:
         raise ConfigError("give a model to serve (--model NAME_OR_DIR), a retrieval directory, or both")
     if args.index is not None:
+        if not Path(args.index).is_dir():
+            hint = "" if args.model else f"; to serve a model without an index: --model {args.index}"
+            raise ConfigError(f"{args.index} is not a retrieval directory{hint}")
         _index_spec(args.index)
     if args.threads is not None and args.threads < 1:
         raise ConfigError(f"--threads must be at least 1, got {args.threads}")

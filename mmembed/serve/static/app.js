@@ -36,12 +36,26 @@ function setStatus(text, isError = false) {
   status.classList.toggle("error", isError);
 }
 
+// Every error: its message, and no results left on screen that it would seem to describe.
+function showError(text) {
+  clearResults();
+  updateMore(null);
+  setStatus(text, true);
+}
+
 // --- index information, tasks and the rerank toggle ---------------------------------------------
 
 async function loadInfo() {
   try {
     const info = await (await request(`${API}/info`)).json();
     const encoder = info.encoder || info.encoder_id;
+    if (info.has_index === false) {
+      $("index-info").textContent = `This service serves the model ${encoder} without an index: search needs ` +
+        "one (start it with mmembed serve --model NAME INDEX). Embeddings are at /v1/embeddings.";
+      $("search-button").disabled = true;
+      $("search-button").dataset.noIndex = "true";
+      return;
+    }
     $("index-info").textContent =
       `${info.count.toLocaleString()} candidates · ${info.dim}-dimensional embeddings · encoder ${encoder}`;
     fillTasks(info.tasks);
@@ -102,7 +116,7 @@ function chosenImage() {
 function refuseNonImage(file) {
   if (!file || IMAGE_TYPES.includes(file.type)) return false;
   const what = file.type ? `a ${file.type} file` : "not an image";
-  setStatus(`“${file.name}” is ${what}; choose a PNG, JPEG, WebP, GIF or BMP image.`, true);
+  showError(`“${file.name}” is ${what}; choose a PNG, JPEG, WebP, GIF or BMP image.`);
   $("query-image").value = "";
   return true;
 }
@@ -119,7 +133,7 @@ function showPreview() {
     return;
   }
   preview.onerror = () => {
-    setStatus(`“${file.name}” cannot be shown as an image; it may be corrupt.`, true);
+    showError(`“${file.name}” cannot be shown as an image; it may be corrupt.`);
     preview.hidden = true;
   };
   preview.src = URL.createObjectURL(file);
@@ -174,8 +188,7 @@ async function search(event) {
   event.preventDefault();
   const { form, empty } = searchForm();
   if (empty) {
-    clearResults();
-    setStatus("Type a query, choose an image, or both.", true);
+    showError("Type a query, choose an image, or both.");
     $("query-text").focus();
     return;
   }
@@ -199,11 +212,9 @@ async function runSearch(form, offset) {
     setStatus(describeTimings(answer, performance.now() - started));
     updateMore(answer);
   } catch (error) {
-    if (offset === 0) clearResults();
-    updateMore(null);
-    setStatus(`Search failed: ${error.message}`, true);
+    showError(`Search failed: ${error.message}`);
   } finally {
-    button.disabled = false;
+    button.disabled = button.dataset.noIndex === "true";
     $("results").removeAttribute("aria-busy");
   }
 }
