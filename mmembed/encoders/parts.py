@@ -245,12 +245,19 @@ class PartsModel(nn.Module, BatchedEncoder, TrainableEncoder):
     #: Low-rank weight updates applied when loading (name -> (A, B)); see ``save_pretrained``.
     _low_rank: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None
 
+    def _identity_tensors(self) -> list[tuple[str, torch.Tensor]]:
+        return [(k, v) for k, v in self.state_dict(keep_vars=True).items()
+                if self._hash_text or not k.startswith(self.BASE_PREFIXES)]
+
+    @staticmethod
+    def _versions(tensors: list[tuple[str, torch.Tensor]]) -> tuple:
+        return tuple((name, t._version) for name, t in tensors)  # bumped by in-place updates
+
     @property
     def encoder_id(self) -> str:
         """``<type>:<digest>`` of the settings, base packages and every weight not from them."""
-        tensors = [(k, v) for k, v in self.state_dict(keep_vars=True).items()
-                   if self._hash_text or not k.startswith(self.BASE_PREFIXES)]
-        versions = tuple((name, t._version) for name, t in tensors)  # bumped by in-place updates
+        tensors = self._identity_tensors()
+        versions = self._versions(tensors)
         if self._id_cache is None or self._id_cache[0] != versions:
             digest = hashlib.sha256(json.dumps([self.settings, base_packages(), self.vision.tower_id],
                                                   sort_keys=True).encode())
@@ -372,9 +379,24 @@ class PartsModel(nn.Module, BatchedEncoder, TrainableEncoder):
         settings = {k: config[k] for k in cls.SETTINGS if k in config}
         settings["dtype"] = config.get("dtype")
         settings.update(overrides)
-        encoder = cls(**settings)
-        encoder.load_weights(tensors, str(directory))
+        with one_torch_thread():
+            encoder = cls(**settings)
+            encoder.load_weights(tensors, str(directory))
+        encoder._recall_identity(tensors)
         return encoder
+
+    def _recall_identity(self, loaded: Mapping[str, torch.Tensor]) -> None:
+        """The id of what was just loaded, from the id cache (:mod:`.identity_cache`), else hashed
+        and remembered. Any later in-place change to the weights makes :attr:`encoder_id` hash again."""
+        from mmembed.encoders.identity_cache import cached_identity, identity_key, remember_identity
+
+        inputs = [self.settings, base_packages(), self.vision.tower_id, str(self.weights_dtype), self._hash_text]
+        key = identity_key(self.encoder_type, inputs, loaded)
+        identity = cached_identity(key, self.encoder_type)
+        if identity is None:
+            remember_identity(key, self.encoder_id)
+        else:
+            self._id_cache = (self._versions(self._identity_tensors()), identity)
 
     def _with_loaded_low_rank(self, new: Mapping[str, tuple[torch.Tensor, torch.Tensor]]
                               ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
@@ -425,6 +447,24 @@ class PartsModel(nn.Module, BatchedEncoder, TrainableEncoder):
             raise ModelError(f"{where}: weights do not fit this {self.encoder_type!r} model: {e}") from None
         self._hash_text = self._hash_text or any(k.startswith("text.") for k in [*tensors, *low_rank])
         self._id_cache = None
+
+
+@contextlib.contextmanager
+def one_torch_thread() -> Iterator[None]:
+    """torch on one thread for the block, then as before.
+
+    Loading copies tensors and merges low-rank updates: small operations that more threads do not
+    speed up, while on a machine whose cores are busy torch's spinning second thread slowed them
+    twentyfold (the stage-3 merges: 1.9-2.3 s with 2 threads, 0.09 s with one, measured back to
+    back). The setting is process-wide: a model loaded while another thread encodes makes that
+    encoding single-threaded for as long.
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def linear_layer_names(module: nn.Module) -> list[str]:
