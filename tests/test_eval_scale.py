@@ -19,8 +19,14 @@ from mmembed.testing.synthetic import write_synthetic
 @pytest.fixture
 def synthetic(tmp_path):
     # float32 on disk, so the in-memory FAISS run reads the very same vectors
-    return write_synthetic(tmp_path / "syn", candidates=4000, queries=300, dim=96, chunk_size=64,
-                           dtype="float32", local_size=400, noise=3.0)
+    return write_synthetic(tmp_path / "syn", candidates=20000, queries=300, dim=64, chunk_size=256,
+                           dtype="float32", local_size=400, noise=2.5)
+
+
+@pytest.fixture
+def small(tmp_path):
+    return write_synthetic(tmp_path / "small", candidates=4000, queries=100, dim=32, chunk_size=1024,
+                           local_size=400, noise=1.5)
 
 
 def _evaluate(synthetic, out, *extra):
@@ -34,12 +40,13 @@ def _scores(results):
 
 
 def test_a_memory_limit_below_the_vectors_gives_the_in_memory_scores(synthetic, tmp_path):
-    in_memory = _evaluate(synthetic, tmp_path / "faiss", "--index", "faiss")  # FAISS Flat over the whole pool
-    limited = _evaluate(synthetic, tmp_path / "limited", "--memory-limit", "1.2MB")
-    assert limited["search"]["memory_limit"] < 4000 * 96 * 4  # the vectors exceed the limit ...
+    depth = ["--set", "depth=10"]
+    in_memory = _evaluate(synthetic, tmp_path / "faiss", "--index", "faiss", *depth)  # FAISS Flat, whole pool
+    limited = _evaluate(synthetic, tmp_path / "limited", "--memory-limit", "3.6MB", *depth)
+    assert limited["search"]["memory_limit"] < 20000 * 64 * 4  # the vectors exceed the limit ...
     assert limited["search"]["exact_passes"] > 1  # ... and queries that needed more than one pass
     assert limited["search"]["planned_peak_bytes"] <= limited["search"]["memory_limit"]
-    assert limited["search"]["vectors_read"] == 4000 * limited["search"]["exact_passes"]
+    assert limited["search"]["vectors_read"] == 20000 * limited["search"]["exact_passes"]
     assert _scores(limited) == _scores(in_memory)
     assert limited["averages"] == in_memory["averages"]
     assert 0.2 < limited["averages"]["global/none"] < 0.9  # a ranking worth comparing
@@ -48,11 +55,11 @@ def test_a_memory_limit_below_the_vectors_gives_the_in_memory_scores(synthetic, 
 
 
 @pytest.mark.parametrize("index", ["faiss-ivf", "milvus"])
-def test_an_approximate_index_reports_its_recall_next_to_every_global_score(synthetic, tmp_path, index):
+def test_an_approximate_index_reports_its_recall_next_to_every_global_score(small, tmp_path, index):
     if index == "milvus":
         pytest.importorskip("pymilvus")
         pytest.importorskip("milvus_lite")
-    results = _evaluate(synthetic, tmp_path / index, "--index", index, "--set", "recall_sample=50")
+    results = _evaluate(small, tmp_path / index, "--index", index, "--set", "recall_sample=50")
     for row in results["results"]:
         if row["pool"] == "global":
             assert row["index"] == index

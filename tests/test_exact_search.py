@@ -60,7 +60,7 @@ def test_same_sets_as_faiss_where_nothing_ties():
 def test_results_do_not_depend_on_the_memory_limit():
     ids, x, q = _data(nq=600)
     roomy = ExactIndex.from_vectors(ids, x).search(q, 30)
-    tight = ExactIndex.from_vectors(ids, x, memory_limit="3.9MB")
+    tight = ExactIndex.from_vectors(ids, x, memory_limit="5.4MB")
     small = tight.search(q, 30)
     assert tight.last_stats.passes > 1  # the queries did not fit at once
     assert np.array_equal(roomy.ids, small.ids) and np.array_equal(roomy.scores, small.scores)  # bit for bit

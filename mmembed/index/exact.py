@@ -142,7 +142,8 @@ class ExactIndex:
 
         A request's ``allowed`` rows restrict its candidates; its ``k`` must not exceed their number.
         """
-        q = _normalised(_matrix(queries, self.dim, "queries"), "query")
+        q = np.ascontiguousarray(_matrix(queries, self.dim, "queries"), dtype=np.float32)
+        _check_finite(q, "query")  # normalised block by block while searching, never copied whole
         for r in requests:
             allowed = len(self) if r.allowed is None else int(np.count_nonzero(r.allowed))
             if r.k < 1 or r.k > allowed:
@@ -167,9 +168,9 @@ class ExactIndex:
     def _normalised_chunks(self) -> Iterator[tuple[int, np.ndarray]]:
         buffer = np.empty((self._chunk_rows, self.dim), dtype=np.float32)
         for start, vectors in self._chunks():
-            # the normalisation FaissIndex applies, into one reused buffer
-            _check_finite(vectors, "vector", offset=start)
-            yield start, _normalised(vectors, "vector", out=buffer, check=False)
+            # the normalisation FaissIndex applies, into one reused buffer, checked there (float16
+            # chunks are not copied to float32 a second time for the check)
+            yield start, _normalised(vectors, "vector", out=buffer, offset=start)
 
     def _result(self, keys: np.ndarray) -> SearchResult:
         ranks = key_ranks(keys)

@@ -178,32 +178,39 @@ ChunkSource = Callable[[], Iterator[tuple[int, np.ndarray]]]
 class MemoryPlan:
     """How a blocked search fits a memory limit: bytes by part and query rows per pass."""
 
-    fixed_bytes: int  # what the candidate side holds throughout, one chunk and its float32 copy
+    fixed_bytes: int  # held throughout: candidate ids and ranks, one chunk and its float32 copy, the
+    #                   queries and every request's results
     block_bytes: int  # one block of scores being merged
-    per_query_bytes: int  # a query's vector and its top-k keys (all requests), per query row
+    per_query_bytes: int  # a pass's running top-k keys (all requests, and the merge's copy), per query row
     rows_per_pass: int
 
     def peak(self, rows: int) -> int:
         return self.fixed_bytes + self.block_bytes + rows * self.per_query_bytes
 
 
+#: Bytes of one result id as Python holds it (a short str object and its slot in an object array).
+RESULT_ID_BYTES = 72
+
+
 def plan_memory(limit: int, *, chunk_rows: int, dim: int, stored_itemsize: int, held_bytes: int,
                 query_rows: int, keys_per_query: float) -> MemoryPlan:
-    """Query rows per pass so that one chunk, one block and the pass's queries fit in ``limit`` bytes.
+    """Query rows per pass so that everything the search holds fits in ``limit`` bytes.
 
-    ``held_bytes``: what the candidate side holds throughout (ids, their ranks, cached vectors).
+    ``held_bytes``: what the candidate side holds throughout (ids, their ranks, cached vectors). The
+    queries themselves (float32) and the results (a key, a score and an id per slot) are held for the
+    whole search; a pass holds its queries' running top-k.
     """
-    fixed = held_bytes + chunk_rows * dim * (stored_itemsize + 4)
+    results = int(query_rows * keys_per_query * (8 + 4 + RESULT_ID_BYTES))
+    fixed = held_bytes + chunk_rows * dim * (stored_itemsize + 4) + query_rows * dim * 4 + results
     block = QUERY_BLOCK * (min(chunk_rows, CANDIDATE_BLOCK) * BYTES_PER_SCORE + dim * 4)
-    # per query: its float32 vector, and its keys in the top-k of every request that holds it (plus
-    # the merge's copy of them)
-    per_query = int(dim * 4 + 2 * keys_per_query * 8) + 1
+    per_query = int(2 * keys_per_query * 8) + 1
     room = limit - fixed - block
     minimum = fixed + block + QUERY_BLOCK * per_query
     if room < QUERY_BLOCK * per_query:
         raise ConfigError(
             f"memory limit {limit / 2**20:.1f} MiB is below the {minimum / 2**20:.1f} MiB that exact search needs "
-            f"for chunks of {chunk_rows:,} x {dim} vectors and blocks of {QUERY_BLOCK} queries; raise --memory-limit"
+            f"({query_rows:,} queries of {dim} dimensions and their results, chunks of {chunk_rows:,} vectors, "
+            f"blocks of {QUERY_BLOCK} queries); raise --memory-limit or search fewer queries at once"
         )
     rows = max(QUERY_BLOCK, room // per_query // QUERY_BLOCK * QUERY_BLOCK)
     return MemoryPlan(fixed, block, per_query, min(rows, max(query_rows, 1)))
@@ -233,9 +240,18 @@ class Scorer:
 
 
 def resolve_device(device: str | None) -> str:
-    """``None``/``"auto"``: a CUDA GPU when torch sees one, else the CPU."""
+    """``None``/``"auto"``: a CUDA GPU when torch sees one, else the CPU.
+
+    torch is imported only where an NVIDIA driver is present (importing it costs ~200 MB of RSS,
+    more than a small memory limit).
+    """
     if device not in (None, "auto"):
         return device
+    import os
+    import sys
+
+    if "torch" not in sys.modules and not os.path.exists("/proc/driver/nvidia/version"):
+        return "cpu"
     try:
         import torch
     except ImportError:
@@ -246,7 +262,7 @@ def resolve_device(device: str | None) -> str:
 def blocked_search(source: ChunkSource, queries: np.ndarray, requests: Sequence[Request], ranks: np.ndarray,
                    *, rows_per_pass: int, stats: PassStats | None = None, device: str | None = "cpu"
                    ) -> list[np.ndarray]:
-    """The sorted top-k keys (best first) of every request; ``queries`` are float32 unit rows.
+    """The sorted top-k keys (best first) of every request; ``queries``: float32 rows (normalised per block).
 
     Queries are searched ``rows_per_pass`` at a time; each pass reads every chunk of ``source`` once.
     ``device``: where the matrix products run (see :class:`Scorer`).
@@ -286,7 +302,9 @@ def _merge_slice(block: np.ndarray, queries: np.ndarray, lo: int, hi: int, part:
     chunk_ranks = ranks[start:start + vectors.shape[0]]
     for b in range(lo, hi, QUERY_BLOCK):
         e = min(b + QUERY_BLOCK, hi)
+        # unit rows, normalised here (as FaissIndex does, row by row) rather than in a copy of all queries
         block[: e - b] = queries[b:e]
+        normalize_rows(block[: e - b])
         block[e - b:] = 0.0  # padding: the product keeps its shape (see the module docstring)
         scores = scorer(block, vectors)
         for (_, request, s), top in zip(part, tops):
@@ -299,6 +317,13 @@ def _merge_slice(block: np.ndarray, queries: np.ndarray, lo: int, hi: int, part:
                 keep = np.flatnonzero(request.allowed[start:start + vectors.shape[0]])
                 rows, cols = rows[:, keep], chunk_ranks[keep]
             top.push(slice(rb - s.start, re_ - s.start), rows, cols)
+
+
+def normalize_rows(x: np.ndarray) -> None:
+    """L2-normalise the float32 rows of ``x`` in place with FAISS (the bits FaissIndex stores)."""
+    import faiss
+
+    faiss.normalize_L2(x)
 
 
 def id_ranks(ids: Iterable[str] | np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -128,10 +128,11 @@ def _write_query_vectors(root: Path, qids: list[str], positives: np.ndarray, dim
     store = EmbeddingSet.open(embeddings)
     chunk_size = store.identity.chunk_size
     base = np.empty((len(qids), dim), dtype=np.float32)
-    for i, pos in enumerate(positives):  # the positive's vector, as stored
-        chunk, row = divmod(int(pos), chunk_size)
-        rows = min(chunk_size, store.identity.count - chunk * chunk_size)
-        base[i] = _pool_chunk(seed, chunk, rows, dim)[row]
+    chunk_of, row_of = np.divmod(positives.astype(np.int64), chunk_size)
+    for chunk in np.unique(chunk_of):  # each chunk made once: the positives' vectors, as stored
+        rows = min(chunk_size, store.identity.count - int(chunk) * chunk_size)
+        here = np.flatnonzero(chunk_of == chunk)
+        base[here] = _pool_chunk(seed, int(chunk), rows, dim)[row_of[here]]
     directory = MBEIRDirectory(root)
     (task,) = directory.select_tasks("test")
     queries = read_queries(task.queries)
