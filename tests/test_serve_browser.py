@@ -155,8 +155,9 @@ def test_a_refused_file_clears_the_results_it_would_seem_to_describe(page, tmp_p
     from playwright.sync_api import expect
 
     page.get_by_label("Query text").fill("red")
+    page.get_by_label("Number of results").fill("4")
     page.get_by_label("Query text").press("Enter")
-    expect(page.locator("#results .card")).to_have_count(10)
+    expect(page.locator("#results .card")).to_have_count(4)
     (tmp_path / "notes.txt").write_text("not an image")
     page.get_by_label("Query image").set_input_files(tmp_path / "notes.txt")
     expect(page.locator("#status")).to_contain_text("“notes.txt” is a text/plain file")
