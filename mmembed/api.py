@@ -35,6 +35,7 @@ from PIL import Image
 from mmembed.data.images import ImageStore, LazyImage
 from mmembed.data.task_instructions import InstructionSource, read_instructions
 from mmembed.encoders.base import Encoder, Item, as_items, l2_normalize
+from mmembed.encoders.matryoshka import check_dimensions, trained_dims, truncate
 from mmembed.errors import ConfigError, DataError, Location, ModelError
 from mmembed.instructions import InstructionEntry, InstructionRegistry, mbeir_task_name
 from mmembed.types import Candidate, Query
@@ -89,6 +90,11 @@ class Embedder:
         return self.encoder.dim
 
     @property
+    def dimensions(self) -> tuple[int, ...]:
+        """The dimensions ``dimensions=`` accepts: the full one and those trained for (Matryoshka)."""
+        return trained_dims(self.encoder)
+
+    @property
     def encoder_id(self) -> str:
         """Identifies the weights (keys embedding caches and index manifests)."""
         return self.encoder.encoder_id
@@ -98,30 +104,34 @@ class Embedder:
     def encode_queries(self, inputs: Input | Sequence[Input], *, instruction: str | Sequence[str | None] | None = None,
                        task: str | None = None, ids: Sequence[str] | None = None, batch_size: int = 32,
                        show_progress: bool | None = None, convert_to_tensor: bool = False,
-                       image_root: str | os.PathLike | None = None) -> Embeddings:
+                       image_root: str | os.PathLike | None = None, dimensions: int | None = None) -> Embeddings:
         """Query embeddings, (n, dim) L2-normalised float32.
 
         ``instruction`` is one task instruction for all queries or one per query; ``task`` names a
         task whose first instruction is used instead (see :meth:`tasks`). Neither: no instruction.
+        ``dimensions``: the first ``dimensions`` coordinates, renormalised; only a dimension the
+        model was trained for (Matryoshka, :attr:`dimensions`), others are refused with the list.
         """
         if instruction is not None and task is not None:
             raise ConfigError("give an instruction or a task, not both")
+        cut = check_dimensions(self.encoder, dimensions)
         if task is not None:
             instruction = self.task_instruction(task)
         items = to_items(inputs, ids=ids, image_root=image_root)
         vectors = self.encoder.encode_queries(items, instruction, batch_size=batch_size,
                                               show_progress=_show(show_progress, len(items)))
-        return _as_output(vectors, convert_to_tensor)
+        return _as_output(truncate(vectors, cut), convert_to_tensor)
 
     def encode_candidates(self, inputs: Input | Sequence[Input], *, ids: Sequence[str] | None = None,
                           batch_size: int = 32, show_progress: bool | None = None, convert_to_tensor: bool = False,
-                          image_root: str | os.PathLike | None = None) -> Embeddings:
+                          image_root: str | os.PathLike | None = None, dimensions: int | None = None) -> Embeddings:
         """Candidate embeddings (the items searched: "documents" elsewhere), (n, dim) L2-normalised float32;
-        never with an instruction."""
+        never with an instruction. ``dimensions``: as in :meth:`encode_queries`."""
+        cut = check_dimensions(self.encoder, dimensions)
         items = to_items(inputs, ids=ids, image_root=image_root)
         vectors = self.encoder.encode_candidates(items, batch_size=batch_size,
                                                  show_progress=_show(show_progress, len(items)))
-        return _as_output(vectors, convert_to_tensor)
+        return _as_output(truncate(vectors, cut), convert_to_tensor)
 
     @staticmethod
     def similarity(a: Embeddings, b: Embeddings) -> Embeddings:

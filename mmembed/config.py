@@ -192,7 +192,20 @@ def _float(value: Any) -> float | None:
 
 
 def to_dict(config: Any) -> dict:
-    return dataclasses.asdict(config)
+    """The configuration as plain data; a field marked ``omit_if_default`` is left out while at its default
+    (an optional feature added later does not change the saved configuration of runs without it)."""
+    data = dataclasses.asdict(config)
+    _drop_defaults(config, data)
+    return data
+
+
+def _drop_defaults(config: Any, data: dict) -> None:
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        if f.metadata.get("omit_if_default") and value == f.default:
+            data.pop(f.name, None)
+        elif dataclasses.is_dataclass(value) and isinstance(data.get(f.name), dict):
+            _drop_defaults(value, data[f.name])
 
 
 def save_config(config: Any, path: str | os.PathLike) -> None:

@@ -23,7 +23,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                                    "TREC runs and the resolved configuration. Configuration keys are those of "
                                    "mmembed.eval.runner.EvalConfig (split, pools, instruction_modes, seed, metric, "
                                    "extra_metrics, depth, modality_error_k, tasks, batch_size, max_queries, "
-                                   "cache_dir, image_root, text_format). With --rerank, every run is also "
+                                   "cache_dir, image_root, text_format; hybrid=rrf|weighted: dense fused with BM25; "
+                                   "dims=[384,96]: a score per embedding dimension). With --rerank, every run is also "
                                    "reranked and each task reports its metrics before reranking, after, and fused "
                                    "with the retrieval score.")
     p.add_argument("data", help="M-BEIR-layout dataset directory, or a BEIR directory (corpus.jsonl, queries.jsonl, "
@@ -74,6 +75,11 @@ def run(args: argparse.Namespace) -> int:
         return _run_beir(encoder, args, config)
     if rerank_config is not None:
         return _run_reranked(encoder, args, config, rerank_config)
+    if config.dims:
+        from mmembed.eval.dims import dims_markdown, run_dims_evaluation
+
+        print(dims_markdown(run_dims_evaluation(encoder, args.data, config, args.out)))
+        return 0
     results = run_evaluation(encoder, args.data, config, args.out)
     print(results_table(results))
     if args.out:

@@ -124,7 +124,9 @@ def load_encoder(path_or_name: str | os.PathLike, **overrides: Any) -> Encoder:
                          f"{', '.join(sorted(_NAMED)) or 'none'})")
     folder = classify_folder(key)
     if folder.kind == "mmembed":
-        return encoder_class(folder.config["encoder_type"]).from_pretrained(key, **overrides)
+        from mmembed.encoders.matryoshka import attach_trained_dims
+
+        return attach_trained_dims(encoder_class(folder.config["encoder_type"]).from_pretrained(key, **overrides), key)
     loader = _FOLDER_LOADERS.get(folder.kind)
     if loader is None:  # a built-in module that registers this kind failed to import
         raise ModelError(f"{key!r} is a {folder.kind} folder, but no loader for it is registered")

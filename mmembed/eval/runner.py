@@ -77,6 +77,10 @@ class EvalConfig:
     recall_sample: int = 1000
     #: Where the exact search's matrix products run: ``auto`` (a CUDA GPU when present), ``cpu``, ``cuda``.
     search_device: str = "auto"
+    #: Fuse every dense run with BM25 over the pool's texts: ``rrf`` or ``weighted`` (mmembed.eval.hybrid).
+    hybrid: str | None = None
+    #: Score each of these embedding dimensions (truncated, renormalised; mmembed.eval.dims); None: the full one.
+    dims: list[int] | None = None
     show_progress: bool = True
 
     def validate(self) -> None:
@@ -94,6 +98,13 @@ class EvalConfig:
             value = getattr(self, key)
             if not (value is None and key == "max_queries") and (not isinstance(value, int) or value < 1):
                 raise ConfigError(f"{key} must be a positive integer, got {value!r}")
+        if self.hybrid is not None:
+            from mmembed.index.hybrid import check_mode
+
+            check_mode(self.hybrid)
+        if self.dims is not None and (not self.dims or any(isinstance(d, bool) or not isinstance(d, int) or d < 1
+                                                           for d in self.dims)):
+            raise ConfigError(f"dims must be a list of positive integers, got {self.dims!r}")
         if self.text_format not in TEXT_FORMATS:
             raise ConfigError(f"text_format must be one of {', '.join(TEXT_FORMATS)}, got {self.text_format!r}")
         metrics = [parse_metric(m) for m in [*(self.extra_metrics or ()), *([self.metric] if self.metric else [])]]
@@ -204,6 +215,10 @@ def run_evaluation(encoder: Encoder | None, data_dir: str | os.PathLike, config:
             vectors = inputs.query_vectors(task, queries, chosen, mode)
             prepared.append((task, queries, qrels, unjudged, mode, local, vectors))
     found, report = inputs.search(prepared)
+    if config.hybrid:
+        from mmembed.eval.hybrid import fuse_found
+
+        found = fuse_found(found, prepared, directory.global_pool(config.split), config.hybrid, config.depth)
     results.search = report.to_dict()
     out = Path(output_dir) if output_dir else None
     for task, queries, qrels, unjudged, mode, local, _ in prepared:

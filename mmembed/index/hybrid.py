@@ -64,8 +64,11 @@ class BM25Index:
         if len(ids) != len(texts):
             raise ConfigError(f"got {len(ids)} ids for {len(texts)} texts")
         self._ids = np.asarray(list(ids), dtype=object)
-        self._model = _bm25s().BM25()
-        self._model.index(_tokens(texts), show_progress=False)
+        tokens = _tokens(texts)
+        self._model = None  # a pool without any word (images only) has no BM25 list
+        if any(tokens):
+            self._model = _bm25s().BM25()
+            self._model.index(tokens, show_progress=False)
         log.info("BM25 index over %d candidate texts", len(self._ids))
 
     def __len__(self) -> int:
@@ -77,7 +80,7 @@ class BM25Index:
         scores = np.full((len(texts), k), -np.inf, dtype=np.float32)
         order_keys = self._ids  # ties: id descending, as everywhere in mmembed
         for row, tokens in enumerate(_tokens(texts)):
-            if not tokens:
+            if not tokens or self._model is None:
                 continue
             s = np.asarray(self._model.get_scores(tokens), dtype=np.float32)
             if allowed is not None:

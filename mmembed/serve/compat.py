@@ -19,6 +19,8 @@ from typing import Any
 
 import numpy as np
 
+from mmembed.encoders.matryoshka import check_dimensions, truncate
+from mmembed.errors import ConfigError
 from mmembed.serve.checks import EmbeddingInputs, RawInput, check_embedding
 from mmembed.serve.limits import ApiError, check_text
 from mmembed.serve.models import (
@@ -77,11 +79,10 @@ def choose_model(model: str | None, service: Any) -> ModelChoice:
 
 def embedding_request(body: OpenAIEmbeddingRequest, service: Any) -> tuple[ModelChoice, EmbeddingInputs]:
     choice = choose_model(body.model, service)
-    dim = service.encoder.dim
-    if body.dimensions is not None and body.dimensions != dim:
-        raise ApiError(400, "dimensions_not_supported",
-                       f"this model's {dim}-dimensional embeddings are not trained for truncation (Matryoshka), "
-                       f"so dimensions={body.dimensions} is refused; omit it or pass {dim}")
+    try:
+        check_dimensions(service.encoder, body.dimensions)  # a trained Matryoshka dimension, or the full one
+    except ConfigError as e:
+        raise ApiError(400, "dimensions_not_supported", f"{e}; omit dimensions or pass one of those") from None
     input_type = input_type_of(body.input_type, choice)
     if input_type is None:
         input_type = "query" if (body.instruction or body.task) else service.settings.default_input_type
@@ -153,6 +154,7 @@ def _tiktoken_cached(blob_url: str) -> bool:
 
 def embedding_response(body: OpenAIEmbeddingRequest, vectors: np.ndarray, inputs: EmbeddingInputs,
                        choice: ModelChoice, service: Any) -> OpenAIEmbeddingResponse:
+    vectors = truncate(vectors, check_dimensions(service.encoder, body.dimensions))
     rows = np.asarray(vectors, dtype="<f4")  # little-endian float32: what OpenAI's base64 encoding holds
     data = [OpenAIEmbedding(index=i, embedding=_encode(row, body.encoding_format)) for i, row in enumerate(rows)]
     tokens = count_tokens(service.encoder, [t for t in inputs.texts if t])

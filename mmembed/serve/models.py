@@ -206,8 +206,9 @@ class OpenAIEmbeddingRequest(BaseModel):
     model: str | None = Field(None, description="a name from /v1/models (optional: one model is served); "
                                                 "NAME-query / NAME-document embed queries / documents")
     encoding_format: Literal["float", "base64"] = "float"
-    dimensions: int | None = Field(None, ge=1, description="accepted only when equal to the model's dimension: "
-                                                          "its embeddings are not trained for truncation")
+    dimensions: int | None = Field(None, ge=1, description="the model's dimension, or one it was trained to be "
+                                                          "truncated to (Matryoshka): the first coordinates, "
+                                                          "renormalised; any other is refused with the list")
     user: str | None = Field(None, max_length=256, description="ignored")
     input_type: Literal["query", "document"] | None = Field(
         None, description="'document' embeds candidates (no instruction); 'query' embeds queries, optionally "

@@ -126,6 +126,12 @@ class TrainSettings:
     #: torch intra-op threads per process (``None``: torch's default). On a CPU shared with other
     #: jobs, 1 avoids OpenMP threads spinning while they wait for a busy core.
     num_threads: int | None = None
+    #: Matryoshka (MRL): the loss is also computed on these prefixes of the embedding (weighted mean,
+    #: the full dimension always included; mmembed.losses.matryoshka) and the saved model records
+    #: them, so ``dimensions=`` accepts them. Left out of saved configs while unset.
+    matryoshka_dims: list[int] | None = field(default=None, metadata={"omit_if_default": True})
+    #: One weight per ``matryoshka_dims`` entry (default: all 1).
+    matryoshka_weights: list[float] | None = field(default=None, metadata={"omit_if_default": True})
 
 
 @dataclass
@@ -344,6 +350,15 @@ def _check_train(train: TrainSettings, distributed: DistributedSettings) -> None
     _at_least("train.length_buckets", train.length_buckets, 1)
     _positive("train.temperature", train.temperature)
     _at_least("train.num_threads", train.num_threads, 1, optional=True)
+    if train.matryoshka_dims is not None:
+        from mmembed.losses.matryoshka import check_dims
+
+        try:
+            check_dims(train.matryoshka_dims, train.matryoshka_weights)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+    elif train.matryoshka_weights is not None:
+        raise ConfigError("train.matryoshka_weights needs train.matryoshka_dims")
     if train.chunk_size and train.mixed_precision == "fp16":
         raise ConfigError("train.chunk_size (GradCache) works with mixed_precision 'no' or 'bf16', not 'fp16' "
                           "(its loss scaler is not applied to the cached-gradient backward)")

@@ -37,6 +37,10 @@ def export_encoder(encoder: TrainableEncoder, directory: str | Path, config: Tra
     dtype = getattr(torch, config.checkpoint.export_dtype) if config.checkpoint.export_dtype else None
     encoder.save_pretrained(directory, dtype=dtype)
     save_config(config, directory / TRAIN_CONFIG_FILE)
+    if config.train.matryoshka_dims:
+        from mmembed.encoders.matryoshka import write_trained_dims
+
+        write_trained_dims(directory, config.train.matryoshka_dims, config.train.matryoshka_weights)
     write_json(directory / TRAINING_META_FILE, {"step": step, **ckpt.run_metadata()})
     return directory
 

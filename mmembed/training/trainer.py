@@ -88,6 +88,11 @@ class Trainer:
         set_seed(config.seed)  # the same initial model (LoRA, pooler) in every process
         self._build_model()
         self.loss_fn = InfoNCELoss(config.train.temperature, gather=config.train.gather)
+        if config.train.matryoshka_dims:
+            from mmembed.losses.matryoshka import MatryoshkaLoss
+
+            self.loss_fn = MatryoshkaLoss(self.loss_fn, config.train.matryoshka_dims, config.train.matryoshka_weights)
+            self.loss_fn.prefixes(self.encoder.dim)  # dimensions beyond the model's are refused before training
         optimizer = build_optimizer(self.model, config.optim)
         scheduler = build_scheduler(optimizer, config.optim, self.total_steps)
         self.wrapped, self.optimizer, self.scheduler = self.accelerator.prepare(self.model, optimizer, scheduler)
