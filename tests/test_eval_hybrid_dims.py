@@ -31,7 +31,7 @@ def test_hybrid_evaluation_fuses_every_run(toy_dir, toy_encoder, tmp_path):
     for qid, docs in dense_i2t.items():
         assert sorted(docs, key=docs.get, reverse=True) == sorted(fused_i2t[qid], key=fused_i2t[qid].get,
                                                                     reverse=True)
-    with pytest.raises(ConfigError, match="hybrid must be one of rrf, weighted"):
+    with pytest.raises(ConfigError, match="hybrid must be one of rrf, weighted, bm25"):
         EvalConfig(hybrid="max").validate()
 
 

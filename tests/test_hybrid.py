@@ -42,7 +42,7 @@ def test_weighted_by_hand_and_ties_by_id():
     np.testing.assert_allclose(scores[0], [0.5, 0.5, 0.5], rtol=1e-6)
     ids, _ = fuse(dense, sparse, 2, "weighted", dense_weight=1.0)
     assert list(ids[0]) == ["a", "b"]
-    with pytest.raises(ConfigError, match="hybrid must be one of rrf, weighted"):
+    with pytest.raises(ConfigError, match="hybrid must be one of rrf, weighted, bm25"):
         fuse(dense, sparse, 2, "max")
 
 
@@ -71,3 +71,10 @@ def test_retriever_and_cli_hybrid(toy_dir, toy_encoder, tmp_path, monkeypatch, c
     monkeypatch.setattr("mmembed.encoders.registry.load_encoder", lambda spec, **kw: toy_encoder)
     assert main(["search", str(tmp_path / "idx"), "--text", "a blue square", "--hybrid", "rrf", "-k", "2"]) == 0
     assert "a blue square" in capsys.readouterr().out.splitlines()[0]
+
+
+def test_bm25_mode_is_the_sparse_list_alone():
+    dense = _result([[("a", 0.9), ("b", 0.8)]])
+    sparse = _result([[("c", 2.0), ("b", 1.0)]])
+    ids, scores = fuse(dense, sparse, 2, "bm25")
+    assert list(ids[0]) == ["c", "b"] and list(scores[0]) == [2.0, 1.0]

@@ -28,8 +28,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--where", metavar="EXPR", help="return only candidates whose fields match, e.g. "
                                                    "'dataset == \"10\"' (fields: id, dataset, modality and the keys "
                                                    "of a JSON src_content; and, or, not, ==, !=, <, >, in [...])")
-    p.add_argument("--hybrid", choices=("rrf", "weighted"),
-                   help="fuse the dense ranking with BM25 over the candidates' texts (needs mmembed[hybrid])")
+    p.add_argument("--hybrid", choices=("rrf", "weighted", "bm25"),
+                   help="fuse the dense ranking with BM25 over the candidates' texts by reciprocal rank (rrf) or "
+                        "a weighted sum; bm25: BM25 alone (needs mmembed[hybrid])")
     p.add_argument("--threads", type=int, default=1, metavar="N",
                    help="torch threads (default 1: one query gains nothing from more, and on a busy machine "
                         "idle-spinning threads make a cold start several times slower)")

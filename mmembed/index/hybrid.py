@@ -12,6 +12,8 @@ for when deeper):
 ``weighted``  ``w * dense + (1 - w) * bm25``, each min-max normalised over its list for the query
          (a candidate absent from a list gets 0 there); ``w`` = :data:`DENSE_WEIGHT` unless given.
 
+``bm25`` is the BM25 list alone (lexical search; the baseline the fusions are compared with).
+
 Ties follow mmembed's rule (score, then id descending). A filter mask applies to both lists.
 """
 
@@ -28,7 +30,7 @@ from mmembed.index.base import SearchResult
 
 log = logging.getLogger(__name__)
 
-HYBRID_MODES = ("rrf", "weighted")
+HYBRID_MODES = ("rrf", "weighted", "bm25")
 #: The constant of reciprocal-rank fusion (Cormack et al. 2009 use 60).
 RRF_K = 60
 #: Each list is cut at this depth before fusion (or at the depth asked for, when deeper).
@@ -100,6 +102,8 @@ def fuse(dense: SearchResult, sparse: SearchResult, k: int, mode: str = "rrf",
          dense_weight: float = DENSE_WEIGHT) -> SearchResult:
     """The top ``k`` of each query's fused ranking (see the module docstring)."""
     check_mode(mode)
+    if mode == "bm25":
+        return SearchResult(sparse.ids[:, :k], sparse.scores[:, :k])
     if not 0.0 <= dense_weight <= 1.0:
         raise ConfigError(f"dense_weight must be between 0 and 1, got {dense_weight}")
     n = dense.ids.shape[0]
