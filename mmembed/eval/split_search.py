@@ -107,7 +107,7 @@ def global_index(kind: str, pool: PoolRows, *, vectors: np.ndarray | None = None
                  ) -> tuple[ExactIndex, VectorIndex | None]:
     """(the exact streamed index over the global pool, the approximate one or None when ``kind`` is exact)."""
     if embeddings is not None:
-        exact = ExactIndex.from_embeddings(embeddings, memory_limit=memory_limit, device=device)
+        exact = ExactIndex.from_embeddings(embeddings, memory_limit=memory_limit, device=device, ids=pool.ids)
     else:
         exact = ExactIndex.from_vectors(pool.ids.tolist(), vectors, encoder_id=encoder_id, memory_limit=memory_limit,
                                         device=device)

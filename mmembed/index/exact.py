@@ -99,10 +99,17 @@ class ExactIndex:
 
     @classmethod
     def from_embeddings(cls, embeddings: EmbeddingSet | str | os.PathLike, *, memory_limit: int | str | None = None,
-                        device: str | None = "cpu") -> ExactIndex:
-        """An index over an ``mmembed encode`` store, read chunk by chunk at every search pass."""
+                        device: str | None = "cpu", ids: np.ndarray | None = None) -> ExactIndex:
+        """An index over an ``mmembed encode`` store, read chunk by chunk at every search pass.
+
+        ``ids``: the store's ids as :meth:`EmbeddingSet.id_array` returned them, when the caller has
+        them already (they are not read twice).
+        """
         store = embeddings if isinstance(embeddings, EmbeddingSet) else EmbeddingSet.open(embeddings)
-        ids, _ = store.id_array()
+        if ids is None:
+            ids, _ = store.id_array()
+        elif ids.shape != (len(store),):
+            raise IndexMismatchError(f"{store.directory}: {ids.shape[0]} ids given for {len(store)} vectors")
         return cls(ids, store.dim, chunks=store.vector_chunks, chunk_rows=store.identity.chunk_size,
                    stored_itemsize=np.dtype(store.identity.dtype).itemsize, encoder_id=store.encoder_id,
                    memory_limit=memory_limit, embeddings=store, device=device)
