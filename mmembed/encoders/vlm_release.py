@@ -3,7 +3,9 @@
 The release ships remote code (``modeling_nvmmembed.py``, written for transformers 4.43) that
 subclasses ``LlavaNextForConditionalGeneration``, replaces its LLM with NV-Embed's bidirectional
 Mistral (``embedding_model``) and adds NV-Embed's latent-attention pooler. This module reads the
-same files without that code and without pinning an old transformers:
+same files without that code and without pinning an old transformers, and gives
+:meth:`~mmembed.encoders.vlm.VLMEncoder.from_release` the encoder's arguments
+(:func:`release_encoder_arguments`); it never builds the encoder itself:
 
 - weights: ``model.safetensors`` or shards + ``model.safetensors.index.json``, keys
   ``vision_tower.vision_model.*`` (CLIP ViT-L/14-336), ``multi_modal_projector.linear_{1,2}.*``,
