@@ -54,6 +54,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--collection", help="Milvus collection name (default: a new unique name)")
     p.add_argument("--milvus-index", help="Milvus index type (default: chosen by size: FLAT up to 200,000 vectors, "
                                           "then HNSW, then IVF_SQ8)")
+    p.add_argument("--dims", type=int, metavar="D",
+                   help="index only the first D coordinates of each vector (renormalised; for a model trained for "
+                        "truncation, see its matryoshka.json), with --from-embeddings and the faiss backend")
+    p.add_argument("--rescore", action="store_true",
+                   help="with --dims: rescore the first pass's top candidates with the full vectors, kept in a file "
+                        "read from disk (full.npy)")
+    p.add_argument("--rescore-depth", type=int, metavar="N", help="candidates rescored per query (default 100)")
     p.add_argument("--batch-size", type=int, default=64)
     p.set_defaults(func=run_build)
 
@@ -106,6 +113,10 @@ def run_build(args: argparse.Namespace) -> int:
         raise ConfigError("--encoder is required unless --from-embeddings is given")
     if args.backend == "exact" and not args.from_embeddings:
         raise ConfigError("--backend exact searches an 'mmembed encode' store: give --from-embeddings")
+    if (args.rescore or args.rescore_depth) and args.dims is None:
+        raise ConfigError("--rescore and --rescore-depth go with --dims D (the first pass's dimension)")
+    if args.rescore_depth is not None and not args.rescore:
+        raise ConfigError("--rescore-depth needs --rescore")
     pool, image_root, instructions = _resolve_pool(args)
     encoder = common.load_encoder_from_args(args) if args.encoder else None
     index = build_retrieval_directory(
@@ -114,6 +125,7 @@ def run_build(args: argparse.Namespace) -> int:
         factory=args.factory, dtype=args.dtype, search_params=params, train_rows=args.train_sample,
         on_disk=args.on_disk, force=args.force, uri=args.uri, collection=args.collection,
         milvus_index=args.milvus_index, batch_size=args.batch_size,
-        encoder_settings=common.parse_encoder_settings(args.encoder_set), show_progress=sys.stderr.isatty())
+        encoder_settings=common.parse_encoder_settings(args.encoder_set), show_progress=sys.stderr.isatty(),
+        dims=args.dims, rescore=args.rescore, rescore_depth=args.rescore_depth)
     print(f"indexed {len(index)} candidates into {args.out}")
     return 0

@@ -47,7 +47,7 @@ __all__ = ["ENGINES", "FORMAT_VERSION", "ExactIndex", "FaissIndex", "IndexManife
            "VectorIndex", "load_index", "read_manifest"]
 
 #: Engines a saved index may name in its manifest.
-ENGINES = ("faiss", "milvus", "exact")
+ENGINES = ("faiss", "milvus", "exact", "rescore")
 
 
 def __getattr__(name: str) -> type:
@@ -67,6 +67,10 @@ def _engine(name: str) -> type | None:
     """The index class of an engine; Milvus is imported only when asked for (pymilvus is optional)."""
     if name in ("milvus", "exact"):
         return __getattr__({"milvus": "MilvusIndex", "exact": "ExactIndex"}[name])
+    if name == "rescore":  # a short first pass rescored with full vectors (mmembed.index.rescore)
+        from mmembed.index.rescore import RescoredIndex
+
+        return RescoredIndex
     return FaissIndex if name == "faiss" else None
 
 

@@ -95,7 +95,8 @@ def build_retrieval_directory(pool_path: str | os.PathLike, out: str | os.PathLi
                               collection: str | None = None, milvus_index: str | None = None, batch_size: int = 64,
                               cache_dir: str | os.PathLike | None = None,
                               encoder_settings: Mapping[str, Any] | None = None,
-                              show_progress: bool = False) -> VectorIndex:
+                              show_progress: bool = False, dims: int | None = None, rescore: bool = False,
+                              rescore_depth: int | None = None) -> VectorIndex:
     """Index the pool at ``pool_path`` and write a retrieval directory to ``out``; return the index.
 
     The vectors come from ``embeddings`` (an ``mmembed encode`` store of this pool, checked by
@@ -104,6 +105,8 @@ def build_retrieval_directory(pool_path: str | os.PathLike, out: str | os.PathLi
     ``factory``, ``dtype``, ``on_disk`` IVF lists), ``milvus`` (``uri``, ``collection``,
     ``milvus_index``) or ``exact`` (a streamed exact index over ``embeddings``, not copied).
     The memory of a FAISS build is estimated before any vector is read; ``force`` builds anyway.
+    ``dims``: index the first ``dims`` coordinates of ``embeddings`` (FAISS), rescoring the top
+    ``rescore_depth`` with the full vectors when ``rescore`` (:mod:`mmembed.index.rescore`).
     """
     from mmembed.embeddings.encode import guess_image_root
     from mmembed.index.build import fill_index, index_from_embeddings
@@ -125,12 +128,24 @@ def build_retrieval_directory(pool_path: str | os.PathLike, out: str | os.PathLi
             if spec is None:
                 raise ConfigError(f"{embeddings} does not record its encoder; give the encoder spec")
             encoder_spec, encoder_id = spec, store.encoder_id
-            index = index_from_embeddings(store, backend=backend, factory=factory, dtype=dtype,
-                                          search_params=search_params, uri=uri, collection=collection,
-                                          milvus_index=milvus_index, train_rows=train_rows, force=force,
-                                          on_disk=workdir, show_progress=show_progress)
+            if dims is not None:
+                from mmembed.index.rescore import DEFAULT_DEPTH, from_embeddings
+
+                if backend != "faiss" or on_disk:
+                    raise ConfigError("--dims builds a FAISS index in memory (not with --backend "
+                                      f"{backend}{' or --on-disk' if on_disk else ''})")
+                index = from_embeddings(store, dims, rescore=rescore, depth=rescore_depth or DEFAULT_DEPTH,
+                                        factory=factory, dtype=dtype, workdir=out_path.parent)
+            else:
+                index = index_from_embeddings(store, backend=backend, factory=factory, dtype=dtype,
+                                              search_params=search_params, uri=uri, collection=collection,
+                                              milvus_index=milvus_index, train_rows=train_rows, force=force,
+                                              on_disk=workdir, show_progress=show_progress)
         else:
             assert encoder is not None
+            if dims is not None:
+                raise ConfigError("--dims indexes the prefixes of precomputed embeddings: give --from-embeddings "
+                                  "('mmembed encode' output, also where rescoring reads the full vectors)")
             if encoder_spec is None:
                 raise ConfigError("give the encoder spec to record in the retrieval directory")
             if backend == "exact":

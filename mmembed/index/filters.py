@@ -294,6 +294,9 @@ def search_allowed(index: VectorIndex, queries: np.ndarray, k: int, allowed: np.
     from mmembed.index.exact import ExactIndex
     from mmembed.index.faiss_index import FaissIndex
 
+    own = getattr(index, "search_filtered", None)
+    if own is not None:  # an index that restricts its own passes (the rescored index)
+        return own(queries, kk, allowed)
     if isinstance(index, FaissIndex):
         return _faiss_search(index, queries, kk, allowed)
     if isinstance(index, ExactIndex):
