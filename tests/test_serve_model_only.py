@@ -198,3 +198,13 @@ def test_docs_schema_is_served_offline(registry):
         assert "/v1/models" in schema["paths"] and "/metrics" in schema["paths"] and "/health" in schema["paths"]
         page = client.get("/docs").text
         assert "cdn" not in page.lower() and "/static/docs.js" in page
+
+
+def test_rerank_without_an_index(registry):
+    from test_serve_api import ImagesFirstReranker
+
+    app = create_app(EmbeddingModel(QueryMarkingToy(), registry, reranker=ImagesFirstReranker(top_k=5)),
+                     encoder_spec="toy")
+    with TestClient(app, base_url="http://localhost") as client:
+        body = client.post("/v1/rerank", json={"query": "red", "documents": ["a", "abcd", "ab"]}).json()
+        assert [r["index"] for r in body["results"]] == [1, 2, 0]
