@@ -107,8 +107,11 @@ def _run_remote(args: argparse.Namespace) -> int:
                 for task in client.tasks():
                     print(f"{task.name}\t{task.instruction}")
                 return 0
+            if args.modality and len(args.modality) > 1:
+                raise ConfigError("--server searches take one --modality (or a --where on modality)")
             answer = client.search(args.text, Path(args.image) if args.image else None,
-                                   instruction=args.instruction, task=args.task, k=args.k)
+                                   instruction=args.instruction, task=args.task, k=args.k, where=args.where,
+                                   modality=args.modality[0] if args.modality else None, hybrid=args.hybrid)
     except ServiceError as e:
         raise ConfigError(f"{args.server}: {e}") from None
     if answer.reranked:

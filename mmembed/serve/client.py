@@ -107,13 +107,14 @@ class Client:
 
     def search(self, text: str | None = None, image: ImageInput | str | None = None, *,
                instruction: str | None = None, task: str | None = None, k: int = 10, offset: int = 0,
-               rerank: bool | None = None) -> SearchResponse:
+               rerank: bool | None = None, where: str | None = None, modality: str | None = None,
+               hybrid: str | None = None) -> SearchResponse:
         """Top ``k`` candidates for text, an image (a path, file bytes or a PIL image), or both, with an
-        instruction or a task name."""
+        instruction or a task name; ``where``/``modality`` restrict the candidates, ``hybrid`` fuses BM25."""
         if text is None and image is None:
             raise ServiceError(None, "invalid_request", "give text, an image, or both")
         query = _local(SearchQuery, text=text, instruction=instruction, task=task, k=k, offset=offset,
-                       rerank=rerank)
+                       rerank=rerank, where=where, modality=modality, hybrid=hybrid)
         data = {name: _form_value(value) for name, value in query.model_dump(exclude_none=True).items()}
         files = None
         if image is not None:

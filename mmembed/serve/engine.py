@@ -119,6 +119,8 @@ class Job:
     instructions: list[str | None]
     k: int = 0
     rerank: bool = False
+    #: A search's candidate restriction and fusion: (where, modality, hybrid); jobs batch with equal ones.
+    options: tuple[str | None, str | None, str | None] = (None, None, None)
     future: Future = field(default_factory=Future)
 
     @property
@@ -309,8 +311,13 @@ class SearchService:
     def search_job(self, query: SearchQuery, upload: Upload | None, instruction: str | None) -> Job:
         image = decode_image(upload.data, self.settings, upload.what) if upload is not None else None
         rerank = self.can_rerank and query.rerank is not False
+        options = (query.where, query.modality, query.hybrid)
+        try:  # a bad filter is the request's error, found before it joins a batch (the mask is cached)
+            self.retriever.filter_mask(query.where, query.modality)
+        except ConfigError as e:
+            raise ApiError(422, "invalid_filter", str(e)) from None
         return Job("search", [Item("query", query.text, image)], [instruction], k=query.offset + query.k,
-                   rerank=rerank)
+                   rerank=rerank, options=options)
 
     def embed_job(self, texts: list[str | None], uploads: list[Upload | None], kind: str,
                   instruction: str | None) -> Job:
@@ -338,12 +345,12 @@ class SearchService:
     def _execute(self, jobs: list[Job]) -> list[JobResult]:
         started = time.perf_counter()
         values: list[Any] = [None] * len(jobs)
-        groups: dict[tuple[str, bool], list[int]] = defaultdict(list)
+        groups: dict[tuple[str, bool, tuple], list[int]] = defaultdict(list)
         for i, job in enumerate(jobs):
-            groups[(job.kind, job.rerank)].append(i)
+            groups[(job.kind, job.rerank, job.options)].append(i)
         stopwatch = Stopwatch()
         with self.encoder_lock:
-            for (kind, rerank), members in groups.items():
+            for (kind, rerank, _), members in groups.items():
                 group = [jobs[i] for i in members]
                 for i, value in zip(members, self._execute_group(kind, rerank, group, stopwatch)):
                     values[i] = value
@@ -356,7 +363,7 @@ class SearchService:
         items = [item for job in jobs for item in job.items]
         instructions = [instruction for job in jobs for instruction in job.instructions]
         if kind == "search":
-            rows = self._search(items, instructions, max(job.k for job in jobs), rerank, stopwatch)
+            rows = self._search(items, instructions, max(job.k for job in jobs), rerank, stopwatch, jobs[0].options)
             return [row[:job.k] for row, job in zip(rows, jobs)]
         encoder = self.retriever.encoder
         batch_size = min(len(items), self.batcher.max_items)  # one large request is encoded in pieces
@@ -370,15 +377,23 @@ class SearchService:
         return [rows[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
 
     def _search(self, items: list[Item], instructions: Sequence[str | None], k: int, rerank: bool,
-                stopwatch: Stopwatch) -> list[list[Any]]:
+                stopwatch: Stopwatch, options: tuple = (None, None, None)) -> list[list[Any]]:
         """``Retriever.search_items`` phase by phase, each timed: encode, search the index, rerank."""
         retriever = self.retriever
         reranker = self.reranker if rerank else None
         depth = k if reranker is None else max(k, reranker.top_k)
         with stopwatch.phase("encode"):
             vectors = retriever.encoder.encode_queries(items, list(instructions))
+        where, modality, hybrid = options
         with stopwatch.phase("search"):
-            hits = retriever.search_vectors(vectors, depth)
+            allowed = retriever.filter_mask(where, modality)
+            if hybrid is not None:
+                from mmembed.index.hybrid import hybrid_search
+
+                hits = retriever._hits(*hybrid_search(retriever, vectors, [i.text for i in items], depth, allowed,
+                                                      hybrid))
+            else:
+                hits = retriever.search_vectors(vectors, depth, allowed=allowed)
         if reranker is not None:
             with stopwatch.phase("rerank"):
                 # Retriever._rerank: the reranking step of search_items (retrieval.py is owned elsewhere;

@@ -116,8 +116,17 @@ class SearchQuery(BaseModel):
     k: int = Field(10, description="number of results, 1 to the service's max_k")
     offset: int = Field(0, description="results to skip (paging); offset + k is at most the service's max_depth")
     rerank: bool | None = Field(None, description="rerank the top results; default: when a reranker is attached")
+    modality: Literal["text", "image", "image,text"] | None = Field(
+        None, description="return only candidates of this modality")
+    where: str | None = Field(None, max_length=2000, description="return only candidates whose fields match, e.g. "
+                                                                 "dataset == \"10\" (fields: id, dataset, modality "
+                                                                 "and the keys of a JSON src_content)")
+    hybrid: Literal["rrf", "weighted", "bm25"] | None = Field(
+        None, description="fuse the dense ranking with BM25 over the candidates' texts (rrf: reciprocal rank; "
+                          "weighted: a weighted sum) or use BM25 alone (bm25)")
 
-    _blank = field_validator("text", "instruction", "task", mode="before")(_blank_to_none)
+    _blank = field_validator("text", "instruction", "task", "modality", "where", "hybrid",
+                             mode="before")(_blank_to_none)
 
 
 class Timings(_Model):

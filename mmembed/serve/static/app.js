@@ -180,6 +180,8 @@ function searchForm() {
   if (task) form.append("task", task);
   else if (instruction) form.append("instruction", instruction);
   form.append("k", $("k").value || "10");
+  const modality = $("modality").value;
+  if (modality) form.append("modality", modality);
   if (!$("rerank").disabled) form.append("rerank", $("rerank").checked ? "true" : "false");
   return { form, empty: !text && !image };
 }
