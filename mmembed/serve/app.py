@@ -132,7 +132,8 @@ class ServiceState:
             self._serve(source)
         except Exception as e:  # reported by readiness; the details go to the log only
             logger.exception("cannot load %s", what)
-            self.error = f"{what.split(' ', 2)[1]} could not be loaded ({type(e).__name__}); see the service log"
+            kind = "index" if self.directory is not None else "model"
+            self.error = f"the {kind} could not be loaded ({type(e).__name__}); see the service log"
             if self._on_load_error is not None:
                 self._on_load_error(f"{type(e).__name__}: {e}")
             return
