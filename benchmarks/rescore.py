@@ -6,9 +6,10 @@ Usage::
     nice -n 10 python benchmarks/rescore.py --model runs/mrl/mrl/final --data data/bundled --split val \\
         --dims 96 --depth 100
 
-The pool (the split's global pool) and the queries (every task of the split, their first
-instruction) are embedded with ``--model`` (``--pool-vectors``/``--pool-ids`` reuse vectors already
-embedded: an evaluation's pool cache). Both indexes are built from the same vectors:
+The pool (the split's global pool) and the queries (up to ``--queries-per-task`` of every task of
+the split, with the instructions ``evaluate`` chooses) are embedded with ``--model``;
+``--pool-cache`` (an evaluation's pool-embedding cache of this model: the union of its pools) or
+``--pool-vectors``/``--pool-ids`` reuse vectors already embedded. Both indexes are built from the same vectors:
 
 * **exact**: a FAISS ``Flat`` index of the full vectors (exact inner product; the reference);
 * **rescored**: :class:`mmembed.index.rescore.RescoredIndex`, a FAISS ``Flat`` index of the
@@ -60,7 +61,23 @@ def embed_queries(model, data: Path, split: str, per_task: int) -> np.ndarray:
     return np.concatenate(blocks)
 
 
+def cached_union(folder: Path) -> tuple[list[str], np.ndarray]:
+    """Every pool in a pool-embedding cache folder, each id once (pool files overlap)."""
+    seen: dict[str, int] = {}
+    blocks = []
+    for ids_file in sorted(folder.glob("*.ids.json")):
+        ids = json.loads(ids_file.read_text())
+        vectors = np.load(ids_file.with_name(ids_file.name.removesuffix(".ids.json") + ".vectors.npy"))
+        keep = [i for i, did in enumerate(ids) if did not in seen]
+        for i in keep:
+            seen[ids[i]] = len(seen)
+        blocks.append(vectors[keep])
+    return list(seen), np.concatenate(blocks).astype(np.float32)
+
+
 def timed(fn, repeats: int) -> float:
+    """Median seconds of ``repeats`` calls, after one untimed call (first-touch costs are not the search's)."""
+    fn()
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
@@ -76,6 +93,9 @@ def main() -> None:
     parser.add_argument("--split", default="val")
     parser.add_argument("--pool-vectors", type=Path, help=".npy of the pool's vectors (with --pool-ids)")
     parser.add_argument("--pool-ids", type=Path, help="JSON list of the pool's ids, row by row")
+    parser.add_argument("--pool-cache", type=Path, help="an evaluation's pool-cache folder of this model: the union "
+                                                        "of the pools embedded there (each <key>.ids.json with its "
+                                                        "<key>.vectors.npy) is the pool")
     parser.add_argument("--queries-per-task", type=int, default=200)
     parser.add_argument("--dims", type=int, default=96)
     parser.add_argument("--depth", type=int, default=100)
@@ -94,7 +114,9 @@ def main() -> None:
     torch.set_num_threads(1)
     faiss.omp_set_num_threads(1)
     model = mmembed.load(args.model)
-    if args.pool_vectors:
+    if args.pool_cache:
+        ids, pool = cached_union(args.pool_cache)
+    elif args.pool_vectors:
         ids, pool = json.loads(args.pool_ids.read_text()), np.load(args.pool_vectors)
     else:
         ids, pool = embed_pool(model, args.data, args.split)
