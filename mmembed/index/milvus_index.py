@@ -214,7 +214,7 @@ class MilvusIndex:
         x = _matrix(vectors, self.dim, "vectors")
         if len(ids) != x.shape[0]:
             raise DataError(f"got {len(ids)} ids for {x.shape[0]} vectors")
-        self._check_new_ids(ids)
+        check_new_ids(ids, self._id_set, max_length=MAX_ID_LENGTH)
         _check_finite(x, "vector", names=ids)
         for start in range(0, len(ids), batch_size):
             batch = _unit_rows(x[start:start + batch_size])
@@ -222,9 +222,6 @@ class MilvusIndex:
             self._client.insert(self.collection, rows)
         self._ids.extend(ids)
         self._id_set.update(ids)
-
-    def _check_new_ids(self, ids: list[str]) -> None:
-        check_new_ids(ids, self._id_set, max_length=MAX_ID_LENGTH)
 
     def build_index(self) -> None:
         """Build the vector index (chosen by size unless given) and load the collection for search."""
