@@ -55,11 +55,12 @@ def test_a_memory_limit_below_the_vectors_gives_the_in_memory_scores(synthetic, 
 
 
 @pytest.mark.parametrize("index", ["faiss-ivf", "milvus"])
-def test_an_approximate_index_reports_its_recall_next_to_every_global_score(small, tmp_path, index):
+def test_an_approximate_index_reports_its_recall_next_to_every_global_score(small, tmp_path, index, capsys):
     if index == "milvus":
         pytest.importorskip("pymilvus")
         pytest.importorskip("milvus_lite")
     results = _evaluate(small, tmp_path / index, "--index", index, "--set", "recall_sample=50")
+    assert "index_recall@50 global/none" in capsys.readouterr().out  # the printed table shows it too
     for row in results["results"]:
         if row["pool"] == "global":
             assert row["index"] == index

@@ -31,15 +31,21 @@ def results_table(results: EvalResults, settings: Sequence[tuple[str, str]] | No
     header = ["task", "q->c", "metric", *(f"{p}/{i}" for p, i in settings)]
     global_modes = [i for p, i in settings if p == "global"]
     header += [f"mod.err@{_k(results)} global/{i}" for i in global_modes]
+    # an approximate index's recall against exact search, next to the scores it produced
+    depths = {key for r in results.results for key in (r.index_recall or {})}
+    recall = max(depths, key=lambda key: int(key.rsplit("@", 1)[1])) if depths else None
+    header += [f"{recall} global/{i}" for i in global_modes] if recall else []
     rows = []
     for task, (arrow, metric) in tasks.items():
         cells = [task, arrow, metric]
         cells += [_fmt(by_key.get((task, p, i)), scale) for p, i in settings]
         cells += [_fmt_err(by_key.get((task, "global", i)), scale) for i in global_modes]
+        cells += [_recall(by_key.get((task, "global", i)), recall, scale) for i in global_modes] if recall else []
         rows.append(cells)
     average = ["average", "", ""]
     average += [_num(results.average(p, i), scale) for p, i in settings]
     average += [_num(_mean_err(results, i), scale) for i in global_modes]
+    average += [_num(_mean_recall(results, i, recall), scale) for i in global_modes] if recall else []
     rows.append(average)
     return markdown_table(header, rows)
 
@@ -80,6 +86,16 @@ def _fmt(result, scale: float) -> str:
 
 def _fmt_err(result, scale: float) -> str:
     return "-" if result is None or result.modality_error is None else f"{result.modality_error * scale:.1f}"
+
+
+def _mean_recall(results: EvalResults, mode: str, key: str) -> float | None:
+    values = [r.index_recall[key] for r in results.select("global", mode) if r.index_recall and key in r.index_recall]
+    return sum(values) / len(values) if values else None
+
+
+def _recall(result, key: str, scale: float) -> str:
+    value = (result.index_recall or {}).get(key) if result is not None else None
+    return _num(value, scale)
 
 
 def _num(value: float | None, scale: float) -> str:
