@@ -181,7 +181,7 @@ def test_milvus_filtered_search_equals_filter_after_rank(data, tmp_path):
     exact.add(ids, vectors)
     fields = CandidateFields.of(ids, {c.did: c for c in candidates})
     try:
-        for where in FILTERS[:5]:
+        for where in [*FILTERS[:5], 'dataset != "10"']:  # the last keeps most rows: an "id not in" expression
             mask = fields.mask(fields.parse(where))
             got_ids, got_scores = search_allowed(milvus, queries, 10, mask)
             for row_ids, row_scores, ref in zip(got_ids, got_scores, _filter_after_rank(exact, queries, 10, mask, ids)):
@@ -189,3 +189,11 @@ def test_milvus_filtered_search_equals_filter_after_rank(data, tmp_path):
                 np.testing.assert_allclose(row_scores, [s for _, s in ref], rtol=1e-4, atol=1e-5)
     finally:
         milvus.close()
+
+
+def test_milvus_expression_is_the_shorter_of_in_and_not_in():
+    from mmembed.index.filters import milvus_expression
+
+    ids = ["1:a", "1:b", "1:c"]
+    assert milvus_expression(ids, np.array([True, False, False])) == 'id in ["1:a"]'
+    assert milvus_expression(ids, np.array([True, True, False])) == 'id not in ["1:c"]'

@@ -306,8 +306,7 @@ def search_allowed(index: VectorIndex, queries: np.ndarray, k: int, allowed: np.
         q = _matrix(queries, index.dim, "queries")
         return index.search_requests(q, [Request(slice(0, q.shape[0]), kk, allowed)])[0]
     if type(index).__name__ == "MilvusIndex":
-        ids = np.asarray(index.ids(), dtype=object)[allowed]
-        return index.search(queries, kk, filter=milvus_expression(ids.tolist()))
+        return index.search(queries, kk, filter=milvus_expression(index.ids(), allowed))
     return _filter_full_ranking(index, queries, kk, allowed)
 
 
@@ -352,6 +351,10 @@ def _filter_full_ranking(index: VectorIndex, queries: np.ndarray, k: int, allowe
     return SearchResult(out_ids, out_scores)
 
 
-def milvus_expression(ids: Sequence[str], field: str = "id") -> str:
-    """A Milvus boolean expression keeping the candidates ``ids`` (the resolved filter)."""
-    return f"{field} in {json.dumps(list(ids), ensure_ascii=False)}"
+def milvus_expression(ids: Sequence[str], allowed: np.ndarray, field: str = "id") -> str:
+    """A Milvus boolean expression keeping the rows ``allowed`` of ``ids`` (the resolved filter): the
+    kept ids, or the others excluded when they are fewer (a shorter expression)."""
+    rows = np.asarray(ids, dtype=object)
+    if 2 * int(np.count_nonzero(allowed)) <= len(rows):
+        return f"{field} in {json.dumps(rows[allowed].tolist(), ensure_ascii=False)}"
+    return f"{field} not in {json.dumps(rows[~allowed].tolist(), ensure_ascii=False)}"
