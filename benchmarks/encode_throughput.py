@@ -3,13 +3,18 @@
 - text: our ``encode_candidates`` vs sentence-transformers on the same all-MiniLM-L6-v2 and the
   same texts (target: at least 1.0x);
 - image: our ``encode_candidates`` with a cold feature cache vs the bare EfficientNet-Lite0
-  forward on the same, already preprocessed images (target: at least 0.85x), plus warm-cache
-  figures; our tower runs in channels_last layout, so the bare forward in that layout is shown
-  too, as the stricter reference;
+  forward on the same, already preprocessed images, plus warm-cache figures; our tower runs in
+  channels_last layout, so the bare forward in that layout is the reference (target: at least
+  0.95x of it); the contiguous-layout forward is shown too;
 - image+text: cold and warm cache;
 - dtypes (``--dtypes float32,bfloat16``): the same encoder built in each dtype, text and cold-cache
   image throughput against float32 in the same run, and the cosine of each embedding to its
   float32 embedding (a dtype is worth choosing only when faster and at least 0.999 everywhere).
+
+"Cold" means cold: the encoders are built with the on-disk feature cache off (memory only, as
+``MMEMBED_IMAGE_CACHE=off`` would), the memory level is emptied before every cold run, and the
+run is checked to have computed every image (no cache hit) so that no persistent cache can
+answer it.
 
 Texts are random sentences over a fixed word list; images are emoji rendered with Pillow from
 NotoColorEmoji (random coloured shapes when the font is missing). Run:
@@ -77,6 +82,23 @@ def make_images(n: int, seed: int = 0) -> list[Image.Image]:
     return out
 
 
+def cold_run(encoder: TowersEncoder, items: list[Item], bs: int) -> Callable[[], object]:
+    """Encode ``items`` with the feature cache emptied first; refuses to count a run a cache answered."""
+    cache = encoder.vision.cached.cache
+    if cache.directory is not None:
+        raise SystemExit(f"the encoder keeps image features on disk ({cache.directory}): a cold run would not be cold")
+    images = sum(item.image is not None for item in items)
+
+    def run() -> object:
+        cache.clear()
+        hits = cache.hits
+        out = encoder.encode_candidates(items, batch_size=bs)
+        if cache.hits != hits:
+            raise SystemExit(f"a cold run found {cache.hits - hits} of {images} images in the cache")
+        return out
+    return run
+
+
 def measure(jobs: dict[str, Callable[[], object]], rounds: int) -> dict[str, tuple[float, float]]:
     """Best wall and CPU seconds of each job over ``rounds`` interleaved rounds.
 
@@ -108,7 +130,7 @@ def main() -> None:
 
     texts, images = make_texts(args.texts), make_images(args.images)
     bs, reps = args.batch_size, args.repeats
-    encoder = TowersEncoder()
+    encoder = TowersEncoder(image_cache_dir=False)  # memory only: a cold run computes every image
     st = SentenceTransformer(str(minilm_dir()), device="cpu")
     net = encoder.vision.net
     text_items = [Item(str(i), t) for i, t in enumerate(texts)]
@@ -120,10 +142,7 @@ def main() -> None:
     st.encode(texts[:64], batch_size=bs)
 
     def cold(items: list[Item]) -> Callable[[], object]:
-        def run() -> object:
-            encoder.vision.cached.cache.clear()
-            return encoder.encode_candidates(items, batch_size=bs)
-        return run
+        return cold_run(encoder, items, bs)
 
     def warm(items: list[Item]) -> Callable[[], object]:
         return lambda: encoder.encode_candidates(items, batch_size=bs)
@@ -153,22 +172,22 @@ def main() -> None:
     rows = [
         ("text: ours", n_t, text["ours"], text["st"]),
         ("text: sentence-transformers (reference)", n_t, text["st"], None),
-        ("image: ours, cold cache", n_i, image["cold"], image["bare"]),
-        ("image: bare EfficientNet forward (reference)", n_i, image["bare"], None),
-        ("image: bare preprocess + forward", n_i, image["bare_pre"], image["bare"]),
-        ("image: bare forward, channels_last", n_i, image["bare_cl"], image["bare"]),
-        ("image: ours, warm cache", n_i, image["warm"], image["bare"]),
-        ("image+text: ours, cold cache", n_i, image["pair_cold"], image["bare"]),
-        ("image+text: ours, warm cache", n_i, image["pair_warm"], image["bare"]),
+        ("image: ours, cold cache", n_i, image["cold"], image["bare_cl"]),
+        ("image: bare forward, channels_last (reference)", n_i, image["bare_cl"], None),
+        ("image: bare forward, contiguous", n_i, image["bare"], image["bare_cl"]),
+        ("image: bare preprocess + contiguous forward", n_i, image["bare_pre"], image["bare_cl"]),
+        ("image: ours, warm cache", n_i, image["warm"], image["bare_cl"]),
+        ("image+text: ours, cold cache", n_i, image["pair_cold"], image["bare_cl"]),
+        ("image+text: ours, warm cache", n_i, image["pair_warm"], image["bare_cl"]),
     ]
     for name, n, (wall, cpu), ref in rows:
         ratios = ("", "") if ref is None else (f"{ref[0] / wall:6.2f}x", f"{ref[1] / cpu:6.2f}x")
         print(f"{name:46s} {n / wall:9.1f} {ratios[0]:>7s} {n / cpu:12.1f} {ratios[1]:>7s}")
     print(f"text vs sentence-transformers: {text['st'][0] / text['ours'][0]:.2f}x wall, "
           f"{text['st'][1] / text['ours'][1]:.2f}x cpu (target >= 1.0)")
-    print(f"image, cold cache, vs bare forward: {image['bare'][0] / image['cold'][0]:.2f}x wall, "
-          f"{image['bare'][1] / image['cold'][1]:.2f}x cpu (target >= 0.85); vs bare channels_last forward: "
-          f"{image['bare_cl'][0] / image['cold'][0]:.2f}x wall, {image['bare_cl'][1] / image['cold'][1]:.2f}x cpu")
+    print(f"image, cold cache, vs bare channels_last forward: {image['bare_cl'][0] / image['cold'][0]:.2f}x wall, "
+          f"{image['bare_cl'][1] / image['cold'][1]:.2f}x cpu (target >= 0.95); vs bare contiguous forward: "
+          f"{image['bare'][0] / image['cold'][0]:.2f}x wall, {image['bare'][1] / image['cold'][1]:.2f}x cpu")
     dtypes = [d for d in args.dtypes.split(",") if d and d != "float32"]
     if dtypes:
         dtype_table(texts[:args.dtype_texts], images, dtypes, bs, reps)
@@ -182,15 +201,12 @@ def dtype_table(texts: list[str], images: list[Image.Image], dtypes: list[str], 
     embeddings with float32's (the smallest cosine over all items)."""
     text_items = [Item(str(i), t) for i, t in enumerate(texts)]
     image_items = [Item(f"i{i}", None, im) for i, im in enumerate(images)]
-    encoders = {"float32": TowersEncoder()}
+    encoders = {"float32": TowersEncoder(image_cache_dir=False)}
     for name in dtypes:
-        encoders[name] = TowersEncoder(dtype=name)
+        encoders[name] = TowersEncoder(dtype=name, image_cache_dir=False)
 
     def cold(encoder: TowersEncoder, items: list[Item]) -> Callable[[], object]:
-        def run() -> object:
-            encoder.vision.cached.cache.clear()
-            return encoder.encode_candidates(items, batch_size=bs)
-        return run
+        return cold_run(encoder, items, bs)
 
     reference = {kind: cold(encoders["float32"], items)() for kind, items in (("text", text_items),
                                                                                ("image", image_items))}
