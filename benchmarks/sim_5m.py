@@ -81,8 +81,10 @@ def projection(candidates: int, queries: int, dim: int, measured: dict) -> list[
         "on this 2-core CPU",
         f"vectors per pass at {FULL_DIM} dims, float16: {FULL_CANDIDATES * FULL_DIM * 2 / 1e9:.0f} GB "
         f"(at {dim} dims: {FULL_CANDIDATES * dim * 2 / 1e9:.1f} GB)",
-        f"queries at {FULL_DIM} dims, float32, both modes: {FULL_QUERIES * MODES * FULL_DIM * 4 / 1e9:.1f} GB "
-        "(held in memory during the search; more than a small --memory-limit, so it needs passes)",
+        f"queries at {FULL_DIM} dims, float32, both modes: {FULL_QUERIES * MODES * FULL_DIM * 4 / 1e9:.1f} GB, and "
+        f"their results (global and local, depth 50): {FULL_QUERIES * MODES * 100 * 84 / 1e9:.1f} GB; both are "
+        "held for the whole search (it streams the candidates, not the queries), so --memory-limit must exceed "
+        "about 10 GB, or the tasks are evaluated in groups (--set tasks=[...])",
         f"one H100 (not measured): {full_pairs * 2 * FULL_DIM:.3g} FLOP; at an assumed 400 TFLOP/s of bf16 matrix "
         f"product that is {full_pairs * 2 * FULL_DIM / 400e12:.0f} s of arithmetic; the 46 GB of float16 "
         "vectors fit in its 80 GB, so one pass, bounded by reading them (about 15 s at 3 GB/s from NVMe)",
