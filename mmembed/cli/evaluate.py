@@ -23,7 +23,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                                    "TREC runs and the resolved configuration. Configuration keys are those of "
                                    "mmembed.eval.runner.EvalConfig (split, pools, instruction_modes, seed, metric, "
                                    "extra_metrics, depth, modality_error_k, tasks, batch_size, max_queries, "
-                                   "cache_dir, image_root, text_format; hybrid=rrf|weighted: dense fused with BM25; "
+                                   "cache_dir, image_root, text_format, index, memory_limit, recall_sample, "
+                                   "search_device; hybrid=rrf|weighted: dense fused with BM25; "
                                    "dims=[384,96]: a score per embedding dimension). With --rerank, every run is also "
                                    "reranked and each task reports its metrics before reranking, after, and fused "
                                    "with the retrieval score.")
