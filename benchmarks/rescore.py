@@ -97,6 +97,7 @@ def main() -> None:
                                                         "of the pools embedded there (each <key>.ids.json with its "
                                                         "<key>.vectors.npy) is the pool")
     parser.add_argument("--queries-per-task", type=int, default=200)
+    parser.add_argument("--image-cache-dir", help="the model's image-feature cache (its image_cache_dir setting)")
     parser.add_argument("--dims", type=int, default=96)
     parser.add_argument("--depth", type=int, default=100)
     parser.add_argument("-k", type=int, default=10)
@@ -113,7 +114,7 @@ def main() -> None:
 
     torch.set_num_threads(1)
     faiss.omp_set_num_threads(1)
-    model = mmembed.load(args.model)
+    model = mmembed.load(args.model, **({"image_cache_dir": args.image_cache_dir} if args.image_cache_dir else {}))
     if args.pool_cache:
         ids, pool = cached_union(args.pool_cache)
     elif args.pool_vectors:
