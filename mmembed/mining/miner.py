@@ -72,6 +72,9 @@ class MiningConfig:
     num_type1: int = 1
     num_type2: int = 1
     random_fallback: bool = True
+    #: Type 1 also from the wrong-modality candidates of the top ``type1_depth`` ranks below the
+    #: positive (0: the paper's rule; see :class:`~mmembed.mining.rule.NegativeRule`).
+    type1_depth: int = 0
     #: Instruction of each query while mining (as at training time: ``random`` seeded per query).
     instruction_mode: str = "random"
     #: BEIR data only: the instruction queries are encoded with (none by default).
@@ -104,19 +107,23 @@ class MiningConfig:
         settings.pop("memory_limit")
         if settings["index"] == "exact":
             settings.pop("index")
+        if settings["type1_depth"] == 0:
+            settings.pop("type1_depth")
         return settings
 
     def rule(self) -> NegativeRule:
         self.validate()
+        return self._rule()
+
+    def _rule(self) -> NegativeRule:
         return NegativeRule(self.k, (int(self.window[0]), int(self.window[1])), self.num_type1, self.num_type2,
-                            self.random_fallback)
+                            self.random_fallback, self.type1_depth)
 
     def validate(self) -> None:
         """Every key checked before any encoder is loaded; the message names the key."""
         if len(self.window) != 2:
             raise ConfigError(f"window must be two ranks [low, high], got {self.window}")
-        NegativeRule(self.k, (int(self.window[0]), int(self.window[1])), self.num_type1, self.num_type2,
-                     self.random_fallback).validate()
+        self._rule().validate()
         if self.instruction_mode not in INSTRUCTION_MODES:
             raise ConfigError(f"instruction_mode: unknown mode {self.instruction_mode!r}; expected one of "
                               f"{', '.join(INSTRUCTION_MODES)}")

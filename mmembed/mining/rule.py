@@ -3,7 +3,8 @@
 MM-Embed's modality-aware rule (paper section 4), for a query whose task targets modality ``m``:
 
 - **type 1** (modality-wrong): candidates whose modality is not ``m`` and that rank above the
-  query's first positive (all of the top k when no positive is retrieved);
+  query's first positive (all of the top k when no positive is retrieved); ``type1_depth: n``
+  also takes those in the top ``n`` below the positive (an extension: the paper's rule is ``0``);
 - **type 2** (modality-right, content-wrong): candidates of modality ``m`` that are not positives,
   from a rank window at the low end of the top k (default 46-50), below the near-duplicates and
   false negatives that crowd the very top;
@@ -37,6 +38,10 @@ class NegativeRule:
     num_type2: int = 1
     #: Fill a type that has too few candidates with random ones (``False``: keep fewer).
     random_fallback: bool = True
+    #: Type 1 also holds the wrong-modality candidates of the top ``type1_depth`` ranks that come
+    #: below the first positive (0: the paper's rule, only those above it). A model that ranks the
+    #: positive first yet fills the rest of its top 5 with the wrong modality then still learns from it.
+    type1_depth: int = 0
 
     def validate(self) -> None:
         low, high = self.window
@@ -49,6 +54,8 @@ class NegativeRule:
                 raise ConfigError(f"{key} must be >= 0, got {getattr(self, key)}")
         if self.num_type1 + self.num_type2 == 0:
             raise ConfigError("num_type1 and num_type2 must not both be 0")
+        if not 0 <= self.type1_depth <= self.k:
+            raise ConfigError(f"type1_depth must lie within 0-{self.k} (k = {self.k}), got {self.type1_depth}")
 
 
 def _pick(ids: Sequence[str], count: int, key: str) -> list[str]:
@@ -88,7 +95,8 @@ def modality_aware_sets(ranked: Sequence[str], modalities: Sequence[str], positi
     """
     top = list(zip(ranked[: rule.k], modalities[: rule.k]))
     first_positive = next((i for i, (did, _) in enumerate(top) if did in positives), len(top))
-    type1 = [did for did, m in top[:first_positive] if m != target]
+    reach = max(first_positive, rule.type1_depth)
+    type1 = [did for did, m in top[:reach] if m != target and did not in positives]
     low, high = rule.window
     type2 = [did for did, m in top[low - 1: high] if m == target and did not in positives]
     return {TYPE1: type1, TYPE2: type2}
