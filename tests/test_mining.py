@@ -375,3 +375,16 @@ def test_a_low_type1_yield_is_said_with_what_the_slots_got_instead():
     fine = MiningStats(queries=100, candidates={"type1": 40}, with_candidates={"type1": 20})
     assert type1_yield_note(fine, {"num_type1": 1}) is None
     assert type1_yield_note(low, {"num_type1": 0}) is None  # text mining asks for no type-1 negative
+
+
+def test_type1_depth_also_takes_wrong_modality_candidates_just_below_the_positive():
+    from mmembed.mining.rule import NegativeRule, modality_aware_sets
+
+    ranked = ["pos", "img1", "txt1", "img2", "txt2", "img3"]
+    modalities = ["text", "image", "text", "image", "text", "image"]
+    paper = modality_aware_sets(ranked, modalities, {"pos"}, "text", NegativeRule(k=6, window=(5, 6)))
+    assert paper["type1"] == []  # the positive comes first: nothing above it
+    deeper = modality_aware_sets(ranked, modalities, {"pos"}, "text", NegativeRule(k=6, window=(5, 6), type1_depth=4))
+    assert deeper["type1"] == ["img1", "img2"] and deeper["type2"] == paper["type2"] == ["txt2"]
+    with pytest.raises(ConfigError, match="type1_depth"):
+        NegativeRule(k=6, window=(5, 6), type1_depth=7).validate()
