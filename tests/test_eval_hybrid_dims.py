@@ -59,3 +59,11 @@ def test_dims_evaluation_embeds_once_and_scores_each(toy_dir, toy_encoder, tmp_p
     assert "| task | pool | instructions | metric | 8 | 4 |" in out and "**average**" in out
     assert main(["evaluate", str(toy_dir), "--encoder", "toy", "--set", f"dims=[{toy_encoder.dim + 1}]"]) == 2
     assert "between 1 and the model's dimension" in capsys.readouterr().err
+
+
+def test_dims_do_not_combine_with_hybrid_or_the_plain_runner(toy_dir, toy_encoder, monkeypatch, capsys):
+    with pytest.raises(ConfigError, match="run_dims_evaluation"):
+        run_evaluation(toy_encoder, toy_dir, EvalConfig(show_progress=False, dims=[8]))
+    monkeypatch.setattr(common, "load_encoder_arg", lambda *args, **kwargs: toy_encoder)
+    assert main(["evaluate", str(toy_dir), "--encoder", "toy", "--set", "dims=[8]", "--set", "hybrid=rrf"]) == 2
+    assert "does not combine with --rerank or hybrid" in capsys.readouterr().err

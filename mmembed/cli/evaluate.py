@@ -68,7 +68,12 @@ def run(args: argparse.Namespace) -> int:
     if args.encoder is None and not (config.embeddings_dir and config.query_embeddings_dir):
         raise ConfigError("give --encoder, or both --embeddings and --query-embeddings")
     # looked up at call time (tests patch it)
+    if config.dims and (rerank_config is not None or config.hybrid):
+        raise ConfigError("dims scores the dense retrieval at each dimension; it does not combine with --rerank "
+                          "or hybrid (run them separately)")
     encoder = common.load_encoder_arg(args.encoder, args.encoder_set) if args.encoder else None
+    if (Path(args.data) / "corpus.jsonl").is_file() and (config.dims or config.hybrid):
+        raise ConfigError(f"{args.data}: dims and hybrid work on M-BEIR directories, not BEIR ones")
     if (Path(args.data) / "corpus.jsonl").is_file():
         if rerank_config is not None:
             raise ConfigError(f"{args.data}: --rerank works on M-BEIR directories; BEIR directories are not "

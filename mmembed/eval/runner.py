@@ -188,6 +188,9 @@ def run_evaluation(encoder: Encoder | None, data_dir: str | os.PathLike, config:
     """
     config = config or EvalConfig()
     config.validate()
+    if config.dims:
+        raise ConfigError("dims: score several dimensions with mmembed.eval.dims.run_dims_evaluation "
+                          "(or mmembed evaluate --set dims=[...])")
     directory = MBEIRDirectory(data_dir, image_root=config.image_root)
     if encoder is None and not (config.embeddings_dir and config.query_embeddings_dir):
         raise ConfigError("evaluation without an encoder needs precomputed pool and query embeddings "
