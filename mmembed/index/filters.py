@@ -312,18 +312,28 @@ def search_allowed(index: VectorIndex, queries: np.ndarray, k: int, allowed: np.
 
 def _faiss_search(index: Any, queries: np.ndarray, k: int, allowed: np.ndarray) -> SearchResult:
     """FAISS search restricted by an id selector over the allowed rows (a bitmap, one bit per row)."""
-    from mmembed.index.faiss_index import _faiss, _mask_missing, _matrix, _normalised
+    from mmembed.index.faiss_index import _mask_missing, _matrix, _normalised
 
-    faiss = _faiss()
     q = _normalised(_matrix(queries, index.dim, "queries"), "query")
-    bitmap = np.packbits(allowed, bitorder="little")
-    selector = faiss.IDSelectorBitmap(len(allowed), faiss.swig_ptr(bitmap))
-    params = _search_parameters(faiss, index.faiss_index, selector)
+    labels, scores = faiss_rows(index.faiss_index, q, k, allowed)
+    return SearchResult(index._lookup(labels), _mask_missing(scores, labels))
+
+
+def faiss_rows(raw: Any, q: np.ndarray, k: int, allowed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(row labels, scores) of a raw FAISS index for unit queries ``q``, among the ``allowed`` rows (None: all)."""
+    from mmembed.index.faiss_index import _faiss
+
     labels = np.full((q.shape[0], k), -1, dtype=np.int64)
     scores = np.empty((q.shape[0], k), dtype=np.float32)
-    index.faiss_index.search(q, k, D=scores, I=labels, params=params)
+    if allowed is None:
+        raw.search(q, k, D=scores, I=labels)
+        return labels, scores
+    faiss = _faiss()
+    bitmap = np.packbits(allowed, bitorder="little")
+    selector = faiss.IDSelectorBitmap(len(allowed), faiss.swig_ptr(bitmap))
+    raw.search(q, k, D=scores, I=labels, params=_search_parameters(faiss, raw, selector))
     del bitmap  # held until here: the selector points into it
-    return SearchResult(index._lookup(labels), _mask_missing(scores, labels))
+    return labels, scores
 
 
 def _search_parameters(faiss: Any, raw: Any, selector: Any) -> Any:
