@@ -69,7 +69,7 @@ def test_one_command_trains_mines_and_reports_on_a_users_directory(tmp_path, cap
 def test_sizes_scale_with_the_data():
     small, large = scaled_settings(18, 12), scaled_settings(48_000, 45_000)
     assert (small.batch_size, small.max_steps, small.k, small.window) == (2, 27, 12, (8, 12))
-    assert (large.batch_size, large.max_steps, large.k, large.window) == (64, 600, 50, (46, 50))
+    assert (large.batch_size, large.max_steps, large.k, large.window) == (64, 150, 50, (46, 50))
     assert scaled_settings(18, 12, max_steps=3).max_steps == 3
     with pytest.raises(ConfigError, match="no query"):
         scaled_settings(0, 10)

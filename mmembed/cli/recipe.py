@@ -35,6 +35,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                                                                   "about three epochs, 20-600)")
     run_p.add_argument("--cross-fit", type=int, default=1, metavar="K",
                        help="with --data: cross-fitted mining with K folds (K extra stage-1 runs; default 1: off)")
+    run_p.add_argument("--baseline", choices=["fusion", "none"], default="fusion",
+                       help="with --data: train the score-fusion baseline beside the stages for the report's "
+                            "comparison (default fusion; none skips it)")
     run_p.add_argument("--set", metavar="KEY=VALUE", action="append", default=[],
                        help="override one recipe key (repeatable), e.g. --set output_dir=runs/x")
     run_p.add_argument("--no-report", action="store_true", help="do not write the report")
@@ -47,14 +50,16 @@ def recipe_path(args: argparse.Namespace) -> str:
         raise ConfigError("give either a recipe file or --data DIR (not both)")
     if args.data is None:
         if args.beir or args.out or args.eval_split or args.max_steps is not None or args.cross_fit != 1 or \
-                args.start != "cpu-default":
-            raise ConfigError("--beir, --start, --out, --eval-split, --max-steps and --cross-fit go with --data")
+                args.start != "cpu-default" or args.baseline != "fusion":
+            raise ConfigError("--beir, --start, --out, --eval-split, --max-steps, --cross-fit and --baseline go "
+                              "with --data")
         return args.recipe
-    from mmembed.recipe.own_data import own_data_recipe
+    from mmembed.recipe.own_data import RecipeSettings, own_data_recipe
 
     out = args.out or str(Path("runs") / Path(args.data).resolve().name)
     path = own_data_recipe(args.data, out, start=args.start, beir=args.beir, eval_split_name=args.eval_split,
-                           max_steps=args.max_steps, cross_fit=args.cross_fit)
+                           max_steps=args.max_steps, cross_fit=args.cross_fit,
+                           settings=RecipeSettings(baseline=None if args.baseline == "none" else "fusion"))
     print(f"recipe: {path}")
     return str(path)
 

@@ -40,6 +40,10 @@ TEXT_INSTRUCTION = "Given a query, retrieve passages that answer or match it."
 FUSION_START = "cpu-default-fusion"
 
 
+#: The most steps a stage trains by default (see :func:`scaled_settings`).
+MAX_STEPS = 150
+
+
 @dataclass(frozen=True)
 class Scale:
     """Settings scaled to the data size (see :func:`scaled_settings`)."""
@@ -66,6 +70,9 @@ class RecipeSettings:
     stage2_lr: float = 1.0
     #: Hard negatives per query in stage 2 (type 1 and type 2 quotas are split from these).
     num_negatives: int = 2
+    #: Fill the negative slots of a query that has too few mined candidates with random candidates
+    #: of the target modality (``False``: that query keeps its mined and in-batch negatives only).
+    random_fill: bool = False
     #: Training threads (``None``: every core, up to 8). A fixed count gives repeatable weights.
     threads: int | None = None
     #: The score-fusion baseline (``None``: not trained).
@@ -81,15 +88,17 @@ def scaled_settings(queries: int, pool: int, max_steps: int | None = None) -> Sc
       trains with; a smaller set gets smaller batches so that an epoch still has several, and a
       small pool, whose candidates must not repeat within a batch, still fills them with a
       positive and two negatives per query);
-    - steps: about three epochs, within [20, 600] (600 steps of 64 take about half an hour per
-      stage on two CPU cores); ``max_steps`` overrides;
+    - steps: about three epochs, within [20, 150]: the whole recipe (stage 1, mining, stage 2, the
+      fusion baseline, evaluation) then fits in 15 minutes on two CPU cores up to 10,000 training
+      queries (``benchmarks/recipe_time.py``); ``max_steps`` overrides (more data trains better
+      with more steps, at about 1.3 s per stage-1 step and 2.5 s per stage-2 step on two cores);
     - mining: k = min(50, pool) and the type-2 window its last five ranks; chunks of
       ``queries // 8`` within [64, 2048] so that an interrupted run loses little.
     """
     if queries < 1:
         raise ConfigError("the train split holds no query")
     batch = max(2, min(64, queries // 8, pool // 8))
-    steps = max_steps if max_steps is not None else max(20, min(600, math.ceil(3 * queries / batch)))
+    steps = max_steps if max_steps is not None else max(20, min(MAX_STEPS, math.ceil(3 * queries / batch)))
     if steps < 1:
         raise ConfigError(f"max_steps must be >= 1, got {steps}")
     k = max(1, min(50, pool))
@@ -141,22 +150,24 @@ def own_data_recipe(data: str, out: str, *, start: str = "cpu-default", beir: st
     threads = settings.threads or min(8, os.cpu_count() or 1)
     logger.info("%s: %d training queries, %d pool candidates -> batch %d, %d steps per stage, mining k=%d, "
                 "%d threads", data, queries, pool, scale.batch_size, scale.max_steps, scale.k, threads)
-    mined = str(root / "mine")
+    mined, cache = str(root / "mine"), str(root / "cache")  # pool vectors: mining's serve val, val's serve test
     stage1 = _train(data, start, scale, instructions, root / "stage1", threads)
     stage2_start = str(root / "stage1" / "final") if settings.stage2_from == "stage1" else start
     stage2 = _train(data, stage2_start, scale, instructions, root / "stage2", threads, negatives=mined,
                     num_negatives=settings.num_negatives, steps_share=settings.stage2_steps,
-                    lr_share=settings.stage2_lr)
+                    lr_share=settings.stage2_lr, random_fill=settings.random_fill)
     files = {"stage1": stage1, "stage2": stage2}
     quota = settings.num_negatives // 2
     mine = {"data": data, "encoder": "stage1", "cross_fit": cross_fit,
             "config": {"k": scale.k, "window": list(scale.window), "num_type1": settings.num_negatives - quota,
-                       "num_type2": quota, "chunk_size": scale.chunk_size, "instruction_mode": instructions}}
+                       "num_type2": quota, "chunk_size": scale.chunk_size, "instruction_mode": instructions,
+                       "cache_dir": cache, "random_fallback": settings.random_fill}}
     steps = [{"name": "stage1", "train": str(config_dir / "stage1.yaml")}, {"name": "mine", "mine": mine},
              {"name": "stage2", "train": str(config_dir / "stage2.yaml")}]
     models = {"start": start, "stage1": "stage1", "stage2": "stage2"}
     if beir:
-        files["stage3"] = _stage3(data, beir, scale, instructions, root, mined, threads, settings.num_negatives)
+        files["stage3"] = _stage3(data, beir, scale, instructions, root, mined, threads, settings.num_negatives,
+                                  settings.random_fill)
         steps += [{"name": "mine-text", "mine": {"data": beir, "encoder": "stage2", "config": {
             "k": min(50, scale.k), "window": list(scale.window), "num_type1": 0, "num_type2": 2,
             "beir_instruction": TEXT_INSTRUCTION, "chunk_size": scale.chunk_size}}},
@@ -168,7 +179,7 @@ def own_data_recipe(data: str, out: str, *, start: str = "cpu-default", beir: st
         steps.append({"name": "fusion", "train": str(config_dir / "fusion.yaml")})
         models = {"start": start, "fusion": "fusion", **{k: v for k, v in models.items() if k != "start"}}
     evaluate: dict = {"models": models, "data": data, "select_split": "val", "select_among": among,
-                      "config": {"split": split, "instruction_modes": [instructions]}}
+                      "config": {"split": split, "instruction_modes": [instructions], "cache_dir": cache}}
     if split == "val":
         notes.append("no test split: the report scores the val split, the split that chose the final model")
     if beir:
@@ -192,13 +203,14 @@ def own_data_recipe(data: str, out: str, *, start: str = "cpu-default", beir: st
 
 def _train(data: str, start: str, scale: Scale, instructions: str, out: Path, threads: int, *,
            negatives: str | None = None, num_negatives: int = 0, steps_share: float = 1.0,
-           lr_share: float = 1.0) -> dict:
+           lr_share: float = 1.0, random_fill: bool = False) -> dict:
     """A stage-1/2 (or fusion) training configuration; ``negatives``: the mining step's output."""
     mbeir = {"root": data, "split": "train", "pool": "global", "group_per_task": True}
     data_settings: dict = {"mbeir": [mbeir], "instruction_mode": instructions, "task_homogeneous": 0.5}
     if negatives:
         mbeir["negatives"] = negatives
         data_settings["num_negatives"] = num_negatives
+        data_settings["negative_padding"] = "random" if random_fill else "none"
     steps = max(1, round(scale.max_steps * steps_share))
     projector = r"^image_proj\." if start == FUSION_START else r"^projector\."
     return {"output_dir": str(out), "seed": 0,
@@ -214,13 +226,13 @@ def _train(data: str, start: str, scale: Scale, instructions: str, out: Path, th
 
 
 def _stage3(data: str, beir: str, scale: Scale, instructions: str, root: Path, mined: str, threads: int,
-            num_negatives: int) -> dict:
+            num_negatives: int, random_fill: bool) -> dict:
     """Continue from stage 2 on the multimodal data plus the text set, at a fifth of the learning rate."""
     if not (Path(beir) / "qrels" / "train.tsv").is_file():
         raise ConfigError(f"--beir {beir}: a BEIR-format directory with corpus.jsonl, queries.jsonl and "
                           "qrels/train.tsv is needed")
     config = _train(data, str(root / "stage2" / "final"), scale, instructions, root / "stage3", threads,
-                    negatives=mined, num_negatives=num_negatives)
+                    negatives=mined, num_negatives=num_negatives, random_fill=random_fill)
     config["model"]["lora"] = {"enabled": True, "r": 8, "alpha": 16}
     config["data"]["mbeir"][0]["group_per_task"] = False  # two groups: the multimodal data and the text set
     config["data"]["weights"] = {"mbeir": 3, "text": 1}  # the text set a quarter of the examples, as cpu-default
