@@ -255,8 +255,9 @@ def test_the_search_contract_the_service_relies_on():
     assert [f.name for f in dataclasses.fields(Hit)] == ["rank", "id", "score", "candidate", "retrieval_score",
                                                           "rerank_score"]
     search = inspect.signature(Retriever.search).parameters
-    assert list(search) == ["self", "text", "image", "instruction", "k", "rerank"]
-    assert search["rerank"].default is None and search["rerank"].kind is inspect.Parameter.KEYWORD_ONLY
+    assert list(search) == ["self", "text", "image", "instruction", "k", "rerank", "where", "modality", "hybrid"]
+    for name in ("rerank", "where", "modality", "hybrid"):  # filters and hybrid search: off unless asked
+        assert search[name].default is None and search[name].kind is inspect.Parameter.KEYWORD_ONLY
     load = inspect.signature(Retriever.load).parameters
     assert list(load) == ["directory", "encoder", "reranker", "encoder_settings"]
     assert load["encoder_settings"].kind is inspect.Parameter.KEYWORD_ONLY
