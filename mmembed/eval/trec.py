@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from mmembed.errors import DataError, Location
+from mmembed.errors import ArgumentError, DataError, Location
 from mmembed.eval.metrics import rank_documents
 from mmembed.fileio import atomic_open, iter_text_lines
 from mmembed.types import Run
@@ -19,7 +19,7 @@ from mmembed.types import Run
 
 def write_run(path: str | os.PathLike, run: Run, tag: str = "mmembed") -> None:
     if any(c.isspace() for c in tag):
-        raise ValueError(f"run tag {tag!r} must not contain whitespace")
+        raise ArgumentError(f"tag: run tag {tag!r} must not contain whitespace")
     with atomic_open(path) as f:
         for qid, docs in run.items():
             for rank, (did, score) in enumerate(rank_documents(docs, qid=qid), start=1):

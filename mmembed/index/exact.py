@@ -23,7 +23,6 @@ from pathlib import Path
 
 import numpy as np
 
-from mmembed import __version__
 from mmembed.embeddings.store import EmbeddingSet
 from mmembed.errors import ConfigError, IndexMismatchError
 from mmembed.fileio import atomic_directory
@@ -40,6 +39,7 @@ from mmembed.index.topk import (
     key_scores,
     plan_memory,
 )
+from mmembed.version import __version__
 
 log = logging.getLogger(__name__)
 

@@ -450,7 +450,7 @@ class ContrastiveBatch:
 
 def collate_examples(examples: Sequence[TrainingExample]) -> ContrastiveBatch:
     """Lay out a batch of examples (``collate_fn`` of a DataLoader)."""
-    if not examples:
+    if not examples:  # a programming error: the sampler never yields an empty batch
         raise ValueError("cannot collate an empty batch")
     candidates = [e.positive for e in examples] + [n for e in examples for n in e.negatives]
     return ContrastiveBatch(

@@ -32,6 +32,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from mmembed.errors import ArgumentError, ModelError
+
 logger = logging.getLogger(__name__)
 
 EmbedFn = Callable[[Any], Tensor]
@@ -48,7 +50,7 @@ def split_inputs(inputs: Any, chunk_size: int) -> list[Any]:
     let the embed function do the processing and pass it raw items.
     """
     if chunk_size <= 0:
-        raise ValueError(f"chunk_size must be positive, got {chunk_size}")
+        raise ArgumentError(f"chunk_size must be positive, got {chunk_size}")
     n = _num_rows(inputs)
     return [_slice(inputs, start, min(start + chunk_size, n)) for start in range(0, n, chunk_size)]
 
@@ -59,11 +61,11 @@ def _num_rows(inputs: Any) -> int:
     if isinstance(inputs, Mapping):
         sizes = {_num_rows(v) for v in inputs.values() if _is_rows(v)}
         if len(sizes) != 1:
-            raise ValueError(f"cannot split a mapping whose row counts differ or are absent: {sorted(sizes)}")
+            raise ArgumentError(f"inputs: a mapping whose row counts differ or are absent: {sorted(sizes)}")
         return sizes.pop()
     if isinstance(inputs, Sequence) and not isinstance(inputs, str | bytes):
         return len(inputs)
-    raise TypeError(f"cannot split inputs of type {type(inputs).__name__}; pass a split_fn")
+    raise ArgumentError(f"inputs: cannot split inputs of type {type(inputs).__name__}; pass a split_fn")
 
 
 def _is_rows(value: Any) -> bool:
@@ -135,7 +137,7 @@ class GradCache:
         self.query_chunk_size = query_chunk_size or chunk_size
         self.candidate_chunk_size = candidate_chunk_size or chunk_size
         if not self.query_chunk_size or not self.candidate_chunk_size:
-            raise ValueError("give chunk_size, or both query_chunk_size and candidate_chunk_size")
+            raise ArgumentError("give chunk_size, or both query_chunk_size and candidate_chunk_size")
         self.no_sync = no_sync
         self.split_fn = split_fn
         self.loss_scale = loss_scale
@@ -175,6 +177,6 @@ class GradCache:
             with sync, state.replay():
                 out = embed(chunk)
                 if out.shape != grad.shape:
-                    raise RuntimeError(f"chunk re-run gave embeddings of shape {tuple(out.shape)}, "
+                    raise ModelError(f"GradCache: the chunk re-run gave embeddings of shape {tuple(out.shape)}, "
                                        f"the first pass {tuple(grad.shape)}; is the embed function deterministic?")
                 torch.sum(out * grad.to(out.dtype)).backward()
