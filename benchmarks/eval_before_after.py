@@ -46,7 +46,7 @@ class StoredQueries:
 
 
 def side(which: str, root: Path, dim: int, memory_limit: str) -> dict:
-    from mmembed.eval.runner import EvalConfig, run_evaluation
+    from mmembed.eval.mbeir_runner import EvalConfig, run_evaluation
 
     started = time.perf_counter()
     if which == "old":

@@ -43,7 +43,7 @@ from mmembed.types import Candidate, Query
 if TYPE_CHECKING:
     import torch
 
-    from mmembed.eval.runner import EvalResults
+    from mmembed.eval.mbeir_runner import EvalResults
 
 logger = logging.getLogger(__name__)
 

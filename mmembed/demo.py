@@ -33,7 +33,7 @@ from mmembed.data.mbeir import read_queries
 from mmembed.encoders.base import Item
 from mmembed.encoders.registry import load_encoder, named_models
 from mmembed.recipe.report import summary_table, task_table, write_report
-from mmembed.recipe.runner import ModelEvaluation, evaluate_models
+from mmembed.recipe.run import ModelEvaluation, evaluate_models
 from mmembed.retrieval import Retriever
 
 logger = logging.getLogger("mmembed.demo")

@@ -23,7 +23,7 @@ from mmembed.fileio import file_sha256
 
 if TYPE_CHECKING:
     from mmembed.encoders.base import Encoder
-    from mmembed.eval.runner import EvalResults
+    from mmembed.eval.mbeir_runner import EvalResults
 
 logger = logging.getLogger(__name__)
 

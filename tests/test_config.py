@@ -158,7 +158,7 @@ def test_every_mining_field_is_checked_with_its_key(override, key):
 
 def test_a_recipe_is_checked_whole_before_its_first_step(tmp_path):
     from mmembed.recipe import load_recipe
-    from mmembed.recipe.runner import check_recipe
+    from mmembed.recipe.run import check_recipe
 
     stage = tmp_path / "stage.yaml"
     stage.write_text(yaml.safe_dump({"data": {"mbeir": [{"root": str(tmp_path)}]}}))

@@ -11,7 +11,7 @@ from mmembed.cli import common
 from mmembed.cli.main import main
 from mmembed.errors import ConfigError
 from mmembed.eval.dims import run_dims_evaluation
-from mmembed.eval.runner import EvalConfig, run_evaluation
+from mmembed.eval.mbeir_runner import EvalConfig, run_evaluation
 from mmembed.eval.trec import read_run
 
 

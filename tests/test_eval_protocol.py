@@ -11,7 +11,7 @@ from toy import ToyEncoder, make_toy_mbeir
 from mmembed.data.layout import qrels_file
 from mmembed.encoders.base import Item
 from mmembed.errors import ConfigError
-from mmembed.eval.runner import EvalConfig, run_evaluation
+from mmembed.eval.mbeir_runner import EvalConfig, run_evaluation
 from mmembed.eval.text_format import uniir_format, with_text_format
 
 

@@ -9,8 +9,8 @@ import pytest
 from mmembed.cli import common
 from mmembed.cli.main import main
 from mmembed.errors import ConfigError
-from mmembed.eval.report import results_table
-from mmembed.eval.runner import EvalConfig, run_evaluation
+from mmembed.eval.mbeir_runner import EvalConfig, run_evaluation
+from mmembed.eval.tables import results_table
 from mmembed.eval.trec import read_run
 
 

@@ -11,7 +11,7 @@ from toy import ToyEncoder
 from mmembed.cli.main import main
 from mmembed.data.layout import MBEIRDirectory
 from mmembed.data.validate import validate_directory
-from mmembed.eval.runner import EvalConfig, run_evaluation
+from mmembed.eval.mbeir_runner import EvalConfig, run_evaluation
 
 UNIIR_TEST_FILES = sorted(f"mbeir_{d}_task{t}_test.jsonl" for d, _, t in TASKS)
 

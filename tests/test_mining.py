@@ -332,8 +332,8 @@ def test_mined_rows_store_the_full_typed_candidate_sets(toy_root, tmp_path):
 
 
 def test_mining_statistics_use_the_evaluation_modality_error(toy_root, tmp_path):
-    """mod.err@k counts top-k slots of the wrong modality, as mmembed.eval.runner does."""
-    from mmembed.eval.runner import EvalConfig, run_evaluation
+    """mod.err@k counts top-k slots of the wrong modality, as mmembed.eval.mbeir_runner does."""
+    from mmembed.eval.mbeir_runner import EvalConfig, run_evaluation
 
     config = small_config(split="test", modality_error_k=5, instruction_mode="none")
     mined = mine_mbeir(ToyEncoder(), toy_root, tmp_path / "mined", config, show_progress=False)

@@ -12,7 +12,7 @@ mteb = pytest.importorskip("mteb")
 import mmembed  # noqa: E402
 from mmembed.data.bundled import build  # noqa: E402
 from mmembed.errors import MissingDependencyError  # noqa: E402
-from mmembed.eval.runner import EvalConfig, run_evaluation  # noqa: E402
+from mmembed.eval.mbeir_runner import EvalConfig, run_evaluation  # noqa: E402
 from mmembed.mteb import MTEBModel, batch_items, mbeir_task  # noqa: E402
 
 #: mteb's score names for mmembed's metrics (mteb rounds its scores to 5 decimals).

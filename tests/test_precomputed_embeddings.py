@@ -10,7 +10,7 @@ from toy import ToyEncoder
 from mmembed.data.layout import MBEIRDirectory
 from mmembed.embeddings import encode_pool
 from mmembed.errors import IndexMismatchError
-from mmembed.eval.runner import EvalConfig, run_evaluation
+from mmembed.eval.mbeir_runner import EvalConfig, run_evaluation
 from mmembed.mining import MiningConfig, mine_mbeir
 
 

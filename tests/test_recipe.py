@@ -106,7 +106,7 @@ def test_recipe_files_are_checked(tmp_path):
 def test_the_shipped_recipes_load():
     recipe = load_recipe("recipes/cpu-default/recipe.yaml")
     assert [s.name for s in recipe.steps] == ["stage1", "mine", "stage2", "mine-text", "stage3", "fusion"]
-    from mmembed.recipe.runner import step_train_config
+    from mmembed.recipe.run import step_train_config
 
     for step in recipe.training_steps():
         assert step_train_config(recipe, step).output_dir == f"runs/cpu-default/{step.name}"
@@ -114,7 +114,7 @@ def test_the_shipped_recipes_load():
 
 def test_report_tables_show_shares_as_percentages():
     from mmembed.recipe.report import summary_table, task_table
-    from mmembed.recipe.runner import ModelEvaluation
+    from mmembed.recipe.run import ModelEvaluation
 
     rows = [{"task": "t0", "arrow": "t->i", "metric": "hit@5", "pool": pool, "instructions": "random",
              "score": score, "modality_error": error}

@@ -23,9 +23,9 @@ from mmembed.cli import common
 from mmembed.cli.main import main
 from mmembed.encoders.base import Item
 from mmembed.errors import ConfigError, DataError
-from mmembed.eval.report import rerank_table
+from mmembed.eval.mbeir_runner import EvalConfig
 from mmembed.eval.rerank_eval import run_rerank_evaluation
-from mmembed.eval.runner import EvalConfig
+from mmembed.eval.tables import rerank_table
 from mmembed.eval.trec import read_run
 from mmembed.rerank import BaseReranker
 from mmembed.retrieval import Hit, Retriever

@@ -18,7 +18,7 @@ from mbeir_real_layout import build_real_layout
 from toy import ToyEncoder
 
 from mmembed.data.mbeir import read_qrels
-from mmembed.eval.runner import EvalConfig, run_evaluation
+from mmembed.eval.mbeir_runner import EvalConfig, run_evaluation
 
 pytrec_eval = pytest.importorskip("pytrec_eval")
 EXACT = 1e-12  # only float summation order may differ

@@ -16,7 +16,7 @@ import pytest
 
 from mmembed.data.bundled import build
 from mmembed.encoders.registry import load_encoder
-from mmembed.eval.runner import EvalConfig, run_evaluation
+from mmembed.eval.mbeir_runner import EvalConfig, run_evaluation
 
 pytestmark = pytest.mark.slow
 

@@ -13,9 +13,9 @@ import yaml
 from mmembed.config import from_dict
 from mmembed.encoders.registry import load_encoder
 from mmembed.errors import ConfigError
+from mmembed.training.accelerator import lr_factor
 from mmembed.training.checkpoint import list_checkpoints
 from mmembed.training.config import TrainConfig, load_train_config
-from mmembed.training.engine import lr_factor
 from mmembed.training.trainer import Trainer
 
 pytest.importorskip("accelerate")

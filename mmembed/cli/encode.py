@@ -80,7 +80,7 @@ def _run_queries(args: argparse.Namespace) -> int:
     from mmembed.config import load_config
     from mmembed.embeddings.queries import encode_split_queries
     from mmembed.errors import ConfigError
-    from mmembed.eval.runner import EvalConfig
+    from mmembed.eval.mbeir_runner import EvalConfig
     from mmembed.eval.text_format import with_text_format
 
     if not Path(args.data).is_dir():

@@ -21,8 +21,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                        description="Score every task of a split against its local pool and the global pool, with "
                                    "and without instructions; print the per-task table and write JSON results, "
                                    "TREC runs and the resolved configuration. Configuration keys are those of "
-                                   "mmembed.eval.runner.EvalConfig (split, pools, instruction_modes, seed, metric, "
-                                   "extra_metrics, depth, modality_error_k, tasks, batch_size, max_queries, "
+                                   "mmembed.eval.mbeir_runner.EvalConfig (split, pools, instruction_modes, seed, "
+                                   "metric, extra_metrics, depth, modality_error_k, tasks, batch_size, max_queries, "
                                    "cache_dir, image_root, text_format, index, memory_limit, recall_sample, "
                                    "search_device; hybrid=rrf|weighted: dense fused with BM25; "
                                    "dims=[384,96]: a score per embedding dimension). With --rerank, every run is also "
@@ -55,8 +55,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from mmembed.config import load_config
-    from mmembed.eval.report import results_table
-    from mmembed.eval.runner import EvalConfig, run_evaluation
+    from mmembed.eval.mbeir_runner import EvalConfig, run_evaluation
+    from mmembed.eval.tables import results_table
 
     base = {"show_progress": sys.stderr.isatty(), **({"image_root": args.image_root} if args.image_root else {}),
             **({"embeddings_dir": args.embeddings} if args.embeddings else {}),
@@ -96,8 +96,8 @@ def run(args: argparse.Namespace) -> int:
 def _run_reranked(encoder, args: argparse.Namespace, config, rerank_config) -> int:
     from dataclasses import asdict
 
-    from mmembed.eval.report import rerank_table, results_table
     from mmembed.eval.rerank_eval import run_rerank_evaluation
+    from mmembed.eval.tables import rerank_table, results_table
     from mmembed.rerank import build_reranker
 
     reranker = build_reranker(rerank_config)
@@ -116,7 +116,7 @@ def _run_beir(encoder, args: argparse.Namespace, config) -> int:
 
     if encoder is None:
         raise ConfigError(f"{args.data}: a BEIR directory is evaluated with an encoder; give --encoder")
-    from mmembed.eval.report import markdown_table
+    from mmembed.eval.tables import markdown_table
 
     result = run_beir_evaluation(encoder, args.data, split=config.split, batch_size=config.batch_size,
                                  max_queries=config.max_queries, show_progress=config.show_progress,

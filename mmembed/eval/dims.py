@@ -55,7 +55,7 @@ class _Remembered:
 def run_dims_evaluation(encoder: Any, data_dir: str | os.PathLike, config: Any,
                         output_dir: str | os.PathLike | None = None) -> dict[int, Any]:
     """``{dimension: EvalResults}`` for every dimension of ``config.dims`` (an ``EvalConfig``)."""
-    from mmembed.eval.runner import run_evaluation
+    from mmembed.eval.mbeir_runner import run_evaluation
 
     if encoder is None:
         raise ConfigError("dims: scoring several dimensions needs an encoder (precomputed embeddings are stored "

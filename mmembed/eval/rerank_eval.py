@@ -1,6 +1,6 @@
 """Reranking inside the M-BEIR evaluation: before, after, and fused.
 
-Every retrieval run that :func:`~mmembed.eval.runner.run_evaluation` scores (task x pool x
+Every retrieval run that :func:`~mmembed.eval.mbeir_runner.run_evaluation` scores (task x pool x
 instruction mode) is handed to the reranker through the runner's ``on_run`` hook, and each is
 reported three ways, with the same metrics:
 
@@ -38,8 +38,8 @@ from mmembed.data.layout import MBEIRDirectory
 from mmembed.data.mbeir import iter_candidates
 from mmembed.encoders.base import Encoder, Item, as_items
 from mmembed.errors import ConfigError
+from mmembed.eval.mbeir_runner import EvalConfig, EvalResults, ScoredRun, run_evaluation
 from mmembed.eval.metrics import evaluate
-from mmembed.eval.runner import EvalConfig, EvalResults, ScoredRun, run_evaluation
 from mmembed.eval.trec import write_run
 from mmembed.fileio import write_json, write_jsonl
 from mmembed.rerank.base import Reranker, RerankResult, can_read_images, fuse_results, rerank_run, results_to_run

@@ -16,7 +16,7 @@ The engines
     server.
 
 Who uses it
-    Evaluation (:mod:`mmembed.eval.runner`), mining (:mod:`mmembed.mining.miner`), the
+    Evaluation (:mod:`mmembed.eval.mbeir_runner`), mining (:mod:`mmembed.mining.miner`), the
     :class:`~mmembed.retrieval.Retriever` (and through it ``mmembed search`` and the service) and
     ``mmembed index build``. They choose an engine by name with :func:`mmembed.index.build.search_index`
     (the ``--index`` option / ``index`` config key) or open a saved one with :func:`load_index`.

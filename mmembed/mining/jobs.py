@@ -41,7 +41,7 @@ class MiningStats:
       ``with_candidates`` how many queries have at least one candidate of each type;
     - ``wrong_modality_first``: queries whose top hit had the wrong modality ("top-1 modality miss");
     - ``wrong_modality_slots`` / ``slots``: top-``modality_error_k`` results of the wrong modality
-      over all top-k results: the evaluation's modality error@k (``mmembed.eval.runner``), computed
+      over all top-k results: the evaluation's modality error@k (``mmembed.eval.mbeir_runner``), computed
       on the training queries.
     """
 

@@ -49,7 +49,7 @@ class EvaluateSpec:
     models: dict = field(default_factory=dict)
     #: The M-BEIR directory evaluated (defaults to the recipe's ``data``).
     data: str | None = None
-    #: ``mmembed.eval.runner.EvalConfig`` keys.
+    #: ``mmembed.eval.mbeir_runner.EvalConfig`` keys.
     config: dict = field(default_factory=dict)
     #: A BEIR-format text set scored by nDCG@10 (``None``: no text evaluation).
     beir: str | None = None

@@ -30,7 +30,7 @@ def evaluate_models(models: dict[str, str], data_dir: str, eval_config: dict, ou
                     on_model: Callable[[ModelEvaluation], None] | None = None) -> list[ModelEvaluation]:
     """Evaluate every ``{label: encoder spec}`` on ``data_dir`` (and ``beir``), reusing valid results."""
     from mmembed.encoders.registry import load_encoder
-    from mmembed.eval.runner import EvalConfig
+    from mmembed.eval.mbeir_runner import EvalConfig
 
     evaluations = []
     for label, spec in models.items():
@@ -54,7 +54,7 @@ def _comparable(config: dict) -> dict:
 
 
 def _mbeir_results(encoder, data_dir: str, config, target: Path) -> dict:
-    from mmembed.eval.runner import run_evaluation
+    from mmembed.eval.mbeir_runner import run_evaluation
 
     path = target / "results.json"
     wanted = _comparable({**asdict(config), "data_dir": str(data_dir), "encoder_id": encoder.encoder_id})

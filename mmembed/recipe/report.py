@@ -13,7 +13,7 @@ import logging
 from collections.abc import Sequence
 from pathlib import Path
 
-from mmembed.eval.report import markdown_table
+from mmembed.eval.tables import markdown_table
 from mmembed.fileio import atomic_open, write_text
 from mmembed.recipe.config import RecipeConfig
 

@@ -42,8 +42,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from mmembed.errors import ConfigError, DataError, MMEmbedError
 from mmembed.serve import compat
+from mmembed.serve.batching import SearchService
 from mmembed.serve.checks import RawInput, check_embedding
-from mmembed.serve.engine import SearchService
 from mmembed.serve.limits import ApiError, Upload, check_search, check_upload_size
 from mmembed.serve.metrics import CONTENT_TYPE, Metrics, MetricsMiddleware
 from mmembed.serve.middleware import RequestGuard, SecurityHeaders, error_response, is_openai_path

@@ -171,7 +171,7 @@ class LoggingSettings:
 
 @dataclass
 class EvalSettings:
-    """Periodic evaluation on a validation split through :func:`mmembed.eval.runner.run_evaluation`."""
+    """Periodic evaluation on a validation split through :func:`mmembed.eval.mbeir_runner.run_evaluation`."""
 
     every_steps: int = 0
     at_end: bool = False

@@ -36,11 +36,11 @@ from mmembed.data.layout import MBEIRDirectory
 from mmembed.errors import ConfigError, ModelError
 from mmembed.losses import InfoNCELoss
 from mmembed.training import checkpoint as ckpt
+from mmembed.training.accelerator import build_accelerator, build_optimizer, build_scheduler
 from mmembed.training.assembly import build_dataset, load_training_encoder
 from mmembed.training.config import DataSettings, ModelSettings, TrainConfig
 from mmembed.training.data import ContrastiveBatch, collate_examples
 from mmembed.training.embedding_module import INNER, EmbeddingModule
-from mmembed.training.engine import build_accelerator, build_optimizer, build_scheduler
 from mmembed.training.gradcache import GradCache
 from mmembed.training.image_check import check_images
 from mmembed.training.monitor import PLOT_FILE, Monitor, peak_memory_mb, plot_loss
@@ -300,7 +300,7 @@ class Trainer:
             return None
         averages = None
         if acc.is_main_process:
-            from mmembed.eval.runner import EvalConfig, run_evaluation
+            from mmembed.eval.mbeir_runner import EvalConfig, run_evaluation
 
             ev = cfg.eval
             config = EvalConfig(split=ev.split, pools=ev.pools, instruction_modes=ev.instruction_modes, seed=cfg.seed,

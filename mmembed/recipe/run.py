@@ -104,7 +104,7 @@ def check_recipe(recipe: RecipeConfig) -> dict:
 
     Returns each training step's resolved ``TrainConfig`` by step name (parsed once, here).
     """
-    from mmembed.eval.runner import EvalConfig
+    from mmembed.eval.mbeir_runner import EvalConfig
 
     trained: dict = {}
     for step in recipe.steps:

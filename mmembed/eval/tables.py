@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from mmembed.eval.runner import EvalResults
+from mmembed.eval.mbeir_runner import EvalResults
 
 if TYPE_CHECKING:
     from mmembed.eval.rerank_eval import RerankedEvalResults
