@@ -90,8 +90,9 @@ def scaled_settings(queries: int, pool: int, max_steps: int | None = None) -> Sc
       positive and two negatives per query);
     - steps: about three epochs, within [20, 150]: the whole recipe (stage 1, mining, stage 2, the
       fusion baseline, evaluation) then fits in 15 minutes on two CPU cores up to 10,000 training
-      queries (``benchmarks/recipe_time.py``); ``max_steps`` overrides (more data trains better
-      with more steps, at about 1.3 s per stage-1 step and 2.5 s per stage-2 step on two cores);
+      queries (``benchmarks/recipe_time.py``: 11.8 minutes for 10,000); ``max_steps`` overrides
+      (more data trains better with more steps: about 1.3 s per stage-1 or stage-2 step of 64 on
+      two cores);
     - mining: k = min(50, pool) and the type-2 window its last five ranks; chunks of
       ``queries // 8`` within [64, 2048] so that an interrupted run loses little.
     """
