@@ -19,7 +19,7 @@ from mmembed.mining.jobs import default_shard
 from mmembed.recipe.config import RecipeConfig
 from mmembed.recipe.cross_fit import run_cross_fit
 from mmembed.recipe.evaluation import ModelEvaluation, evaluate_models
-from mmembed.recipe.selection import Selection
+from mmembed.recipe.selection import Selection, select_final
 from mmembed.recipe.steps import (
     FINAL,
     Timings,
@@ -74,8 +74,6 @@ def run_recipe(recipe: RecipeConfig, *, show_progress: bool = True, report: bool
     data = spec.data or recipe.data
     models = {label: resolve_model(recipe, str(name)) for label, name in spec.models.items()}
     if spec.select_split:
-        from mmembed.recipe.selection import select_final
-
         with timings.measure(f"select on {spec.select_split}"):
             result.selection = select_final(recipe, models, out, show_progress=show_progress)
     with timings.measure("evaluate"):

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from mmembed.errors import ConfigError
 from mmembed.fileio import write_json
 from mmembed.recipe.config import RecipeConfig
 from mmembed.recipe.evaluation import ModelEvaluation, evaluate_models
@@ -48,8 +49,6 @@ def select_final(recipe: RecipeConfig, models: dict[str, str], out: Path, *,
     trained = {s.name for s in recipe.training_steps()}
     among = spec.select_among or [label for label, name in spec.models.items() if str(name) in trained]
     if not among:
-        from mmembed.errors import ConfigError
-
         raise ConfigError("evaluate.select_split: no model to choose from (name them in evaluate.select_among)")
     config = {**spec.config, "split": spec.select_split}
     evaluations = evaluate_models({label: models[label] for label in among}, spec.data or recipe.data, config,
