@@ -21,8 +21,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     actions.required = True
     run_p = actions.add_parser("run", help="run (or continue) a recipe, or the recipe on your own data (--data)",
                                description="Run RECIPE.yaml, or with --data DIR write a recipe for that M-BEIR-"
-                                           "layout directory (stage 1 -> mine -> stage 2 [-> mine text -> stage 3 "
-                                           "with --beir] -> evaluate, sizes scaled to the data) into OUT and run it.")
+                                           "layout directory (stage 1 -> mine -> stage 2 from stage 1 [-> mine text -> "
+                                           "stage 3 with --beir], the fusion baseline -> the best stage on val "
+                                           "linked as OUT/final -> test; sizes scaled to the data) into OUT and "
+                                           "run it.")
     run_p.add_argument("recipe", nargs="?", help="recipe YAML, e.g. recipes/cpu-default/recipe.yaml")
     run_p.add_argument("--data", metavar="DIR", help="your M-BEIR-layout directory with a train split")
     run_p.add_argument("--beir", metavar="DIR", help="with --data: a BEIR-format text set (train qrels) for stage 3")
@@ -32,7 +34,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     run_p.add_argument("--eval-split", metavar="SPLIT", help="with --data: the split to evaluate (default test, "
                                                              "else val)")
     run_p.add_argument("--max-steps", type=int, metavar="N", help="with --data: training steps per stage (default "
-                                                                  "about three epochs, 20-600)")
+                                                                  "about three epochs, 20-150)")
     run_p.add_argument("--cross-fit", type=int, default=1, metavar="K",
                        help="with --data: cross-fitted mining with K folds (K extra stage-1 runs; default 1: off)")
     run_p.add_argument("--baseline", choices=["fusion", "none"], default="fusion",
