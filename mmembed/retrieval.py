@@ -170,7 +170,7 @@ class Retriever:
         if hybrid is not None:
             from mmembed.index.hybrid import hybrid_search
 
-            hits = self._hits(*hybrid_search(self, vectors, [q.text for q in queries], depth, allowed, hybrid))
+            hits = self.hits_for(*hybrid_search(self, vectors, [q.text for q in queries], depth, allowed, hybrid))
         else:
             hits = self.search_vectors(vectors, depth, allowed=allowed)
         if reranker is not None:
@@ -181,7 +181,7 @@ class Retriever:
         """Retrieval only (query vectors carry nothing a reranker could read); ``allowed``: see :meth:`filter_mask`."""
         from mmembed.index.filters import search_allowed
 
-        return self._hits(*search_allowed(self.index, vectors, min(k, len(self.index)), allowed))
+        return self.hits_for(*search_allowed(self.index, vectors, min(k, len(self.index)), allowed))
 
     def filter_mask(self, where: str | None = None, modality: str | list[str] | None = None) -> np.ndarray | None:
         """Bool over the index's rows: the candidates ``where`` and ``modality`` keep (None: no filter)."""
@@ -199,7 +199,8 @@ class Retriever:
             self._fields = CandidateFields.of(self.index.ids(), self.candidates)  # type: ignore[attr-defined]
         return self._fields
 
-    def _hits(self, ids: np.ndarray, scores: np.ndarray) -> list[list[Hit]]:
+    def hits_for(self, ids: np.ndarray, scores: np.ndarray) -> list[list[Hit]]:
+        """Rows of (candidate ids, scores) from an index search as :class:`Hit` lists (``None`` ids skipped)."""
         return [[Hit(rank, did, float(score), self.candidates[did], retrieval_score=float(score))
                  for rank, (did, score) in enumerate(zip(row_ids, row_scores), start=1) if did is not None]
                 for row_ids, row_scores in zip(ids, scores)]

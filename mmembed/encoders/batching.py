@@ -21,6 +21,7 @@ from mmembed.encoders.base import Instructions, Item, per_item_instructions
 from mmembed.encoders.inputs import check_items
 from mmembed.encoders.prompts import Role
 from mmembed.errors import ConfigError
+from mmembed.progress import progress
 
 
 def encode_in_batches(items: Sequence[Any], encode_batch: Callable[[list[int]], torch.Tensor | np.ndarray], *,
@@ -44,26 +45,15 @@ def encode_in_batches(items: Sequence[Any], encode_batch: Callable[[list[int]], 
         lengths = [sort_key(item) for item in items]
     if lengths is not None:
         order.sort(key=lambda i: -lengths[i])
-    bar = _progress(n, desc) if show_progress else None
-    try:
+    with progress(n, desc, show=show_progress) as bar:
         for start in range(0, n, batch_size):
             idx = order[start:start + batch_size]
             rows = encode_batch(idx)
             if isinstance(rows, torch.Tensor):
                 rows = rows.detach().float().cpu().numpy()
             out[idx] = rows
-            if bar is not None:
-                bar.update(len(idx))
-    finally:
-        if bar is not None:
-            bar.close()
+            bar.update(len(idx))
     return out
-
-
-def _progress(total: int, desc: str):
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc=desc, unit="item")
 
 
 class BatchedEncoder:

@@ -41,6 +41,7 @@ import torch
 from mmembed.encoders.base import Item
 from mmembed.encoders.devices import resolve_device, resolve_dtype
 from mmembed.errors import ConfigError, DataError, Location, ModelError
+from mmembed.progress import progress
 from mmembed.rerank.base import (
     BaseReranker,
     TextTruncator,
@@ -48,7 +49,6 @@ from mmembed.rerank.base import (
     batches,
     check_positive,
     common_prefix_length,
-    progress_bar,
 )
 from mmembed.rerank.templates import (
     DEFAULT_ANSWER_WORDS,
@@ -157,17 +157,12 @@ class LLMReranker(BaseReranker):
         encoded = [self._encode(q, c, i if self.use_instruction else None)
                    for q, c, i in zip(queries, candidates, instructions)]
         out = np.zeros(len(encoded), dtype=np.float64)
-        bar = progress_bar(len(encoded), f"reranking ({self.mode})") if show_progress else None
-        try:
-            with torch.inference_mode():
-                for prefix, chunk in self._plan(encoded):
-                    past = self._prefix_cache(prefix)
-                    out[chunk] = self._run_batch([encoded[i] for i in chunk], prefix, past)
-                    if bar is not None:
-                        bar.update(len(chunk))
-        finally:
-            if bar is not None:
-                bar.close()
+        with progress(len(encoded), f"reranking ({self.mode})", "pair", show=show_progress) as bar, \
+                torch.inference_mode():
+            for prefix, chunk in self._plan(encoded):
+                past = self._prefix_cache(prefix)
+                out[chunk] = self._run_batch([encoded[i] for i in chunk], prefix, past)
+                bar.update(len(chunk))
         return out
 
     def _check_text(self, item: Item, role: str) -> None:

@@ -47,7 +47,8 @@ from mmembed.encoders.devices import resolve_device, resolve_dtype
 from mmembed.encoders.inputs import check_items
 from mmembed.encoders.vlm_families import adapter_class, positions_from_mask
 from mmembed.errors import ConfigError, ModelError
-from mmembed.rerank.base import BaseReranker, TextTruncator, aligned_pairs, batches, progress_bar
+from mmembed.progress import progress
+from mmembed.rerank.base import BaseReranker, TextTruncator, aligned_pairs, batches
 from mmembed.rerank.templates import DEFAULT_ANSWER_WORDS, AnswerTokens, pair_content, question_for, resolve_templates
 
 logger = logging.getLogger(__name__)
@@ -153,18 +154,12 @@ class VLMReranker(BaseReranker):
         check_items([*queries, *candidates], encoder_name=self.reranker_id)
         order = sorted(range(len(queries)), key=lambda i: -_cost(queries[i], candidates[i]))
         out = np.zeros(len(queries), dtype=np.float64)
-        bar = progress_bar(len(order), "reranking (VLM)") if show_progress else None
-        try:
-            with torch.inference_mode():
-                for chunk in batches(order, self.batch_size):
-                    prompts = [self.prompt(queries[i], candidates[i], instructions[i]) for i in chunk]
-                    images = [_images(queries[i], candidates[i]) for i in chunk]
-                    out[chunk] = self.p_true(self.prepare(prompts, images)).cpu().numpy()
-                    if bar is not None:
-                        bar.update(len(chunk))
-        finally:
-            if bar is not None:
-                bar.close()
+        with progress(len(order), "reranking (VLM)", "pair", show=show_progress) as bar, torch.inference_mode():
+            for chunk in batches(order, self.batch_size):
+                prompts = [self.prompt(queries[i], candidates[i], instructions[i]) for i in chunk]
+                images = [_images(queries[i], candidates[i]) for i in chunk]
+                out[chunk] = self.p_true(self.prepare(prompts, images)).cpu().numpy()
+                bar.update(len(chunk))
         return out
 
     def p_true(self, tensors: dict[str, torch.Tensor]) -> torch.Tensor:

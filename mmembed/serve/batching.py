@@ -390,7 +390,7 @@ class SearchService:
             if hybrid is not None:
                 from mmembed.index.hybrid import hybrid_search
 
-                hits = retriever._hits(*hybrid_search(retriever, vectors, [i.text for i in items], depth, allowed,
+                hits = retriever.hits_for(*hybrid_search(retriever, vectors, [i.text for i in items], depth, allowed,
                                                       hybrid))
             else:
                 hits = retriever.search_vectors(vectors, depth, allowed=allowed)
